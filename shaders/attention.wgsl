@@ -1,0 +1,140 @@
+// attention.wgsl: Gemma 2 attention for a block of queries (prefill) or one query (decode),
+// reading K and V from the fp16 cache written by kv_cache.wgsl. One workgroup per
+// (query head, query token); keys are walked in tiles of KT with an online softmax in f32.
+//
+// For query i (absolute position q_pos_start + t), query head n, kv head g = n / (NH / NKV):
+//   z_j = softcap * tanh(scale * (q . k_j) / softcap)       (soft-cap BEFORE the mask)
+//   key j is visible iff j <= i and (window == 0 or i - j < window)
+//   out = sum_j softmax(z)_j * v_j
+// Masked keys are never visited (equivalent to -inf after the cap). Key j lives in slot
+// j % capacity; the host checks every visible key is still resident in a ring.
+
+const KT: u32 = 64u;
+const MAX_HEAD_DIM: u32 = 256u;
+const PER_THREAD: u32 = MAX_HEAD_DIM / KT;
+
+struct Params {
+    n_queries: u32,
+    q_pos_start: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    head_dim: u32,
+    window: u32,    // 0: global (causal only)
+    capacity: u32,  // cache slots
+    _pad0: u32,
+    scale: f32,     // query_pre_attn_scalar^-0.5
+    softcap: f32,   // 0: no soft-cap
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> q: array<f32>;           // [T, n_heads * head_dim]
+@group(0) @binding(1) var<storage, read> k_cache: array<u32>;     // [capacity, n_kv_heads * head_dim / 2]
+@group(0) @binding(2) var<storage, read> v_cache: array<u32>;     // same
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;   // [T, n_heads * head_dim]
+@group(0) @binding(4) var<uniform> p: Params;
+
+var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
+var<workgroup> probs: array<f32, KT>;
+var<workgroup> slots: array<u32, KT>;
+
+// Loops below are unrolled by hand where they run per key: llvmpipe counts every loop
+// iteration of an invocation against one shared budget of 65535 (see shaders/README.md), and
+// a tile costs about 130 iterations, which allows about 31k keys.
+
+// probs[jj] * v[key jj][d], where v's u32 for d is at word `col` of its slot.
+fn v_term(jj: u32, n_valid: u32, slot_words: u32, col: u32, odd: bool) -> f32 {
+    if jj >= n_valid {
+        return 0.0;
+    }
+    let vv = unpack2x16float(v_cache[slots[jj] * slot_words + col]);
+    return probs[jj] * select(vv.x, vv.y, odd);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let head = wid.x;
+    let t = wid.y;
+    let d_len = p.head_dim;
+    let g = head / (p.n_heads / p.n_kv_heads);
+    let q_base = (t * p.n_heads + head) * d_len;
+    if lid < d_len / 4u {
+        let b = q_base + 4u * lid;
+        qs[lid] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+    }
+    workgroupBarrier();
+
+    let i = p.q_pos_start + t;
+    var lo = 0u;
+    if p.window > 0u && i + 1u > p.window {
+        lo = i + 1u - p.window;
+    }
+    let end = i + 1u;
+    let slot_words = p.n_kv_heads * d_len / 2u;
+    let head_word = g * d_len / 2u;
+
+    var m = -3.0e38;
+    var l = 0.0;
+    var acc: array<f32, PER_THREAD>;
+    for (var j0 = lo; j0 < end; j0 += KT) {
+        let j = j0 + lid;
+        var z = -3.0e38;
+        if j < end {
+            let slot = j % p.capacity;
+            slots[lid] = slot;
+            let kb = slot * slot_words + head_word;
+            var s = 0.0;
+            for (var d8 = 0u; d8 < d_len / 8u; d8++) {
+                let w = kb + 4u * d8;
+                s += dot(qs[2u * d8], vec4<f32>(unpack2x16float(k_cache[w]), unpack2x16float(k_cache[w + 1u])));
+                s += dot(qs[2u * d8 + 1u], vec4<f32>(unpack2x16float(k_cache[w + 2u]), unpack2x16float(k_cache[w + 3u])));
+            }
+            z = s * p.scale;
+            if p.softcap > 0.0 {
+                z = softcap(z, p.softcap);
+            }
+        }
+        probs[lid] = z;
+        workgroupBarrier();
+        // Entries past n_valid hold -3e38 here and 0 below, so the unrolled tails are exact.
+        let n_valid = min(KT, end - j0);
+        var m_new = m;
+        for (var jj = 0u; jj < n_valid; jj += 4u) {
+            m_new = max(m_new, max(max(probs[jj], probs[jj + 1u]), max(probs[jj + 2u], probs[jj + 3u])));
+        }
+        workgroupBarrier();
+        var pr = 0.0;
+        if j < end {
+            pr = exp(z - m_new);
+        }
+        probs[lid] = pr;
+        workgroupBarrier();
+        let corr = exp(m - m_new);
+        var psum = 0.0;
+        for (var jj = 0u; jj < n_valid; jj += 4u) {
+            psum += (probs[jj] + probs[jj + 1u]) + (probs[jj + 2u] + probs[jj + 3u]);
+        }
+        l = l * corr + psum;
+        for (var r = 0u; r < PER_THREAD; r++) {
+            let d = lid + r * KT;
+            if d < d_len {
+                let col = head_word + d / 2u;
+                let odd = (d & 1u) == 1u;
+                var a = acc[r] * corr;
+                for (var jj = 0u; jj < n_valid; jj += 4u) {
+                    a += v_term(jj, n_valid, slot_words, col, odd) + v_term(jj + 1u, n_valid, slot_words, col, odd)
+                       + v_term(jj + 2u, n_valid, slot_words, col, odd) + v_term(jj + 3u, n_valid, slot_words, col, odd);
+                }
+                acc[r] = a;
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    for (var r = 0u; r < PER_THREAD; r++) {
+        let d = lid + r * KT;
+        if d < d_len {
+            out[q_base + d] = acc[r] / l;
+        }
+    }
+}

@@ -1,0 +1,27 @@
+// geglu.wgsl: out[i] = gelu_tanh(gate[i]) * up[i], one element per thread. gelu_tanh is
+// PyTorch's GELU(approximate='tanh'); its tanh argument is clamped (common.wgsl).
+
+struct Params {
+    n: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<storage, read> gate: array<f32>;
+@group(0) @binding(1) var<storage, read> up: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+@group(0) @binding(3) var<uniform> p: Params;
+
+fn gelu_tanh(v: f32) -> f32 {
+    return 0.5 * v * (1.0 + tanh_clamped(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+}
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = linear_group(wid, nwg) * 256u + lid;
+    if i < p.n {
+        out[i] = gelu_tanh(gate[i]) * up[i];
+    }
+}

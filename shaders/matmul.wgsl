@@ -1,0 +1,76 @@
+// matmul.wgsl: prefill matrix product y[m, out_offset + n] = sum_k x[m, k] * W[n, k] for one
+// part of a packed weight W [n, k]; y rows are out_stride apart. Workgroup tiles of
+// BM x BN outputs (16 x 16 threads, 4 x 4 each), K walked in BK-wide slices through workgroup
+// memory (8 KiB). Any m, n, k: out-of-range tile entries load as 0 and are not stored.
+
+const BM: u32 = 64u;
+const BN: u32 = 64u;
+const BK: u32 = 16u;
+
+struct Params {
+    m: u32,
+    k: u32,
+    n: u32,
+    scales_offset: u32,
+    out_offset: u32,
+    out_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;        // [m, k]
+@group(0) @binding(1) var<storage, read> w: array<u32>;        // packed [n, k]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // [m, out_stride]
+@group(0) @binding(3) var<uniform> p: Params;
+
+var<workgroup> xs: array<f32, 1024>; // [BK][BM]
+var<workgroup> ws: array<f32, 1024>; // [BK][BN]
+
+@compute @workgroup_size(16, 16)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BN;
+    var acc: array<f32, 16>;
+    for (var k0 = 0u; k0 < p.k; k0 += BK) {
+        for (var i = 0u; i < 4u; i++) {
+            let idx = lid + i * 256u;
+            let r = idx / BK;
+            let kk = idx % BK;
+            let gk = k0 + kk;
+            var xv = 0.0;
+            if m0 + r < p.m && gk < p.k {
+                xv = x[(m0 + r) * p.k + gk];
+            }
+            xs[kk * BM + r] = xv;
+            var wv = 0.0;
+            if n0 + r < p.n && gk < p.k {
+                wv = load_weight((n0 + r) * p.k + gk, p.scales_offset);
+            }
+            ws[kk * BN + r] = wv;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let a = vec4<f32>(xs[kk * BM + lid3.y * 4u], xs[kk * BM + lid3.y * 4u + 1u],
+                              xs[kk * BM + lid3.y * 4u + 2u], xs[kk * BM + lid3.y * 4u + 3u]);
+            let b = vec4<f32>(ws[kk * BN + lid3.x * 4u], ws[kk * BN + lid3.x * 4u + 1u],
+                              ws[kk * BN + lid3.x * 4u + 2u], ws[kk * BN + lid3.x * 4u + 3u]);
+            // Unrolled by hand: llvmpipe counts every loop iteration of an invocation against
+            // one shared budget of 65535 (see shaders/README.md).
+            acc[0] += a.x * b.x; acc[1] += a.x * b.y; acc[2] += a.x * b.z; acc[3] += a.x * b.w;
+            acc[4] += a.y * b.x; acc[5] += a.y * b.y; acc[6] += a.y * b.z; acc[7] += a.y * b.w;
+            acc[8] += a.z * b.x; acc[9] += a.z * b.y; acc[10] += a.z * b.z; acc[11] += a.z * b.w;
+            acc[12] += a.w * b.x; acc[13] += a.w * b.y; acc[14] += a.w * b.z; acc[15] += a.w * b.w;
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        let gm = m0 + lid3.y * 4u + i;
+        for (var j = 0u; j < 4u; j++) {
+            let gn = n0 + lid3.x * 4u + j;
+            if gm < p.m && gn < p.n {
+                y[gm * p.out_stride + p.out_offset + gn] = acc[i * 4u + j];
+            }
+        }
+    }
+}

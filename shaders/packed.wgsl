@@ -1,0 +1,71 @@
+// packed.wgsl: reading packed weights (prepended to kernels that read weights).
+// The including shader declares `w: array<u32>` (one part of a packed [rows, cols] tensor).
+// Layouts are defined and documented in src/quant.rs; WTYPE selects one at pipeline creation.
+
+override WTYPE: u32 = 0u; // 0 = f32, 1 = fp16, 2 = bf16, 3 = int4 (group 32, fp16 scale, zero point 8)
+
+fn half_bits(i: u32) -> u32 {
+    return (w[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
+}
+
+fn half_value(i: u32) -> f32 {
+    if WTYPE == 2u {
+        return bitcast<f32>(half_bits(i) << 16u);
+    }
+    return unpack2x16float(half_bits(i)).x;
+}
+
+// fp16 scale of int4 group g.
+fn int4_scale(g: u32, scales_offset: u32) -> f32 {
+    return unpack2x16float(half_bits(2u * scales_offset + g)).x;
+}
+
+// Element e (= row * cols + col) of the tensor, widened to f32.
+fn load_weight(e: u32, scales_offset: u32) -> f32 {
+    switch WTYPE {
+        case 1u, 2u: {
+            return half_value(e);
+        }
+        case 3u: {
+            let q = (w[e >> 3u] >> ((e & 7u) * 4u)) & 15u;
+            return (f32(q) - 8.0) * int4_scale(e >> 5u, scales_offset);
+        }
+        default: {
+            return bitcast<f32>(w[e]);
+        }
+    }
+}
+
+// Dot product of 8 consecutive weights starting at element e (e % 8 == 0 for int4) with a, b.
+fn dot8(e: u32, scales_offset: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    switch WTYPE {
+        case 3u: {
+            let word = w[e >> 3u];
+            let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
+            let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+            let s = int4_scale(e >> 5u, scales_offset);
+            return (dot(lo - 8.0, a) + dot(hi - 8.0, b)) * s;
+        }
+        case 1u: {
+            if (e & 1u) == 0u {
+                let i = e >> 1u;
+                let x0 = unpack2x16float(w[i]);
+                let x1 = unpack2x16float(w[i + 1u]);
+                let x2 = unpack2x16float(w[i + 2u]);
+                let x3 = unpack2x16float(w[i + 3u]);
+                return dot(vec4<f32>(x0, x1), a) + dot(vec4<f32>(x2, x3), b);
+            }
+        }
+        case 0u: {
+            let lo = vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
+            let hi = vec4<f32>(bitcast<f32>(w[e + 4u]), bitcast<f32>(w[e + 5u]), bitcast<f32>(w[e + 6u]), bitcast<f32>(w[e + 7u]));
+            return dot(lo, a) + dot(hi, b);
+        }
+        default: {}
+    }
+    let lo = vec4<f32>(load_weight(e, scales_offset), load_weight(e + 1u, scales_offset),
+                       load_weight(e + 2u, scales_offset), load_weight(e + 3u, scales_offset));
+    let hi = vec4<f32>(load_weight(e + 4u, scales_offset), load_weight(e + 5u, scales_offset),
+                       load_weight(e + 6u, scales_offset), load_weight(e + 7u, scales_offset));
+    return dot(lo, a) + dot(hi, b);
+}

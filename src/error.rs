@@ -1,0 +1,49 @@
+//! The one error type of the crate. Every variant carries the values a user needs to act on it;
+//! the JS bindings turn these into `Error` objects in exactly one place.
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum Error {
+    #[error(
+        "no GPU adapter was found ({backend}). In a browser, use one with WebGPU enabled \
+         (Chrome/Edge 113+, or chrome://flags/#enable-unsafe-webgpu); natively, install a \
+         Vulkan, Metal or DX12 driver (on Linux without a GPU: mesa-vulkan-drivers for lavapipe)"
+    )]
+    NoAdapter { backend: String },
+
+    #[error(
+        "the GPU adapter '{adapter}' allows {available} for {limit}, but {needed} is needed; \
+         use a GPU with higher limits or a smaller model"
+    )]
+    LimitTooSmall { adapter: String, limit: &'static str, needed: u64, available: u64 },
+
+    #[error("the GPU device could not be created on '{adapter}': {reason}")]
+    DeviceRequest { adapter: String, reason: String },
+
+    #[error("shader '{kernel}' failed to compile: {reason}")]
+    ShaderCompile { kernel: String, reason: String },
+
+    #[error("{op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("{what}: {detail}")]
+    InvalidArgument { what: &'static str, detail: String },
+
+    #[error("reading a result back from the GPU failed: {0}")]
+    Readback(String),
+
+    #[error("the GPU reported an error during '{during}': {reason}")]
+    Gpu { during: String, reason: String },
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape { op, detail: detail.into() }
+    }
+    pub(crate) fn invalid(what: &'static str, detail: impl Into<String>) -> Self {
+        Error::InvalidArgument { what, detail: detail.into() }
+    }
+}

@@ -1,0 +1,211 @@
+//! GPU plumbing shared by every op: context, buffers and read-back, compiled kernels and their
+//! bound dispatches. Nothing here knows about Gemma.
+
+mod context;
+pub mod weights;
+
+pub use context::{AdapterReport, ContextOptions, GpuContext};
+
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+use wgpu::util::DeviceExt;
+
+use crate::error::{Error, Result};
+use crate::shaders::Shader;
+
+/// WebGPU's `maxComputeWorkgroupsPerDimension` default; larger grids fold into y.
+pub const MAX_GROUPS_PER_DIM: u32 = 65535;
+
+/// A grid of `groups` workgroups, folded into (x, y) when it exceeds one dimension. Shaders
+/// recover the linear index as `wid.x + wid.y * nwg.x` and ignore indices past the end.
+pub fn grid(groups: u32) -> [u32; 3] {
+    if groups <= MAX_GROUPS_PER_DIM {
+        [groups.max(1), 1, 1]
+    } else {
+        [MAX_GROUPS_PER_DIM, groups.div_ceil(MAX_GROUPS_PER_DIM), 1]
+    }
+}
+
+impl GpuContext {
+    /// A storage buffer holding `data` (also copyable both ways).
+    pub fn storage_from(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(label, data.len() as u64)?;
+        let padded;
+        let contents = if data.is_empty() || data.len() % 4 != 0 {
+            let mut v = data.to_vec();
+            v.resize(data.len().next_multiple_of(4).max(4), 0);
+            padded = v;
+            &padded[..]
+        } else {
+            data
+        };
+        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+        }))
+    }
+
+    /// A zero-filled storage buffer of `bytes` bytes.
+    pub fn storage_zeroed(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_buffer_size(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.next_multiple_of(4).max(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    fn check_buffer_size(&self, label: &str, bytes: u64) -> Result<()> {
+        if bytes > self.report.max_buffer_size {
+            return Err(Error::LimitTooSmall {
+                adapter: format!("{} (buffer '{label}')", self.report.name),
+                limit: "maxBufferSize",
+                needed: bytes,
+                available: self.report.max_buffer_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Copy `count` elements of `T` starting at element `first` of `buffer` back to the CPU.
+    /// Waits for all work submitted before it.
+    pub async fn read_back<T: Pod>(&self, buffer: &wgpu::Buffer, first: u64, count: u64) -> Result<Vec<T>> {
+        let elem = std::mem::size_of::<T>() as u64;
+        let (offset, bytes) = (first * elem, count * elem);
+        if offset + bytes > buffer.size() || offset % 4 != 0 {
+            return Err(Error::Readback(format!(
+                "range {offset}..{} is outside the {}-byte buffer or unaligned",
+                offset + bytes,
+                buffer.size()
+            )));
+        }
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let padded = bytes.next_multiple_of(4);
+        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read-back staging"),
+            size: padded,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
+        self.queue.submit([enc.finish()]);
+
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_wait()?;
+        rx.await
+            .map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let out = {
+            let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
+            let mut out = vec![T::zeroed(); count as usize];
+            bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&view[..bytes as usize]);
+            out
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Submit one command buffer and surface any validation error it raised.
+    pub async fn submit_checked(&self, during: &str, enc: wgpu::CommandEncoder) -> Result<()> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        self.queue.submit([enc.finish()]);
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Gpu { during: during.into(), reason: e.to_string() });
+        }
+        Ok(())
+    }
+}
+
+/// A compiled compute pipeline for one shader and one set of override constants.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    name: String,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl Kernel {
+    /// Compile `shader` with `constants` (WGSL `override`s). A WGSL or pipeline error becomes
+    /// `Error::ShaderCompile`; nothing panics.
+    pub async fn new(ctx: &GpuContext, shader: &Shader, constants: &[(&str, f64)]) -> Result<Self> {
+        let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let source = shader.source();
+        let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(shader.name),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
+            cache: None,
+        });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::ShaderCompile { kernel: shader.name.to_string(), reason: e.to_string() });
+        }
+        Ok(Self { name: shader.name.to_string(), pipeline })
+    }
+
+    /// Bind `buffers` to bindings 0..n of group 0 and a fresh params uniform to binding n.
+    /// Done once per (op, tensors) at load time; a decode step only rewrites the params.
+    pub fn bind<P: Pod>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> Bound<P> {
+        let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&self.name),
+            size: (std::mem::size_of::<P>() as u64).next_multiple_of(16),
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
+        let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&self.name),
+            layout: &self.pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        });
+        Bound { pipeline: self.pipeline.clone(), group, params, _params: PhantomData }
+    }
+}
+
+/// A kernel with its tensors bound: set its params, then dispatch it inside a compute pass.
+/// Params are written with `queue.write_buffer`, which lands before the next submit, so one
+/// `Bound` may be dispatched once per command buffer.
+#[derive(Debug)]
+pub struct Bound<P> {
+    pipeline: wgpu::ComputePipeline,
+    group: wgpu::BindGroup,
+    params: wgpu::Buffer,
+    _params: PhantomData<P>,
+}
+
+impl<P: Pod> Bound<P> {
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, params: &P, groups: [u32; 3]) {
+        ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+    }
+}
+
+/// Convenience for tests and one-off calls: run `f` in one compute pass and submit it.
+pub async fn run_pass(ctx: &GpuContext, label: &str, f: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<()> {
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
+    {
+        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        f(&mut pass);
+    }
+    ctx.submit_checked(label, enc).await
+}

@@ -1,0 +1,17 @@
+//! gemma-webgpu: Gemma 2 inference on WebGPU, in the browser (wasm32) and natively (wgpu).
+//!
+//! Layers, bottom up:
+//! - [`gpu`]: device, buffers, read-back, compiled kernels, split weights. No model knowledge.
+//! - [`shaders`]: the WGSL sources (`shaders/*.wgsl`), one file per kernel family.
+//! - [`ops`]: one launcher per kernel family; shape checks, binding, dispatch.
+//! - [`quant`]: the packed weight codecs (f32, fp16, bf16, int4) the kernels read.
+//! - [`reference`]: CPU twins of every kernel, used by the tests.
+
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod quant;
+pub mod reference;
+pub mod shaders;
+
+pub use error::{Error, Result};

@@ -1,0 +1,122 @@
+//! Soft-capped, optionally sliding-window, grouped-query attention over a `KvCache`.
+
+use super::kv_cache::KvCache;
+use super::{check_fits, check_groups, uniform, words};
+use crate::error::{Error, Result};
+use crate::gpu::{Bound, GpuContext, Kernel};
+use crate::shaders;
+
+/// Largest head dimension the kernel supports (Gemma 2: 256 for 2B/9B, 128 for 27B).
+pub const MAX_HEAD_DIM: u32 = 256;
+
+uniform! {
+    pub struct AttentionParams {
+        pub n_queries: u32,
+        pub q_pos_start: u32,
+        pub n_heads: u32,
+        pub n_kv_heads: u32,
+        pub head_dim: u32,
+        pub window: u32,
+        pub capacity: u32,
+        pub _pad0: u32,
+        pub scale: f32,
+        pub softcap: f32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+/// The shape of one attention call.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    /// Queries in this call (T) and the absolute position of the first.
+    pub n_queries: u32,
+    pub q_pos_start: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Sliding window W (key j visible to query i iff j <= i and i - j < W); 0 = global.
+    pub window: u32,
+    /// Multiplier of q.k: `query_pre_attn_scalar^-0.5`.
+    pub scale: f32,
+    /// Logit soft-cap c (`c * tanh(z / c)`, applied before the mask); 0 = none.
+    pub softcap: f32,
+}
+
+#[derive(Debug)]
+pub struct Attention {
+    kernel: Kernel,
+}
+
+#[derive(Debug)]
+pub struct AttentionBinding {
+    bound: Bound<AttentionParams>,
+    q_len: u64,
+    out_len: u64,
+    capacity: u32,
+    width: u32,
+}
+
+impl Attention {
+    pub async fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::ATTENTION, &[]).await? })
+    }
+
+    /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE).
+    pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer) -> AttentionBinding {
+        AttentionBinding {
+            bound: self.kernel.bind(ctx, &[q, &cache.k, &cache.v, out]),
+            q_len: words(q),
+            out_len: words(out),
+            capacity: cache.capacity,
+            width: cache.width,
+        }
+    }
+
+    /// Attend queries `q_pos_start..q_pos_start + n_queries` to keys `0..=` their own position,
+    /// all of which must already be in the cache.
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &AttentionBinding, s: &AttentionShape) -> Result<()> {
+        let op = "attention";
+        if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM || s.head_dim % 8 != 0 {
+            return Err(Error::shape(op, format!("head_dim must be a multiple of 8 and at most {MAX_HEAD_DIM}, got {}", s.head_dim)));
+        }
+        if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+            return Err(Error::shape(op, format!("{} query heads do not group evenly over {} kv heads", s.n_heads, s.n_kv_heads)));
+        }
+        if s.n_kv_heads * s.head_dim != b.width {
+            return Err(Error::shape(op, format!("cache rows hold {} values, the call needs {} kv heads x {}", b.width, s.n_kv_heads, s.head_dim)));
+        }
+        let q_elems = s.n_queries as u64 * s.n_heads as u64 * s.head_dim as u64;
+        check_fits(op, "q", q_elems, b.q_len)?;
+        check_fits(op, "out", q_elems, b.out_len)?;
+        // The oldest key the first query sees must not have been overwritten in the ring by
+        // the newest key of this call.
+        let end = s.q_pos_start as u64 + s.n_queries as u64;
+        let first_needed = if s.window > 0 { (s.q_pos_start as u64 + 1).saturating_sub(s.window as u64) } else { 0 };
+        if end - first_needed > b.capacity as u64 {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "keys {first_needed}..{end} are needed but the cache keeps only the last {} positions; \
+                     process fewer queries per call or allocate a larger cache",
+                    b.capacity
+                ),
+            ));
+        }
+        let gy = check_groups(op, "queries", s.n_queries as u64)?;
+        let params = AttentionParams {
+            n_queries: s.n_queries,
+            q_pos_start: s.q_pos_start,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            window: s.window,
+            capacity: b.capacity,
+            scale: s.scale,
+            softcap: s.softcap,
+            ..Default::default()
+        };
+        b.bound.dispatch(ctx, pass, &params, [s.n_heads, gy, 1]);
+        Ok(())
+    }
+}

@@ -1,0 +1,65 @@
+//! Embedding gather from a packed, possibly split, `[V, H]` table: `out[t] = table[ids[t]] * scale`.
+
+use super::{check_fits, uniform, words};
+use crate::error::{Error, Result};
+use crate::gpu::weights::GpuWeight;
+use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::quant::DType;
+use crate::shaders;
+
+uniform! {
+    pub struct EmbeddingParams {
+        pub n_tokens: u32,
+        pub cols: u32,
+        pub row_start: u32,
+        pub rows: u32,
+        pub scales_offset: u32,
+        pub scale: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+#[derive(Debug)]
+pub struct Embedding {
+    kernel: Kernel,
+    dtype: DType,
+}
+
+#[derive(Debug)]
+pub struct EmbeddingBinding {
+    parts: Vec<(Bound<EmbeddingParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
+    cols: u32,
+    max_tokens: u64,
+}
+
+impl Embedding {
+    pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::EMBEDDING, &[("WTYPE", dtype.wgsl_id())]).await?, dtype })
+    }
+
+    /// `ids`: u32 [T]; `out`: f32 [T, H].
+    pub fn bind(&self, ctx: &GpuContext, ids: &wgpu::Buffer, table: &GpuWeight, out: &wgpu::Buffer) -> Result<EmbeddingBinding> {
+        if table.dtype != self.dtype {
+            return Err(Error::shape("embedding", format!("table is {} but the kernel was built for {}", table.dtype.name(), self.dtype.name())));
+        }
+        let max_tokens = words(ids).min(words(out) / table.cols.max(1) as u64);
+        let parts = table
+            .parts
+            .iter()
+            .map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset))
+            .collect();
+        Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens })
+    }
+
+    /// Gather `n_tokens` rows. Ids must be < V (the caller validates them on the CPU: ids out
+    /// of range leave their output row untouched).
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &EmbeddingBinding, n_tokens: u32, scale: f32) -> Result<()> {
+        check_fits("embedding", "ids/out", n_tokens as u64, b.max_tokens)?;
+        for (bound, row_start, rows, scales_offset) in &b.parts {
+            let params = EmbeddingParams { n_tokens, cols: b.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
+            bound.dispatch(ctx, pass, &params, grid(n_tokens));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,42 @@
+//! GeGLU: `out = gelu_tanh(gate) * up`.
+
+use super::{check_fits, uniform, words};
+use crate::error::Result;
+use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::shaders;
+
+uniform! {
+    pub struct GeGluParams {
+        pub n: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+#[derive(Debug)]
+pub struct GeGlu {
+    kernel: Kernel,
+}
+
+#[derive(Debug)]
+pub struct GeGluBinding {
+    bound: Bound<GeGluParams>,
+    len: u64,
+}
+
+impl GeGlu {
+    pub async fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::GEGLU, &[]).await? })
+    }
+
+    pub fn bind(&self, ctx: &GpuContext, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer) -> GeGluBinding {
+        GeGluBinding { bound: self.kernel.bind(ctx, &[gate, up, out]), len: words(gate).min(words(up)).min(words(out)) }
+    }
+
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &GeGluBinding, n: u32) -> Result<()> {
+        check_fits("geglu", "gate/up/out", n as u64, b.len)?;
+        b.bound.dispatch(ctx, pass, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(256)));
+        Ok(())
+    }
+}

@@ -1,0 +1,86 @@
+//! A layer's K/V cache (fp16 pairs packed in u32) and the kernel that appends to it.
+//! Position `p` lives in slot `p % capacity`: a cache with fewer slots than the context is a
+//! ring, which is how sliding-window layers keep only their window.
+
+use super::{check_fits, uniform, words};
+use crate::error::{Error, Result};
+use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::shaders;
+
+uniform! {
+    pub struct KvWriteParams {
+        pub n_tokens: u32,
+        pub width: u32,
+        pub pos_start: u32,
+        pub capacity: u32,
+    }
+}
+
+/// K and V caches of one layer: `[capacity, width]` fp16 each, `width = n_kv_heads * head_dim`.
+#[derive(Debug)]
+pub struct KvCache {
+    pub k: wgpu::Buffer,
+    pub v: wgpu::Buffer,
+    pub capacity: u32,
+    pub width: u32,
+}
+
+impl KvCache {
+    pub fn new(ctx: &GpuContext, label: &str, capacity: u32, width: u32) -> Result<Self> {
+        if width % 2 != 0 || capacity == 0 {
+            return Err(Error::invalid("kv cache", format!("width must be even and capacity positive (got {width}, {capacity})")));
+        }
+        let bytes = capacity as u64 * width as u64 * 2;
+        Ok(Self {
+            k: ctx.storage_zeroed(&format!("{label}.k"), bytes)?,
+            v: ctx.storage_zeroed(&format!("{label}.v"), bytes)?,
+            capacity,
+            width,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.k.size() + self.v.size()
+    }
+}
+
+#[derive(Debug)]
+pub struct KvWrite {
+    kernel: Kernel,
+}
+
+#[derive(Debug)]
+pub struct KvWriteBinding {
+    bound: Bound<KvWriteParams>,
+    src_len: u64,
+    width: u32,
+    capacity: u32,
+}
+
+impl KvWrite {
+    pub async fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::KV_CACHE, &[]).await? })
+    }
+
+    /// `k`, `v`: f32 [T, width], the new rows (K after RoPE).
+    pub fn bind(&self, ctx: &GpuContext, k: &wgpu::Buffer, v: &wgpu::Buffer, cache: &KvCache) -> KvWriteBinding {
+        KvWriteBinding {
+            bound: self.kernel.bind(ctx, &[k, v, &cache.k, &cache.v]),
+            src_len: words(k).min(words(v)),
+            width: cache.width,
+            capacity: cache.capacity,
+        }
+    }
+
+    /// Write `n_tokens` rows for positions `pos_start..`. At most `capacity` rows per call, so
+    /// no two rows of one call land in the same slot.
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &KvWriteBinding, n_tokens: u32, pos_start: u32) -> Result<()> {
+        check_fits("kv_write", "k/v", n_tokens as u64 * b.width as u64, b.src_len)?;
+        if n_tokens > b.capacity {
+            return Err(Error::shape("kv_write", format!("{n_tokens} rows would overwrite each other in a {}-slot ring", b.capacity)));
+        }
+        let params = KvWriteParams { n_tokens, width: b.width, pos_start, capacity: b.capacity };
+        b.bound.dispatch(ctx, pass, &params, grid((n_tokens * b.width / 2).div_ceil(256)));
+        Ok(())
+    }
+}

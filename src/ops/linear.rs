@@ -1,0 +1,109 @@
+//! Products with a packed weight `W [N, K]` (PyTorch `nn.Linear` orientation):
+//! `y[m, n] = sum_k x[m, k] * W[n, k]`. `MatMul` is the tiled kernel for a block of rows
+//! (prefill), `MatVec` the one-row kernel (decode). A weight split into parts is handled by
+//! one dispatch per part writing its own column range of `y`.
+
+use super::{check_fits, check_groups, uniform, words};
+use crate::error::{Error, Result};
+use crate::gpu::weights::GpuWeight;
+use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::quant::DType;
+use crate::shaders;
+
+uniform! {
+    pub struct MatMulParams {
+        pub m: u32,
+        pub k: u32,
+        pub n: u32,
+        pub scales_offset: u32,
+        pub out_offset: u32,
+        pub out_stride: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+uniform! {
+    pub struct MatVecParams {
+        pub k: u32,
+        pub n: u32,
+        pub scales_offset: u32,
+        pub out_offset: u32,
+    }
+}
+
+/// Output tile of the matmul kernel (rows and columns per workgroup).
+pub const MATMUL_TILE: u32 = 64;
+/// Rows of `W` per matvec workgroup.
+pub const MATVEC_ROWS: u32 = 4;
+
+#[derive(Debug)]
+pub struct LinearBinding<P> {
+    parts: Vec<(Bound<P>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
+    k: u32,
+    n: u32,
+    max_m: u64,
+}
+
+fn bind_parts<P: bytemuck::Pod>(op: &'static str, kernel: &Kernel, dtype: DType, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<P>> {
+    if w.dtype != dtype {
+        return Err(Error::shape(op, format!("weight is {} but the kernel was built for {}", w.dtype.name(), dtype.name())));
+    }
+    let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
+    let parts = w.parts.iter().map(|p| (kernel.bind(ctx, &[x, &p.buffer, y]), p.row_start, p.rows, p.scales_offset)).collect();
+    Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m })
+}
+
+#[derive(Debug)]
+pub struct MatMul {
+    kernel: Kernel,
+    dtype: DType,
+}
+
+impl MatMul {
+    pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::MATMUL, &[("WTYPE", dtype.wgsl_id())]).await?, dtype })
+    }
+
+    /// `x`: f32 [M, K]; `y`: f32 [M, N].
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<MatMulParams>> {
+        bind_parts("matmul", &self.kernel, self.dtype, ctx, x, w, y)
+    }
+
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &LinearBinding<MatMulParams>, m: u32) -> Result<()> {
+        check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
+        let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
+        for (bound, row_start, rows, scales_offset) in &b.parts {
+            let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
+            let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
+            bound.dispatch(ctx, pass, &params, [gx, gy.max(1), 1]);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+pub struct MatVec {
+    kernel: Kernel,
+    dtype: DType,
+}
+
+impl MatVec {
+    pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::MATVEC, &[("WTYPE", dtype.wgsl_id())]).await?, dtype })
+    }
+
+    /// `x`: f32 [K]; `y`: f32 [N].
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<MatVecParams>> {
+        bind_parts("matvec", &self.kernel, self.dtype, ctx, x, w, y)
+    }
+
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &LinearBinding<MatVecParams>) -> Result<()> {
+        check_fits("matvec", "x/y", 1, b.max_m)?;
+        for (bound, row_start, rows, scales_offset) in &b.parts {
+            let params = MatVecParams { k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start };
+            bound.dispatch(ctx, pass, &params, grid(rows.div_ceil(MATVEC_ROWS)));
+        }
+        Ok(())
+    }
+}

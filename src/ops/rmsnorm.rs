@@ -1,0 +1,54 @@
+//! RMSNorm with Gemma's `(1 + w)` weight, optionally added into the residual stream.
+
+use super::{check_fits, uniform, words};
+use crate::error::Result;
+use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::shaders;
+
+uniform! {
+    pub struct RmsNormParams {
+        pub rows: u32,
+        pub cols: u32,
+        pub eps: f32,
+        pub _pad: u32,
+    }
+}
+
+#[derive(Debug)]
+pub struct RmsNorm {
+    plain: Kernel,
+    add: Kernel,
+}
+
+#[derive(Debug)]
+pub struct RmsNormBinding {
+    bound: Bound<RmsNormParams>,
+    x_len: u64,
+    w_len: u64,
+    out_len: u64,
+}
+
+impl RmsNorm {
+    pub async fn new(ctx: &GpuContext) -> Result<Self> {
+        Ok(Self {
+            plain: Kernel::new(ctx, &shaders::RMSNORM, &[("ADD_TO_OUT", 0.0)]).await?,
+            add: Kernel::new(ctx, &shaders::RMSNORM, &[("ADD_TO_OUT", 1.0)]).await?,
+        })
+    }
+
+    /// `x`, `out`: f32 [rows, cols] (distinct buffers); `weight`: f32 [cols] holding w.
+    /// With `add_to_out`, `out += norm(x)` (the fused residual add); else `out = norm(x)`.
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, add_to_out: bool) -> RmsNormBinding {
+        let kernel = if add_to_out { &self.add } else { &self.plain };
+        RmsNormBinding { bound: kernel.bind(ctx, &[x, weight, out]), x_len: words(x), w_len: words(weight), out_len: words(out) }
+    }
+
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &RmsNormBinding, rows: u32, cols: u32, eps: f32) -> Result<()> {
+        let n = rows as u64 * cols as u64;
+        check_fits("rmsnorm", "x", n, b.x_len)?;
+        check_fits("rmsnorm", "out", n, b.out_len)?;
+        check_fits("rmsnorm", "weight", cols as u64, b.w_len)?;
+        b.bound.dispatch(ctx, pass, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows));
+        Ok(())
+    }
+}

@@ -1,0 +1,574 @@
+//! Kernel test cases shared by the native (lavapipe) and browser (SwiftShader) harnesses.
+//! Each case runs one kernel on seeded random inputs with awkward sizes and compares it with
+//! its CPU twin in `gemma_webgpu::reference`; a failure names the op, case, index, expected
+//! and actual values. Each function returns a report with the number of cases checked.
+
+#![allow(dead_code)]
+
+use gemma_webgpu::gpu::weights::GpuWeight;
+use gemma_webgpu::gpu::{run_pass, ContextOptions, GpuContext};
+use gemma_webgpu::ops::attention::{Attention, AttentionShape};
+use gemma_webgpu::ops::embedding::Embedding;
+use gemma_webgpu::ops::geglu::GeGlu;
+use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
+use gemma_webgpu::ops::linear::{MatMul, MatVec};
+use gemma_webgpu::ops::rmsnorm::RmsNorm;
+use gemma_webgpu::ops::rope::{Rope, RopeTable};
+use gemma_webgpu::ops::sample::{Sampler, Sampling};
+use gemma_webgpu::ops::softcap::SoftCap;
+use gemma_webgpu::quant::{DType, Packed};
+use gemma_webgpu::reference;
+
+pub type TestResult = Result<Report, String>;
+
+/// What a kernel test checked: cases run and the largest error seen (in the kernel's metric).
+#[derive(Debug, Default)]
+pub struct Report {
+    pub kernel: &'static str,
+    pub cases: usize,
+    pub max_err: f64,
+}
+
+impl Report {
+    fn new(kernel: &'static str) -> Self {
+        Report { kernel, ..Default::default() }
+    }
+    fn add(&mut self, err: f64) {
+        self.cases += 1;
+        self.max_err = self.max_err.max(err);
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} cases passed, max error {:.3e}", self.kernel, self.cases, self.max_err)
+    }
+}
+
+/// xorshift64*; seeded, portable, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E3779B97F4A7C15) | 1)
+    }
+    pub fn next_u32(&mut self) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545F4914F6CDD1D) >> 32) as u32
+    }
+    /// Uniform in [-1, 1).
+    pub fn uniform(&mut self) -> f32 {
+        (self.next_u32() >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+    }
+    /// Approximately normal (sum of 4 uniforms), standard deviation `std`.
+    pub fn normal(&mut self, std: f32) -> f32 {
+        (self.uniform() + self.uniform() + self.uniform() + self.uniform()) * std * 0.866
+    }
+    pub fn vec(&mut self, n: usize, std: f32) -> Vec<f32> {
+        (0..n).map(|_| self.normal(std)).collect()
+    }
+}
+
+pub async fn context() -> Result<GpuContext, String> {
+    GpuContext::new(&ContextOptions::default()).await.map_err(|e| e.to_string())
+}
+
+fn e<T>(r: gemma_webgpu::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+fn buf(ctx: &GpuContext, data: &[f32]) -> Result<wgpu::Buffer, String> {
+    e(ctx.storage_from("test input", bytemuck::cast_slice(data)))
+}
+
+fn buf_u32(ctx: &GpuContext, data: &[u32]) -> Result<wgpu::Buffer, String> {
+    e(ctx.storage_from("test input", bytemuck::cast_slice(data)))
+}
+
+fn zeros(ctx: &GpuContext, n: usize) -> Result<wgpu::Buffer, String> {
+    e(ctx.storage_zeroed("test output", n as u64 * 4))
+}
+
+async fn read(ctx: &GpuContext, b: &wgpu::Buffer, n: usize) -> Result<Vec<f32>, String> {
+    e(ctx.read_back::<f32>(b, 0, n as u64).await)
+}
+
+/// Compare element-wise: |got - want| <= atol + rtol * scale[i] (scale defaults to |want|).
+/// Returns the largest error normalised by the allowed error's rtol term (`|d| / scale`).
+fn compare(op: &str, case: &str, got: &[f32], want: &[f32], scale: Option<&[f64]>, rtol: f64, atol: f64) -> Result<f64, String> {
+    if got.len() != want.len() {
+        return Err(format!("{op} [{case}]: {} values, expected {}", got.len(), want.len()));
+    }
+    let mut worst = 0f64;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let s = scale.map(|s| s[i]).unwrap_or((*w as f64).abs());
+        let d = (*g as f64 - *w as f64).abs();
+        if !g.is_finite() || d > atol + rtol * s {
+            return Err(format!(
+                "{op} [{case}]: index {i}: expected {w:.7e}, got {g:.7e} (|diff| {d:.3e} > allowed {:.3e})",
+                atol + rtol * s
+            ));
+        }
+        worst = worst.max(d / s.max(atol / rtol.max(1e-30)).max(1e-30));
+    }
+    Ok(worst)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub async fn embedding(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("embedding");
+    let mut rng = Rng::new(1);
+    // (vocab, hidden, part size in rows (0 = whole), scale)
+    let cases: &[(usize, usize, usize, f32)] = &[(1000, 2336, 0, 48.0), (1000, 2336, 350, 3584f32.sqrt()), (517, 96, 100, 1.0)];
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4] {
+        let op = e(Embedding::new(ctx, dtype).await)?;
+        for &(v, h, part_rows, scale) in cases {
+            let table = e(Packed::pack(dtype, v, h, &rng.vec(v * h, 0.05)))?;
+            let part_bytes = if part_rows == 0 { 0 } else { table.rows_slice(0, part_rows).bytes() };
+            let w = e(GpuWeight::upload(ctx, "table", &table, part_bytes))?;
+            if part_rows != 0 && w.parts.len() < 2 {
+                return Err(format!("embedding: expected a split table, got {} part(s)", w.parts.len()));
+            }
+            let mut ids: Vec<u32> = (0..37).map(|_| rng.next_u32() % v as u32).collect();
+            ids[0] = 0;
+            ids[1] = v as u32 - 1;
+            ids[2] = part_rows.max(1) as u32; // first row of the second part
+            let (ids_b, out) = (buf_u32(ctx, &ids)?, zeros(ctx, ids.len() * h)?);
+            let bound = e(op.bind(ctx, &ids_b, &w, &out))?;
+            e(run_pass(ctx, "embedding", |p| op.dispatch(ctx, p, &bound, ids.len() as u32, scale).expect("shape checked")).await)?;
+            let got = read(ctx, &out, ids.len() * h).await?;
+            let want = reference::embedding(&table.unpack(), h, &ids, scale);
+            let case = format!("{} V={v} H={h} parts={}", dtype.name(), w.parts.len());
+            rep.add(compare("embedding", &case, &got, &want, None, 1e-6, 1e-12)?);
+        }
+    }
+    Ok(rep)
+}
+
+pub async fn rmsnorm(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("rmsnorm");
+    let mut rng = Rng::new(2);
+    let op = e(RmsNorm::new(ctx).await)?;
+    for &(rows, cols) in &[(37usize, 2304usize), (5, 1000), (1, 3)] {
+        for add in [false, true] {
+            let x: Vec<f32> = (0..rows * cols).map(|i| rng.normal(if i % 7 == 0 { 40.0 } else { 2.0 })).collect();
+            let w = rng.vec(cols, 0.5);
+            let residual = rng.vec(rows * cols, 5.0);
+            let (xb, wb) = (buf(ctx, &x)?, buf(ctx, &w)?);
+            let out = if add { buf(ctx, &residual)? } else { zeros(ctx, rows * cols)? };
+            let bound = op.bind(ctx, &xb, &wb, &out, add);
+            e(run_pass(ctx, "rmsnorm", |p| op.dispatch(ctx, p, &bound, rows as u32, cols as u32, 1e-6).expect("shape checked")).await)?;
+            let got = read(ctx, &out, rows * cols).await?;
+            let mut want = reference::rmsnorm(&x, &w, 1e-6);
+            let mut scale: Vec<f64> = want.iter().map(|v| v.abs() as f64).collect();
+            if add {
+                for ((wv, r), s) in want.iter_mut().zip(&residual).zip(scale.iter_mut()) {
+                    *s += r.abs() as f64;
+                    *wv += r;
+                }
+            }
+            rep.add(compare("rmsnorm", &format!("{rows}x{cols} add={add}"), &got, &want, Some(&scale), 1e-5, 1e-6)?);
+        }
+    }
+    Ok(rep)
+}
+
+pub async fn rope(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("rope");
+    let mut rng = Rng::new(3);
+    let op = e(Rope::new(ctx).await)?;
+    let theta = 10000.0;
+    for &(t, heads, d, pos_start) in &[(37usize, 8usize, 256usize, 0usize), (37, 4, 256, 8150), (3, 3, 128, 100), (1, 1, 2, 5)] {
+        let table = e(RopeTable::new(ctx, d as u32, theta, 8192))?;
+        let x = rng.vec(t * heads * d, 1.0);
+        let xb = buf(ctx, &x)?;
+        let bound = op.bind(ctx, &xb, &table);
+        e(run_pass(ctx, "rope", |p| op.dispatch(ctx, p, &bound, t as u32, heads as u32, pos_start as u32).expect("shape checked")).await)?;
+        let got = read(ctx, &xb, x.len()).await?;
+        let want = reference::rope(&x, heads, d, theta, pos_start);
+        // Error relative to the pair's magnitude (a rotation preserves it).
+        let half = d / 2;
+        let scale: Vec<f64> = (0..x.len())
+            .map(|i| {
+                let (h0, j) = (i - i % d, (i % d) % half);
+                ((x[h0 + j] as f64).powi(2) + (x[h0 + j + half] as f64).powi(2)).sqrt()
+            })
+            .collect();
+        rep.add(compare("rope", &format!("T={t} heads={heads} D={d} pos={pos_start}"), &got, &want, Some(&scale), 1e-5, 1e-7)?);
+    }
+    Ok(rep)
+}
+
+/// Scale for a product's error: sum_k |x_k w_nk| per output.
+fn abs_products(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f64> {
+    let ax: Vec<f32> = x.iter().map(|v| v.abs()).collect();
+    let aw: Vec<f32> = w.iter().map(|v| v.abs()).collect();
+    reference::linear(&ax, &aw, k, n).iter().map(|v| *v as f64).collect()
+}
+
+const LINEAR_SHAPES: &[(usize, usize, usize, usize)] = &[
+    // (rows of x, K, N, rows per weight part (0 = one part))
+    (37, 2336, 1000, 0),
+    (37, 2336, 1000, 384),
+    (1, 64, 3, 0),
+    (65, 96, 130, 0),
+    (70, 256, 67, 0),
+];
+
+pub async fn matmul(ctx: &GpuContext) -> TestResult {
+    linear_cases(ctx, false).await
+}
+
+pub async fn matvec(ctx: &GpuContext) -> TestResult {
+    let mut rep = linear_cases(ctx, true).await?;
+    // A vocabulary-sized output: more workgroups than one grid dimension holds.
+    let mut rng = Rng::new(5);
+    let (k, n) = (32usize, 270_000usize);
+    let op = e(MatVec::new(ctx, DType::Int4).await)?;
+    let w = e(Packed::pack(DType::Int4, n, k, &rng.vec(n * k, 0.1)))?;
+    let x = rng.vec(k, 1.0);
+    let (wg, xb, yb) = (e(GpuWeight::upload(ctx, "w", &w, 0))?, buf(ctx, &x)?, zeros(ctx, n)?);
+    let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
+    e(run_pass(ctx, "matvec", |p| op.dispatch(ctx, p, &bound).expect("shape checked")).await)?;
+    let got = read(ctx, &yb, n).await?;
+    let wf = w.unpack();
+    let want = reference::linear(&x, &wf, k, n);
+    rep.add(compare("matvec", "int4 K=32 N=270000 (folded grid)", &got, &want, Some(&abs_products(&x, &wf, k, n)), 2e-6, 1e-9)?);
+    Ok(rep)
+}
+
+async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
+    let name = if decode { "matvec" } else { "matmul" };
+    let mut rep = Report::new(name);
+    let mut rng = Rng::new(4);
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4] {
+        let (mm, mv) = if decode { (None, Some(e(MatVec::new(ctx, dtype).await)?)) } else { (Some(e(MatMul::new(ctx, dtype).await)?), None) };
+        for &(m, k, n, part_rows) in LINEAR_SHAPES {
+            if dtype == DType::Int4 && k % 32 != 0 {
+                continue;
+            }
+            let m = if decode { 1 } else { m };
+            let w = e(Packed::pack(dtype, n, k, &rng.vec(n * k, 0.05)))?;
+            let part_bytes = if part_rows == 0 { 0 } else { w.rows_slice(0, part_rows).bytes() };
+            let wg = e(GpuWeight::upload(ctx, "w", &w, part_bytes))?;
+            let x = rng.vec(m * k, 1.0);
+            let (xb, yb) = (buf(ctx, &x)?, zeros(ctx, m * n)?);
+            if let Some(op) = &mm {
+                let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
+                e(run_pass(ctx, name, |p| op.dispatch(ctx, p, &bound, m as u32).expect("shape checked")).await)?;
+            } else if let Some(op) = &mv {
+                let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
+                e(run_pass(ctx, name, |p| op.dispatch(ctx, p, &bound).expect("shape checked")).await)?;
+            }
+            let got = read(ctx, &yb, m * n).await?;
+            let wf = w.unpack();
+            let want = reference::linear(&x, &wf, k, n);
+            let case = format!("{} M={m} K={k} N={n} parts={}", dtype.name(), wg.parts.len());
+            rep.add(compare(name, &case, &got, &want, Some(&abs_products(&x, &wf, k, n)), 2e-6, 1e-9)?);
+        }
+    }
+    Ok(rep)
+}
+
+pub async fn geglu(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("geglu");
+    let mut rng = Rng::new(6);
+    let op = e(GeGlu::new(ctx).await)?;
+    for &n in &[37 * 1000usize, 5] {
+        let mut gate = rng.vec(n, 4.0);
+        let up = rng.vec(n, 2.0);
+        // Large gates would make an unclamped tanh NaN on some drivers.
+        for (i, v) in [100.0f32, -100.0, 1e4, -1e4, 88.0, -88.0, 0.0].iter().enumerate() {
+            if i < n {
+                gate[i] = *v;
+            }
+        }
+        let (gb, ub, ob) = (buf(ctx, &gate)?, buf(ctx, &up)?, zeros(ctx, n)?);
+        let bound = op.bind(ctx, &gb, &ub, &ob);
+        e(run_pass(ctx, "geglu", |p| op.dispatch(ctx, p, &bound, n as u32).expect("shape checked")).await)?;
+        let got = read(ctx, &ob, n).await?;
+        let want = reference::geglu(&gate, &up);
+        let scale: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| (g.abs() * u.abs()) as f64).collect();
+        rep.add(compare("geglu", &format!("n={n}"), &got, &want, Some(&scale), 1e-5, 1e-7)?);
+    }
+    Ok(rep)
+}
+
+pub async fn softcap(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("softcap");
+    let mut rng = Rng::new(7);
+    let op = e(SoftCap::new(ctx).await)?;
+    for &(n, cap) in &[(10_000usize, 30.0f32), (999, 50.0)] {
+        let mut x = rng.vec(n, 60.0);
+        x[0] = 1e6;
+        x[1] = -1e6;
+        x[2] = 0.0;
+        let xb = buf(ctx, &x)?;
+        let bound = op.bind(ctx, &xb);
+        e(run_pass(ctx, "softcap", |p| op.dispatch(ctx, p, &bound, n as u32, cap).expect("shape checked")).await)?;
+        let got = read(ctx, &xb, n).await?;
+        let want: Vec<f32> = x.iter().map(|v| reference::softcap(*v, cap)).collect();
+        let scale = vec![cap as f64; n];
+        rep.add(compare("softcap", &format!("n={n} cap={cap}"), &got, &want, Some(&scale), 1e-6, 0.0)?);
+    }
+    Ok(rep)
+}
+
+/// Round through fp16, as the cache stores K and V.
+fn f16_round(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect()
+}
+
+pub async fn kv_cache(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("kv_cache");
+    let mut rng = Rng::new(8);
+    let op = e(KvWrite::new(ctx).await)?;
+    // (rows written per call, calls, width, capacity): the second wraps a ring twice.
+    for &(t, calls, width, capacity) in &[(37usize, 1usize, 1024usize, 64usize), (7, 20, 256, 24)] {
+        let cache = e(KvCache::new(ctx, "cache", capacity as u32, width as u32))?;
+        let mut all_k = Vec::new();
+        let mut all_v = Vec::new();
+        for c in 0..calls {
+            let (k, v) = (rng.vec(t * width, 3.0), rng.vec(t * width, 3.0));
+            let (kb, vb) = (buf(ctx, &k)?, buf(ctx, &v)?);
+            let bound = op.bind(ctx, &kb, &vb, &cache);
+            e(run_pass(ctx, "kv_write", |p| op.dispatch(ctx, p, &bound, t as u32, (c * t) as u32).expect("shape checked")).await)?;
+            all_k.extend(k);
+            all_v.extend(v);
+        }
+        let total = t * calls;
+        for (name, all, gpu) in [("k", &all_k, &cache.k), ("v", &all_v, &cache.v)] {
+            let words = e(ctx.read_back::<u32>(gpu, 0, (capacity * width / 2) as u64).await)?;
+            // Slot s holds the newest position p with p % capacity == s.
+            for s in 0..capacity.min(total) {
+                let pos = (0..total).rev().find(|p| p % capacity == s).unwrap_or(s);
+                for c in 0..width {
+                    let want = half::f16::from_f32(all[pos * width + c]).to_bits();
+                    let got = (words[s * width / 2 + c / 2] >> ((c % 2) * 16)) as u16;
+                    if got != want {
+                        return Err(format!(
+                            "kv_cache [{name} T={t} x{calls} cap={capacity}]: slot {s} (position {pos}) column {c}: expected fp16 bits {want:#06x}, got {got:#06x}"
+                        ));
+                    }
+                }
+            }
+        }
+        rep.add(0.0);
+    }
+    Ok(rep)
+}
+
+struct AttnCase {
+    name: &'static str,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    window: usize,
+    query_pre_attn_scalar: f32,
+    softcap: f32,
+    /// Positions processed, and how many per call (prefill blocks; 1 = decode).
+    positions: usize,
+    block: usize,
+    /// Cache slots (a ring when < positions).
+    capacity: usize,
+    qk_std: f32,
+}
+
+const ATTN_CASES: &[AttnCase] = &[
+    // Gemma 2 2B-like: GQA 2, D 256, window shorter than the sequence, soft-cap 50 engaged.
+    AttnCase { name: "prefill gqa2 D256 W16", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
+    AttnCase { name: "prefill gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
+    AttnCase { name: "prefill gqa1 D64 global no-cap", n_heads: 4, n_kv_heads: 4, head_dim: 64, window: 0, query_pre_attn_scalar: 64.0, softcap: 0.0, positions: 37, block: 37, capacity: 37, qk_std: 1.0 },
+    // 27B-like scaling (query_pre_attn_scalar 144 != head_dim 128), GQA 3.
+    AttnCase { name: "prefill gqa3 D128 W8 q144", n_heads: 6, n_kv_heads: 2, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.5 },
+    // Chunked prefill then decode through a ring of window + block - 1 slots.
+    AttnCase { name: "ring gqa2 D256 W16 blocks of 5", n_heads: 4, n_kv_heads: 2, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 70, block: 5, capacity: 20, qk_std: 4.0 },
+    AttnCase { name: "decode gqa3 D128 W8 ring", n_heads: 3, n_kv_heads: 1, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 40, block: 1, capacity: 8, qk_std: 4.5 },
+    AttnCase { name: "decode gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 45, block: 1, capacity: 45, qk_std: 4.0 },
+];
+
+pub async fn attention(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("attention");
+    let mut rng = Rng::new(9);
+    let (attn, kvw) = (e(Attention::new(ctx).await)?, e(KvWrite::new(ctx).await)?);
+    let mut max_pre_cap = 0f32;
+    for c in ATTN_CASES {
+        let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
+        let q = rng.vec(c.positions * qw, c.qk_std);
+        let k = f16_round(&rng.vec(c.positions * kw, c.qk_std));
+        let v = f16_round(&rng.vec(c.positions * kw, 1.0));
+        let scale = c.query_pre_attn_scalar.powf(-0.5);
+        let cache = e(KvCache::new(ctx, "cache", c.capacity as u32, kw as u32))?;
+        let mut got = Vec::with_capacity(q.len());
+        let mut start = 0;
+        while start < c.positions {
+            let t = c.block.min(c.positions - start);
+            let (kb, vb) = (buf(ctx, &k[start * kw..(start + t) * kw])?, buf(ctx, &v[start * kw..(start + t) * kw])?);
+            let (qb, ob) = (buf(ctx, &q[start * qw..(start + t) * qw])?, zeros(ctx, t * qw)?);
+            let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
+            let bound = attn.bind(ctx, &qb, &cache, &ob);
+            let shape = AttentionShape {
+                n_queries: t as u32,
+                q_pos_start: start as u32,
+                n_heads: c.n_heads as u32,
+                n_kv_heads: c.n_kv_heads as u32,
+                head_dim: c.head_dim as u32,
+                window: c.window as u32,
+                scale,
+                softcap: c.softcap,
+            };
+            let mut failed = None;
+            e(run_pass(ctx, "attention", |p| {
+                if let Err(err) = kvw.dispatch(ctx, p, &kv_bound, t as u32, start as u32).and_then(|_| attn.dispatch(ctx, p, &bound, &shape)) {
+                    failed = Some(err.to_string());
+                }
+            })
+            .await)?;
+            if let Some(err) = failed {
+                return Err(format!("attention [{}]: {err}", c.name));
+            }
+            got.extend(read(ctx, &ob, t * qw).await?);
+            start += t;
+        }
+        let want = reference::attention(&q, &k, &v, c.n_heads, c.n_kv_heads, c.head_dim, 0, c.window, scale, c.softcap);
+        for (i, row) in q.chunks(c.head_dim).enumerate() {
+            let t = i / c.n_heads;
+            let g = (i % c.n_heads) / (c.n_heads / c.n_kv_heads);
+            for j in 0..=t {
+                let kr = &k[j * kw + g * c.head_dim..][..c.head_dim];
+                max_pre_cap = max_pre_cap.max(row.iter().zip(kr).map(|(a, b)| a * b).sum::<f32>().abs() * scale);
+            }
+        }
+        let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        rep.add(compare("attention", c.name, &got, &want, Some(&vec![vmax; want.len()]), 1e-5, 0.0)?);
+    }
+    // One decode query at the end of an 8192-token context (global, and a 4096 window): long
+    // key loops are where llvmpipe's per-invocation loop budget would cut a kernel short.
+    let (n_heads, n_kv_heads, head_dim, ctx_len) = (2usize, 1usize, 256usize, 8192usize);
+    let kw = n_kv_heads * head_dim;
+    let k = f16_round(&rng.vec(ctx_len * kw, 1.0));
+    let v = f16_round(&rng.vec(ctx_len * kw, 1.0));
+    let q = rng.vec(n_heads * head_dim, 1.0);
+    let cache = e(KvCache::new(ctx, "cache", ctx_len as u32, kw as u32))?;
+    let (kb, vb, qb, ob) = (buf(ctx, &k)?, buf(ctx, &v)?, buf(ctx, &q)?, zeros(ctx, q.len())?);
+    let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
+    e(run_pass(ctx, "kv_write", |p| kvw.dispatch(ctx, p, &kv_bound, ctx_len as u32, 0).expect("shape checked")).await)?;
+    let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+    for window in [0usize, 4096] {
+        let bound = attn.bind(ctx, &qb, &cache, &ob);
+        let shape = AttentionShape {
+            n_queries: 1,
+            q_pos_start: (ctx_len - 1) as u32,
+            n_heads: n_heads as u32,
+            n_kv_heads: n_kv_heads as u32,
+            head_dim: head_dim as u32,
+            window: window as u32,
+            scale: 1.0 / 16.0,
+            softcap: 50.0,
+        };
+        e(run_pass(ctx, "attention", |p| attn.dispatch(ctx, p, &bound, &shape).expect("shape checked")).await)?;
+        let got = read(ctx, &ob, q.len()).await?;
+        let want = reference::attention(&q, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - 1, window, 1.0 / 16.0, 50.0);
+        rep.add(compare("attention", &format!("decode at position 8191, window {window}"), &got, &want, Some(&vec![vmax; want.len()]), 1e-5, 0.0)?);
+    }
+    if max_pre_cap < 50.0 {
+        return Err(format!("attention: the soft-cap never engaged (max |pre-cap score| {max_pre_cap}); raise qk_std"));
+    }
+    Ok(rep)
+}
+
+pub async fn sample(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("sample");
+    let mut rng = Rng::new(10);
+    let op = e(Sampler::new(ctx).await)?;
+    let out = zeros(ctx, 1)?;
+    let mut mismatched_borderline = 0;
+    for &n in &[1000usize, 256_000] {
+        let mut logits = rng.vec(n, 3.0);
+        // Ties at the maximum: greedy must return the lowest id.
+        let top = logits.iter().fold(f32::MIN, |m, x| m.max(*x)) + 1.0;
+        logits[n / 2] = top;
+        logits[n - 3] = top;
+        logits[n / 3 + 1] = top;
+        let lb = buf(ctx, &logits)?;
+        let bound = op.bind(ctx, &lb, &out);
+        let settings = [
+            Sampling::GREEDY,
+            Sampling { temperature: 0.7, top_k: 1, top_p: 1.0, seed: 3 },
+            Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1 },
+            Sampling { temperature: 0.8, top_k: 40, top_p: 1.0, seed: 2 },
+            Sampling { temperature: 1.3, top_k: 0, top_p: 0.9, seed: 4 },
+            Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 5 },
+            Sampling { temperature: 2.0, top_k: 5, top_p: 0.5, seed: 6 },
+        ];
+        let draws = if n > 10_000 { 2 } else { 6 };
+        for s in &settings {
+            for counter in 0..draws {
+                e(run_pass(ctx, "sample", |p| op.dispatch(ctx, p, &bound, n as u32, s, counter).expect("shape checked")).await)?;
+                let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
+                let trace = reference::sample(&logits, s.temperature, s.top_k, s.top_p, s.seed, counter);
+                let case = format!("n={n} {s:?} counter={counter}");
+                if got == trace.chosen {
+                    rep.add(0.0);
+                    continue;
+                }
+                // Accept a different id only where f32 and f64 sums legitimately disagree: the
+                // draw lands within 1e-5 of the kept mass from the boundary between the two ids.
+                let total: f64 = trace.kept.iter().map(|(_, p)| p).sum();
+                let Some(pos) = trace.kept.iter().position(|(i, _)| *i == got) else {
+                    return Err(format!("sample [{case}]: got id {got}, which the rule does not keep (expected {})", trace.chosen));
+                };
+                let before: f64 = trace.kept[..pos].iter().map(|(_, p)| p).sum();
+                let after = before + trace.kept[pos].1;
+                let gap = (before - trace.target).abs().min((after - trace.target).abs()) / total;
+                if gap > 1e-5 {
+                    return Err(format!("sample [{case}]: expected id {}, got {got} (draw {:.6} of mass {:.6} is {gap:.2e} from the boundary)", trace.chosen, trace.target, total));
+                }
+                mismatched_borderline += 1;
+                rep.add(gap);
+            }
+        }
+    }
+    if mismatched_borderline > 2 {
+        return Err(format!("sample: {mismatched_borderline} draws differed from the CPU rule at a boundary; expected at most 2"));
+    }
+    // Different seeds must be able to give different tokens at high temperature.
+    let n = 64;
+    let flat = vec![0.0f32; n];
+    let lb = buf(ctx, &flat)?;
+    let bound = op.bind(ctx, &lb, &out);
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..16 {
+        let s = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed };
+        e(run_pass(ctx, "sample", |p| op.dispatch(ctx, p, &bound, n as u32, &s, 0).expect("shape checked")).await)?;
+        let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
+        if got != reference::sample(&flat, 1.0, 0, 1.0, seed, 0).chosen {
+            return Err(format!("sample [uniform n=64 seed={seed}]: got {got}, expected {}", reference::sample(&flat, 1.0, 0, 1.0, seed, 0).chosen));
+        }
+        seen.insert(got);
+    }
+    if seen.len() < 8 {
+        return Err(format!("sample: 16 seeds over 64 equal logits gave only {} distinct ids", seen.len()));
+    }
+    rep.add(0.0);
+    Ok(rep)
+}
+
+/// Every kernel test, in order, for harnesses that run them all at once.
+pub async fn all(ctx: &GpuContext) -> Result<Vec<Report>, String> {
+    Ok(vec![
+        embedding(ctx).await?,
+        rmsnorm(ctx).await?,
+        rope(ctx).await?,
+        matmul(ctx).await?,
+        matvec(ctx).await?,
+        geglu(ctx).await?,
+        softcap(ctx).await?,
+        kv_cache(ctx).await?,
+        attention(ctx).await?,
+        sample(ctx).await?,
+    ])
+}

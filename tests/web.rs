@@ -1,0 +1,41 @@
+//! The kernel tests in headless Chromium's WebGPU (SwiftShader in CI):
+//! `wasm-pack test --headless --chrome`. Same cases as `tests/kernels.rs`.
+#![cfg(target_arch = "wasm32")]
+
+mod common;
+
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+async fn run<Fut: std::future::Future<Output = common::TestResult>>(f: impl FnOnce(gemma_webgpu::gpu::GpuContext) -> Fut) {
+    let result = async {
+        let ctx = common::context().await?;
+        f(ctx).await
+    }
+    .await;
+    match result {
+        Ok(report) => console_log!("{report}"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+macro_rules! kernel_tests {
+    ($($name:ident),*) => {
+        $(
+            #[wasm_bindgen_test]
+            async fn $name() {
+                run(|ctx| async move { common::$name(&ctx).await }).await;
+            }
+        )*
+    };
+}
+
+kernel_tests!(embedding, rmsnorm, rope, matmul, matvec, geglu, softcap, kv_cache, attention, sample);
+
+#[wasm_bindgen_test]
+async fn adapter_report() {
+    let ctx = common::context().await.unwrap_or_else(|e| panic!("{e}"));
+    console_log!("adapter: {}", ctx.report);
+    assert!(!ctx.report.has_shader_f16 || ctx.report.max_storage_binding > 0);
+}
