@@ -12,6 +12,10 @@ pub mod gpu;
 pub mod ops;
 pub mod quant;
 pub mod reference;
+pub mod selftest;
 pub mod shaders;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -31,7 +31,7 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(embedding, rmsnorm, rope, matmul, matvec, geglu, softcap, kv_cache, attention, sample);
+kernel_tests!(embedding, rmsnorm, rope, matmul, matvec, geglu, softcap, kv_cache, attention, sample, errors);
 
 #[wasm_bindgen_test]
 async fn adapter_report() {

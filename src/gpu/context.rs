@@ -27,6 +27,8 @@ pub struct AdapterReport {
     pub name: String,
     pub backend: String,
     pub driver: String,
+    /// Integrated, discrete, CPU (software, e.g. lavapipe or a fallback adapter), ...
+    pub device_type: String,
     /// Optional features the adapter has. Neither is required; a faster path may use them.
     pub has_subgroups: bool,
     pub has_shader_f16: bool,
@@ -40,9 +42,10 @@ impl std::fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({}{}), storage binding {} MiB, buffer {} MiB, subgroups {}, shader-f16 {}",
+            "{} ({}, {}{}), storage binding {} MiB, buffer {} MiB, subgroups {}, shader-f16 {}",
             if self.name.is_empty() { "unnamed adapter" } else { &self.name },
             self.backend,
+            self.device_type,
             if self.driver.is_empty() { String::new() } else { format!(", {}", self.driver) },
             self.max_storage_binding >> 20,
             self.max_buffer_size >> 20,
@@ -125,6 +128,7 @@ impl GpuContext {
                 .cloned()
                 .collect::<Vec<_>>()
                 .join(" "),
+            device_type: format!("{:?}", info.device_type),
             has_subgroups: features.contains(wgpu::Features::SUBGROUP),
             has_shader_f16: features.contains(wgpu::Features::SHADER_F16),
             max_storage_binding: limits.max_storage_buffer_binding_size,

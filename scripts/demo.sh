@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Builds the wasm package and serves the demo page on localhost.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+wasm-pack build --release --target web
+port=${PORT:-8080}
+echo
+echo "gemma-webgpu demo: http://127.0.0.1:${port}/www/"
+echo "(open it in a browser with WebGPU; Ctrl-C stops the server)"
+exec python3 -m http.server "$port" --bind 127.0.0.1

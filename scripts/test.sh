@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every test: CPU-only checks, the kernels on the native adapter (Mesa lavapipe here), and the
+# same kernels in headless Chromium's WebGPU (SwiftShader here). Nothing is skipped for lack of
+# a GPU: without an adapter the GPU tests fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+
+echo "== native tests (cargo test)"
+cargo test --locked --tests -- --nocapture 2>&1 | grep -v "XDG_RUNTIME_DIR" | tee -a "$log"
+
+echo "== browser tests (wasm-pack test --headless --chrome)"
+export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
+# The runner gives the whole browser run of a test binary this many seconds (default 20).
+export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
+wasm-pack test --headless --chrome -- --locked --test web -- --nocapture 2>&1 | tee -a "$log"
+
+passed=$(grep -Eo '^test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+failed=$(grep -Eo '^test result: [A-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s += $6} END {print s + 0}')
+echo
+echo "tests: ${passed} passed, ${failed} failed"
