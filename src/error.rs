@@ -29,6 +29,19 @@ pub enum Error {
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
 
+    #[error("model config: field '{field}' {detail}")]
+    Config { field: &'static str, detail: String },
+
+    #[error("model files: {0}")]
+    Format(String),
+
+    #[error(
+        "the context is full: {needed} tokens are needed but the engine was loaded with a \
+         {max_context}-token context ({cached} already cached); shorten the prompt, reset the \
+         conversation, or load with a larger max context"
+    )]
+    ContextOverflow { needed: u64, max_context: u32, cached: u32 },
+
     #[error("{what}: {detail}")]
     InvalidArgument { what: &'static str, detail: String },
 

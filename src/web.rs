@@ -19,6 +19,9 @@ pub(crate) fn js_error(e: Error) -> JsValue {
         Error::DeviceRequest { .. } | Error::Gpu { .. } | Error::Readback(_) => "GPUError",
         Error::ShaderCompile { .. } => "ShaderCompileError",
         Error::Shape { .. } | Error::InvalidArgument { .. } => "InvalidArgumentError",
+        Error::Config { .. } => "ModelConfigError",
+        Error::Format(_) => "ModelFormatError",
+        Error::ContextOverflow { .. } => "ContextOverflowError",
     };
     let err = js_sys::Error::new(&e.to_string());
     err.set_name(name);

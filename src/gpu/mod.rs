@@ -114,6 +114,25 @@ impl GpuContext {
         Ok(out)
     }
 
+    /// Map a persistent 4-byte MAP_READ buffer that a submitted command buffer copied into,
+    /// and read its u32 (the per-token read-back; no buffer is created).
+    pub async fn read_mapped_u32(&self, staging: &wgpu::Buffer) -> Result<u32> {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..4, move |r| {
+            let _ = tx.send(r);
+        });
+        self.poll_wait()?;
+        rx.await
+            .map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?
+            .map_err(|e| Error::Readback(e.to_string()))?;
+        let value = {
+            let view = staging.get_mapped_range(0..4).map_err(|e| Error::Readback(e.to_string()))?;
+            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
+        };
+        staging.unmap();
+        Ok(value)
+    }
+
     /// Submit one command buffer and surface any validation error it raised.
     pub async fn submit_checked(&self, during: &str, enc: wgpu::CommandEncoder) -> Result<()> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -45,6 +45,13 @@ pub struct LinearBinding<P> {
     max_m: u64,
 }
 
+impl<P> LinearBinding<P> {
+    /// Number of weight parts (one dispatch each).
+    pub fn parts(&self) -> usize {
+        self.parts.len()
+    }
+}
+
 fn bind_parts<P: bytemuck::Pod>(op: &'static str, kernel: &Kernel, dtype: DType, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<P>> {
     if w.dtype != dtype {
         return Err(Error::shape(op, format!("weight is {} but the kernel was built for {}", w.dtype.name(), dtype.name())));

@@ -1,0 +1,222 @@
+//! Writing models in our format (native only): `gemma convert` from a Hugging Face checkpoint,
+//! and `gemma synth`, a seeded random model of a real shape for benchmarks and memory tests.
+
+pub mod safetensors;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Manifest, PartEntry, ShardEntry, TensorEntry};
+use crate::gpu::weights::rows_per_part;
+use crate::model::config::Gemma2Config;
+use crate::quant::{DType, Packed, INT4_GROUP};
+
+/// Appends tensor parts to shard files of at most `max_bytes`, hashing as it writes.
+pub struct ShardWriter {
+    dir: PathBuf,
+    max_bytes: u64,
+    shards: Vec<ShardEntry>,
+    open: Option<(File, sha2::Sha256)>,
+    tensors: Vec<TensorEntry>,
+    pub bytes_written: u64,
+}
+
+impl ShardWriter {
+    pub fn new(dir: &Path, max_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Format(format!("cannot create {}: {e}", dir.display())))?;
+        Ok(Self { dir: dir.to_path_buf(), max_bytes, shards: Vec::new(), open: None, tensors: Vec::new(), bytes_written: 0 })
+    }
+
+    fn io(&self, e: std::io::Error) -> Error {
+        Error::Format(format!("writing to {}: {e}", self.dir.display()))
+    }
+
+    fn close_shard(&mut self) {
+        if let Some((_, hasher)) = self.open.take() {
+            if let Some(last) = self.shards.last_mut() {
+                last.sha256 = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            }
+        }
+    }
+
+    /// Append one packed tensor, split into parts that fit a shard.
+    pub fn add(&mut self, name: &str, packed: &Packed) -> Result<()> {
+        let per_part = rows_per_part(packed.dtype, packed.cols, self.max_bytes, packed.rows)?;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < packed.rows {
+            let end = (start + per_part).min(packed.rows);
+            let part = if start == 0 && end == packed.rows { packed.clone() } else { packed.rows_slice(start, end) };
+            let bytes: &[u8] = bytemuck::cast_slice(&part.words);
+            let len = bytes.len() as u64;
+            let fits = self.shards.last().is_some_and(|s| s.size + len <= self.max_bytes) && self.open.is_some();
+            if !fits {
+                self.close_shard();
+                let file = format!("model-{:05}.bin", self.shards.len());
+                let f = File::create(self.dir.join(&file)).map_err(|e| self.io(e))?;
+                self.shards.push(ShardEntry { file, size: 0, sha256: String::new() });
+                self.open = Some((f, sha2::Sha256::new()));
+            }
+            let shard = (self.shards.len() - 1) as u32;
+            let offset = self.shards[shard as usize].size;
+            if let Some((f, hasher)) = self.open.as_mut() {
+                f.write_all(bytes).map_err(|e| Error::Format(format!("writing shard: {e}")))?;
+                hasher.update(bytes);
+            }
+            self.shards[shard as usize].size += len;
+            self.bytes_written += len;
+            parts.push(PartEntry { shard, offset, length: len, row_start: start as u32, rows: (end - start) as u32 });
+            start = end;
+        }
+        self.tensors.push(TensorEntry {
+            name: name.to_string(),
+            shape: [packed.rows as u32, packed.cols as u32],
+            dtype: packed.dtype.into(),
+            group_size: (packed.dtype == DType::Int4).then_some(INT4_GROUP as u32),
+            parts,
+        });
+        Ok(())
+    }
+
+    /// Write `manifest.json` and return the manifest.
+    pub fn finish(mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
+        self.close_shard();
+        let manifest = Manifest {
+            format: format::FORMAT_NAME.into(),
+            format_version: format::FORMAT_VERSION,
+            config,
+            tokenizer,
+            shards: self.shards,
+            tensors: self.tensors,
+        };
+        manifest.validate()?;
+        std::fs::write(self.dir.join(format::MANIFEST_FILE), manifest.to_json()).map_err(|e| Error::Format(format!("writing manifest: {e}")))?;
+        Ok(manifest)
+    }
+}
+
+/// Storage type of a tensor: norms stay f32, matrices take `quant`.
+fn storage_for(name: &str, quant: DType) -> DType {
+    if format::is_norm(name) { DType::F32 } else { quant }
+}
+
+fn progress(done: usize, total: usize, bytes: u64) {
+    eprint!("\r[{:<30}] {done}/{total} tensors, {:.1} MiB written", "#".repeat(30 * done / total.max(1)), bytes as f64 / (1 << 20) as f64);
+    if done == total {
+        eprintln!();
+    }
+}
+
+/// Convert a Hugging Face Gemma 2 checkpoint directory into our format in `out`.
+pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    let cfg_path = hf_dir.join("config.json");
+    let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Format(format!("{}: {e}", cfg_path.display())))?;
+    let config = Gemma2Config::from_hf_json(&cfg_text)?;
+    let ck = safetensors::Checkpoint::open_dir(hf_dir)?;
+    let expected = format::gemma2_tensors(&config);
+    // Check everything before writing anything.
+    for (name, [rows, cols]) in &expected {
+        let info = ck.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
+        let ok = if *rows == 1 { info.shape == [*cols as usize] } else { info.shape == [*rows as usize, *cols as usize] };
+        if !ok {
+            return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {:?}", info.shape, if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] })));
+        }
+    }
+    let mut w = ShardWriter::new(out, shard_bytes)?;
+    for (done, (name, [rows, cols])) in expected.iter().enumerate() {
+        let (_, values) = ck.read_f32(name)?;
+        let packed = Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?;
+        w.add(name, &packed)?;
+        if show_progress {
+            progress(done + 1, expected.len(), w.bytes_written);
+        }
+    }
+    let tokenizer = copy_tokenizer(hf_dir, out)?;
+    w.finish(config, tokenizer)
+}
+
+/// Copy `tokenizer.json`, making sure Gemma's turn markers are registered as special tokens
+/// (some published files leave `<start_of_turn>`/`<end_of_turn>` as plain vocabulary entries,
+/// so they would be split into pieces when they appear in text).
+fn copy_tokenizer(hf_dir: &Path, out: &Path) -> Result<Option<String>> {
+    let src = hf_dir.join("tokenizer.json");
+    if !src.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&src).map_err(|e| Error::Format(format!("{}: {e}", src.display())))?;
+    let mut tok: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
+    for special in ["<start_of_turn>", "<end_of_turn>"] {
+        let Some(id) = tok.pointer(&format!("/model/vocab/{}", special.replace('~', "~0").replace('/', "~1"))).and_then(|v| v.as_u64()) else {
+            continue;
+        };
+        let Some(added) = tok.get_mut("added_tokens").and_then(|a| a.as_array_mut()) else { continue };
+        match added.iter_mut().find(|t| t.get("content").and_then(|c| c.as_str()) == Some(special)) {
+            Some(entry) => entry["special"] = serde_json::Value::Bool(true),
+            None => added.push(serde_json::json!({
+                "id": id, "content": special, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true
+            })),
+        }
+    }
+    let name = "tokenizer.json".to_string();
+    std::fs::write(out.join(&name), serde_json::to_string(&tok).unwrap_or_default()).map_err(|e| Error::Format(format!("writing tokenizer: {e}")))?;
+    Ok(Some(name))
+}
+
+/// The shapes of the released Gemma 2 models (spec §1.1).
+pub fn preset(name: &str) -> Result<Gemma2Config> {
+    let (h, i, l, nh, nkv, d, qpas) = match name {
+        "2b" => (2304, 9216, 26, 8, 4, 256, 256.0),
+        "9b" => (3584, 14336, 42, 16, 8, 256, 256.0),
+        "27b" => (4608, 36864, 46, 32, 16, 128, 144.0),
+        other => return Err(Error::invalid("preset", format!("'{other}' is not one of 2b, 9b, 27b (or pass a config.json path)"))),
+    };
+    Ok(Gemma2Config {
+        vocab_size: 256000,
+        hidden_size: h,
+        intermediate_size: i,
+        num_hidden_layers: l,
+        num_attention_heads: nh,
+        num_key_value_heads: nkv,
+        head_dim: d,
+        query_pre_attn_scalar: qpas,
+        sliding_window: 4096,
+        attn_logit_softcapping: 50.0,
+        final_logit_softcapping: 30.0,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        max_position_embeddings: 8192,
+        bos_token_id: 2,
+        eos_token_ids: vec![1, 107],
+        sliding_layers: (0..l).map(|i| i % 2 == 0).collect(),
+    })
+}
+
+/// Write a model of `config`'s shape with seeded random weights (std 0.02 matrices, small norm
+/// offsets), for benchmarks and memory tests without real weights.
+pub fn synth(config: Gemma2Config, out: &Path, quant: DType, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    config.validate()?;
+    let tensors = format::gemma2_tensors(&config);
+    let mut w = ShardWriter::new(out, shard_bytes)?;
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    for (done, (name, [rows, cols])) in tensors.iter().enumerate() {
+        let std = if format::is_norm(name) { 0.1 } else { 0.02 };
+        let values: Vec<f32> = (0..*rows as usize * *cols as usize)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * std * 3.46
+            })
+            .collect();
+        w.add(name, &Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?)?;
+        if show_progress {
+            progress(done + 1, tensors.len(), w.bytes_written);
+        }
+    }
+    w.finish(config, None)
+}

@@ -1,0 +1,127 @@
+//! A streaming reader for Hugging Face safetensors files (single file or an
+//! `model.safetensors.index.json` set): the header is parsed once, and each tensor is read from
+//! disk only when asked for, so converting a model never holds more than one tensor.
+//! Format: 8-byte little-endian header length, a JSON header
+//! `{name: {dtype, shape, data_offsets: [begin, end]}}`, then the data.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    file: PathBuf,
+    /// Absolute byte range in `file`.
+    begin: u64,
+    end: u64,
+}
+
+/// All tensors of a checkpoint, by name.
+#[derive(Debug, Default)]
+pub struct Checkpoint {
+    pub tensors: BTreeMap<String, TensorInfo>,
+}
+
+fn bad(file: &Path, detail: impl std::fmt::Display) -> Error {
+    Error::Format(format!("{}: {detail}", file.display()))
+}
+
+impl Checkpoint {
+    /// Open `dir/model.safetensors`, or every file named by `dir/model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        let mut ck = Checkpoint::default();
+        if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| bad(&index, e))?;
+            let v: Value = serde_json::from_str(&text).map_err(|e| bad(&index, format!("not valid JSON: {e}")))?;
+            let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| bad(&index, "has no weight_map"))?;
+            let mut files: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+            files.sort();
+            files.dedup();
+            for f in files {
+                ck.add_file(&dir.join(f))?;
+            }
+        } else {
+            let single = dir.join("model.safetensors");
+            if !single.exists() {
+                return Err(Error::Format(format!(
+                    "{} has neither model.safetensors nor model.safetensors.index.json",
+                    dir.display()
+                )));
+            }
+            ck.add_file(&single)?;
+        }
+        Ok(ck)
+    }
+
+    pub fn add_file(&mut self, path: &Path) -> Result<()> {
+        let mut f = File::open(path).map_err(|e| bad(path, e))?;
+        let file_len = f.metadata().map_err(|e| bad(path, e))?.len();
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).map_err(|_| bad(path, "too short to be a safetensors file"))?;
+        let header_len = u64::from_le_bytes(len);
+        if header_len > 100 << 20 || 8 + header_len > file_len {
+            return Err(bad(path, format!("header length {header_len} does not fit the {file_len}-byte file (truncated or not safetensors)")));
+        }
+        let mut header = vec![0u8; header_len as usize];
+        f.read_exact(&mut header).map_err(|e| bad(path, e))?;
+        let v: Value = serde_json::from_slice(&header).map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
+        let obj = v.as_object().ok_or_else(|| bad(path, "header is not a JSON object"))?;
+        let data_start = 8 + header_len;
+        for (name, info) in obj {
+            if name == "__metadata__" {
+                continue;
+            }
+            let dtype = info.get("dtype").and_then(Value::as_str).ok_or_else(|| bad(path, format!("{name}: no dtype")))?.to_string();
+            let shape: Vec<usize> = info
+                .get("shape")
+                .and_then(Value::as_array)
+                .ok_or_else(|| bad(path, format!("{name}: no shape")))?
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<_>>()
+                .ok_or_else(|| bad(path, format!("{name}: bad shape")))?;
+            let offs = info.get("data_offsets").and_then(Value::as_array).ok_or_else(|| bad(path, format!("{name}: no data_offsets")))?;
+            let (begin, end) = match (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) {
+                (Some(b), Some(e)) if b <= e => (data_start + b, data_start + e),
+                _ => return Err(bad(path, format!("{name}: bad data_offsets"))),
+            };
+            if end > file_len {
+                return Err(bad(path, format!("{name}: data ends at byte {end} but the file has {file_len} (truncated download?)")));
+            }
+            let elem = match dtype.as_str() {
+                "F32" => 4,
+                "F16" | "BF16" => 2,
+                other => return Err(bad(path, format!("{name}: dtype {other} is not supported (F32, F16 and BF16 are)"))),
+            };
+            if (end - begin) as usize != shape.iter().product::<usize>() * elem {
+                return Err(bad(path, format!("{name}: {} bytes for shape {shape:?} of {dtype}", end - begin)));
+            }
+            self.tensors.insert(name.clone(), TensorInfo { dtype, shape, file: path.to_path_buf(), begin, end });
+        }
+        Ok(())
+    }
+
+    /// Read one tensor, widened to f32.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let info = self.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint has no tensor '{name}'")))?;
+        let mut f = File::open(&info.file).map_err(|e| bad(&info.file, e))?;
+        f.seek(SeekFrom::Start(info.begin)).map_err(|e| bad(&info.file, e))?;
+        let mut bytes = vec![0u8; (info.end - info.begin) as usize];
+        f.read_exact(&mut bytes).map_err(|e| bad(&info.file, format!("{name}: {e}")))?;
+        let values = match info.dtype.as_str() {
+            "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        };
+        Ok((info.shape.clone(), values))
+    }
+}

@@ -1,0 +1,148 @@
+//! Loading a model's tensors onto the GPU from its manifest and shards, one shard at a time
+//! (a browser never holds more than the shard it is uploading). Where the bytes come from —
+//! files natively, `fetch` in the browser — is the caller's business.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::format::{self, Manifest};
+use crate::gpu::weights::{GpuWeight, WeightPart};
+use crate::gpu::GpuContext;
+use crate::quant::DType;
+
+/// One decoder layer's weights (field names follow the checkpoint's module names).
+#[derive(Debug)]
+pub struct LayerWeights {
+    pub input_layernorm: wgpu::Buffer,          // [H] f32
+    pub q_proj: GpuWeight,                      // [NH*D, H]
+    pub k_proj: GpuWeight,                      // [NKV*D, H]
+    pub v_proj: GpuWeight,                      // [NKV*D, H]
+    pub o_proj: GpuWeight,                      // [H, NH*D]
+    pub post_attention_layernorm: wgpu::Buffer, // [H] f32
+    pub pre_feedforward_layernorm: wgpu::Buffer,
+    pub gate_proj: GpuWeight, // [I, H]
+    pub up_proj: GpuWeight,   // [I, H]
+    pub down_proj: GpuWeight, // [H, I]
+    pub post_feedforward_layernorm: wgpu::Buffer,
+}
+
+#[derive(Debug)]
+pub struct Weights {
+    /// [V, H]; also the LM head (tied).
+    pub embed_tokens: GpuWeight,
+    pub layers: Vec<LayerWeights>,
+    pub norm: wgpu::Buffer, // [H] f32
+    /// Storage type of the matrices.
+    pub dtype: DType,
+    pub bytes: u64,
+}
+
+/// Check a shard's bytes against the manifest (size, then SHA-256).
+pub fn verify_shard(manifest: &Manifest, index: usize, bytes: &[u8]) -> Result<()> {
+    let entry = &manifest.shards[index];
+    if bytes.len() as u64 != entry.size {
+        return Err(Error::Format(format!(
+            "shard {} is {} bytes, the manifest says {} (truncated or corrupt download; fetch it again)",
+            entry.file,
+            bytes.len(),
+            entry.size
+        )));
+    }
+    let hash = format::sha256_hex(bytes);
+    if hash != entry.sha256 {
+        return Err(Error::Format(format!("shard {} is corrupt: SHA-256 {hash}, the manifest says {} (fetch it again)", entry.file, entry.sha256)));
+    }
+    Ok(())
+}
+
+/// Collects GPU parts as shards arrive, then assembles the model.
+pub struct WeightLoader<'a> {
+    ctx: &'a GpuContext,
+    manifest: &'a Manifest,
+    parts: HashMap<String, Vec<Option<WeightPart>>>,
+    pub bytes: u64,
+}
+
+impl<'a> WeightLoader<'a> {
+    pub fn new(ctx: &'a GpuContext, manifest: &'a Manifest) -> Self {
+        let parts = manifest.tensors.iter().map(|t| (t.name.clone(), (0..t.parts.len()).map(|_| None).collect())).collect();
+        Self { ctx, manifest, parts, bytes: 0 }
+    }
+
+    /// Upload every part stored in shard `index` (whose bytes have been verified).
+    pub fn add_shard(&mut self, index: usize, bytes: &[u8]) -> Result<()> {
+        for t in &self.manifest.tensors {
+            for (i, p) in t.parts.iter().enumerate() {
+                if p.shard as usize != index {
+                    continue;
+                }
+                let data = &bytes[p.offset as usize..(p.offset + p.length) as usize];
+                let buffer = self.ctx.storage_from(&format!("{}[{}]", t.name, p.row_start), data)?;
+                self.bytes += buffer.size();
+                let dtype = DType::from(t.dtype);
+                let scales_offset = if dtype == DType::Int4 { (p.rows as usize * t.shape[1] as usize / 8) as u32 } else { 0 };
+                if let Some(slot) = self.parts.get_mut(&t.name).and_then(|v| v.get_mut(i)) {
+                    *slot = Some(WeightPart { buffer, row_start: p.row_start, rows: p.rows, scales_offset });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, name: &str) -> Result<GpuWeight> {
+        let t = self.manifest.tensor(name)?;
+        let parts = self.parts.remove(name).unwrap_or_default().into_iter().collect::<Option<Vec<_>>>();
+        let parts = parts.ok_or_else(|| Error::Format(format!("tensor '{name}' was not loaded (a shard is missing)")))?;
+        Ok(GpuWeight { dtype: t.dtype.into(), rows: t.shape[0], cols: t.shape[1], parts })
+    }
+
+    fn take_norm(&mut self, name: &str) -> Result<wgpu::Buffer> {
+        let w = self.take(name)?;
+        if w.dtype != DType::F32 || w.parts.len() != 1 {
+            return Err(Error::Format(format!("norm '{name}' must be one f32 part")));
+        }
+        w.parts.into_iter().next().map(|p| p.buffer).ok_or_else(|| Error::Format(format!("norm '{name}' has no data")))
+    }
+
+    /// Assemble the model once every shard has been added.
+    pub fn finish(mut self) -> Result<Weights> {
+        let c = &self.manifest.config;
+        let expected = format::gemma2_tensors(c);
+        for (name, shape) in &expected {
+            let t = self.manifest.tensor(name)?;
+            if t.shape != *shape {
+                return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {shape:?}", t.shape)));
+            }
+        }
+        let embed_tokens = self.take("model.embed_tokens.weight")?;
+        let dtype = embed_tokens.dtype;
+        let mut layers = Vec::new();
+        for l in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{l}.");
+            let mut m = |n: &str| -> Result<GpuWeight> {
+                let w = self.take(&(p.clone() + n))?;
+                if w.dtype != dtype {
+                    return Err(Error::Format(format!("{p}{n} is {}, the embedding is {}; mixed matrix types are not supported", w.dtype.name(), dtype.name())));
+                }
+                Ok(w)
+            };
+            let (q_proj, k_proj, v_proj, o_proj) = (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
+            let (gate_proj, up_proj, down_proj) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
+            layers.push(LayerWeights {
+                input_layernorm: self.take_norm(&(p.clone() + "input_layernorm.weight"))?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                post_attention_layernorm: self.take_norm(&(p.clone() + "post_attention_layernorm.weight"))?,
+                pre_feedforward_layernorm: self.take_norm(&(p.clone() + "pre_feedforward_layernorm.weight"))?,
+                gate_proj,
+                up_proj,
+                down_proj,
+                post_feedforward_layernorm: self.take_norm(&(p.clone() + "post_feedforward_layernorm.weight"))?,
+            });
+        }
+        let norm = self.take_norm("model.norm.weight")?;
+        Ok(Weights { embed_tokens, layers, norm, dtype, bytes: self.bytes })
+    }
+}
