@@ -9,6 +9,8 @@
 // Masked keys are never visited (equivalent to -inf after the cap). Key j lives in slot
 // j % capacity; the host checks every visible key is still resident in a ring.
 
+override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
+
 const KT: u32 = 64u;
 const MAX_HEAD_DIM: u32 = 256u;
 const PER_THREAD: u32 = MAX_HEAD_DIM / KT;
@@ -29,7 +31,7 @@ struct Params {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;           // [T, n_heads * head_dim]
-@group(0) @binding(1) var<storage, read> k_cache: array<u32>;     // [capacity, n_kv_heads * head_dim / 2]
+@group(0) @binding(1) var<storage, read> k_cache: array<u32>;     // [capacity, n_kv_heads * head_dim] fp16 or f32
 @group(0) @binding(2) var<storage, read> v_cache: array<u32>;     // same
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // [T, n_heads * head_dim]
 @group(0) @binding(4) var<uniform> p: Params;
@@ -42,13 +44,35 @@ var<workgroup> slots: array<u32, KT>;
 // iteration of an invocation against one shared budget of 65535 (see shaders/README.md), and
 // a tile costs about 130 iterations, which allows about 31k keys.
 
-// probs[jj] * v[key jj][d], where v's u32 for d is at word `col` of its slot.
-fn v_term(jj: u32, n_valid: u32, slot_words: u32, col: u32, odd: bool) -> f32 {
+// u32 words per cached value pair, as a shift: fp16 packs 2 values per word, f32 uses 2 words.
+fn words(values: u32) -> u32 {
+    if KV_F32 {
+        return values;
+    }
+    return values / 2u;
+}
+
+// Key dimensions 4i..4i+3 of the key whose head starts at word `base`.
+fn k_vec4(base: u32, i: u32) -> vec4<f32> {
+    if KV_F32 {
+        let b = base + 4u * i;
+        return vec4<f32>(bitcast<f32>(k_cache[b]), bitcast<f32>(k_cache[b + 1u]), bitcast<f32>(k_cache[b + 2u]), bitcast<f32>(k_cache[b + 3u]));
+    }
+    let b = base + 2u * i;
+    return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
+}
+
+// probs[jj] * v[key jj][d]; `head_word` is where this kv head starts inside a slot.
+fn v_term(jj: u32, n_valid: u32, slot_words: u32, head_word: u32, d: u32) -> f32 {
     if jj >= n_valid {
         return 0.0;
     }
-    let vv = unpack2x16float(v_cache[slots[jj] * slot_words + col]);
-    return probs[jj] * select(vv.x, vv.y, odd);
+    let base = slots[jj] * slot_words + head_word;
+    if KV_F32 {
+        return probs[jj] * bitcast<f32>(v_cache[base + d]);
+    }
+    let vv = unpack2x16float(v_cache[base + d / 2u]);
+    return probs[jj] * select(vv.x, vv.y, (d & 1u) == 1u);
 }
 
 @compute @workgroup_size(64)
@@ -70,8 +94,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         lo = i + 1u - p.window;
     }
     let end = i + 1u;
-    let slot_words = p.n_kv_heads * d_len / 2u;
-    let head_word = g * d_len / 2u;
+    let slot_words = words(p.n_kv_heads * d_len);
+    let head_word = words(g * d_len);
 
     var m = -3.0e38;
     var l = 0.0;
@@ -85,9 +109,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let kb = slot * slot_words + head_word;
             var s = 0.0;
             for (var d8 = 0u; d8 < d_len / 8u; d8++) {
-                let w = kb + 4u * d8;
-                s += dot(qs[2u * d8], vec4<f32>(unpack2x16float(k_cache[w]), unpack2x16float(k_cache[w + 1u])));
-                s += dot(qs[2u * d8 + 1u], vec4<f32>(unpack2x16float(k_cache[w + 2u]), unpack2x16float(k_cache[w + 3u])));
+                s += dot(qs[2u * d8], k_vec4(kb, 2u * d8)) + dot(qs[2u * d8 + 1u], k_vec4(kb, 2u * d8 + 1u));
             }
             z = s * p.scale;
             if p.softcap > 0.0 {
@@ -118,12 +140,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var r = 0u; r < PER_THREAD; r++) {
             let d = lid + r * KT;
             if d < d_len {
-                let col = head_word + d / 2u;
-                let odd = (d & 1u) == 1u;
                 var a = acc[r] * corr;
                 for (var jj = 0u; jj < n_valid; jj += 4u) {
-                    a += v_term(jj, n_valid, slot_words, col, odd) + v_term(jj + 1u, n_valid, slot_words, col, odd)
-                       + v_term(jj + 2u, n_valid, slot_words, col, odd) + v_term(jj + 3u, n_valid, slot_words, col, odd);
+                    a += v_term(jj, n_valid, slot_words, head_word, d) + v_term(jj + 1u, n_valid, slot_words, head_word, d)
+                       + v_term(jj + 2u, n_valid, slot_words, head_word, d) + v_term(jj + 3u, n_valid, slot_words, head_word, d);
                 }
                 acc[r] = a;
             }

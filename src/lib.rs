@@ -18,6 +18,7 @@ pub mod quant;
 pub mod reference;
 pub mod selftest;
 pub mod shaders;
+pub mod tokenizer;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

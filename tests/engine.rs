@@ -46,11 +46,11 @@ fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
         assert!(manifest.shards.len() > 1, "small shards should split the model");
         let cpu = CpuModel::from_manifest(&read_manifest(&dir).unwrap(), &|i| read_shard(&dir, &manifest, i)).expect("cpu model");
         let seq = tokens(21);
-        let want = cpu.forward(&seq);
+        let want = cpu.forward(&seq, true);
         pollster::block_on(async {
             let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
             // Prefill chunk 8 < sequence: chunked prefill through sliding-window rings.
-            let opts = EngineOptions { max_context: 64, prefill_chunk: 8 };
+            let opts = EngineOptions { max_context: 64, prefill_chunk: 8, kv_f32: false };
             let mut gpu = Gemma2::load_dir(ctx, &dir, opts).await.expect("load");
             let prefill = gpu.logits(&seq, false).await.expect("prefill logits");
             let err = max_abs_diff(&prefill, &want.logits);

@@ -45,7 +45,7 @@ later tokens leaves them unchanged to 1e-5; a truncated prefix matches to
 1e-5 * max|logit|, the float32 reduction-order noise), the masks seen by the
 attention are exactly the spec's (sliding: i - W < j <= i), the sliding window
 changes the result, an independent float64 re-implementation of the spec
-(docs/gemma2-spec.md section 3) matches to 1e-4, greedy top-1/top-2 gaps are
+(docs/gemma2-spec.md section 3) matches to 5e-5 * max|tensor|, greedy top-1/top-2 gaps are
 > 0.05, and reloading the saved folder with ``from_pretrained`` reproduces the
 reference logits. save_pretrained's generation_config.json is deleted.
 
@@ -82,6 +82,7 @@ T = 40  # test sequence length (longer than every sliding window)
 P = 9  # greedy prompt length
 N = 16  # greedy continuation length
 BOS, EOS, PAD = 2, 1, 0
+SPEC_REL_TOL = 5e-5  # HF f32 vs f64 spec forward: max abs err <= SPEC_REL_TOL * max(1, max|ref|)
 
 BASE_CONFIG = dict(
     vocab_size=512,
@@ -506,10 +507,12 @@ def make_fixture(spec):
     assert_close("window prefix", wide_logits[:win], logits[:win], 0.0, 1e-5)
 
     # ---- independent float64 spec forward -------------------------------
+    # HF float32 versus exact (f64) math: the tolerance is relative to each tensor's scale.
     spec_logits, spec_hidden = spec_forward_f64(model, input_ids)
-    spec_err = {"logits": assert_close("spec logits", logits, spec_logits, 1e-4, 1e-4)}
-    for k, v in spec_hidden.items():
-        spec_err[k] = assert_close(f"spec {k}", hidden[k], v, 1e-4, 1e-4)
+    spec_err = {}
+    for k, got, want in [("logits", logits, spec_logits)] + [(k, hidden[k], v) for k, v in spec_hidden.items()]:
+        tol = SPEC_REL_TOL * max(1.0, float(want.abs().max()))
+        spec_err[k] = assert_close(f"spec {k}", got, want, 0.0, tol)
 
     # ---- greedy -----------------------------------------------------------
     greedy_prompt = input_ids[:P].clone()

@@ -98,9 +98,9 @@ impl Checkpoint {
                 return Err(bad(path, format!("{name}: data ends at byte {end} but the file has {file_len} (truncated download?)")));
             }
             let elem = match dtype.as_str() {
-                "F32" => 4,
+                "F32" | "I32" => 4,
                 "F16" | "BF16" => 2,
-                other => return Err(bad(path, format!("{name}: dtype {other} is not supported (F32, F16 and BF16 are)"))),
+                other => return Err(bad(path, format!("{name}: dtype {other} is not supported (F32, F16, BF16 and I32 are)"))),
             };
             if (end - begin) as usize != shape.iter().product::<usize>() * elem {
                 return Err(bad(path, format!("{name}: {} bytes for shape {shape:?} of {dtype}", end - begin)));
@@ -110,17 +110,32 @@ impl Checkpoint {
         Ok(())
     }
 
-    /// Read one tensor, widened to f32.
-    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    fn read_bytes(&self, name: &str) -> Result<(&TensorInfo, Vec<u8>)> {
         let info = self.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint has no tensor '{name}'")))?;
         let mut f = File::open(&info.file).map_err(|e| bad(&info.file, e))?;
         f.seek(SeekFrom::Start(info.begin)).map_err(|e| bad(&info.file, e))?;
         let mut bytes = vec![0u8; (info.end - info.begin) as usize];
         f.read_exact(&mut bytes).map_err(|e| bad(&info.file, format!("{name}: {e}")))?;
+        Ok((info, bytes))
+    }
+
+    /// Read an I32 tensor (token ids in reference files).
+    pub fn read_i32(&self, name: &str) -> Result<Vec<i32>> {
+        let (info, bytes) = self.read_bytes(name)?;
+        if info.dtype != "I32" {
+            return Err(Error::Format(format!("{name} is {}, not I32", info.dtype)));
+        }
+        Ok(bytes.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Read one floating-point tensor, widened to f32.
+    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let (info, bytes) = self.read_bytes(name)?;
         let values = match info.dtype.as_str() {
             "F32" => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             "F16" => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            "BF16" => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            other => return Err(Error::Format(format!("{name} is {other}, not a floating-point tensor"))),
         };
         Ok((info.shape.clone(), values))
     }

@@ -51,8 +51,9 @@ impl CpuModel {
         self.tensors.get(name).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    /// Full forward pass over `tokens` (positions 0..T), no cache.
-    pub fn forward(&self, tokens: &[u32]) -> CpuOutput {
+    /// Full forward pass over `tokens` (positions 0..T), no cache. With `kv_f16`, K and V are
+    /// rounded to fp16 as the GPU's default cache stores them.
+    pub fn forward(&self, tokens: &[u32], kv_f16: bool) -> CpuOutput {
         let c = &self.config;
         let (h, i, qw, kvw, d) = (c.hidden_size as usize, c.intermediate_size as usize, c.q_width() as usize, c.kv_width() as usize, c.head_dim as usize);
         let (nh, nkv) = (c.num_attention_heads as usize, c.num_key_value_heads as usize);
@@ -64,8 +65,7 @@ impl CpuModel {
             let q = r::rope(&r::linear(&hn, self.w(&p("self_attn.q_proj.weight")), h, qw), nh, d, c.rope_theta, 0);
             let k = r::rope(&r::linear(&hn, self.w(&p("self_attn.k_proj.weight")), h, kvw), nkv, d, c.rope_theta, 0);
             let v = r::linear(&hn, self.w(&p("self_attn.v_proj.weight")), h, kvw);
-            // The GPU cache stores K and V as fp16.
-            let round = |a: Vec<f32>| a.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect::<Vec<_>>();
+            let round = |a: Vec<f32>| if kv_f16 { a.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect() } else { a };
             let attn = r::attention(&q, &round(k), &round(v), nh, nkv, d, 0, c.window(l) as usize, c.attn_scale(), c.attn_logit_softcapping);
             let o = r::linear(&attn, self.w(&p("self_attn.o_proj.weight")), qw, h);
             let o = r::rmsnorm(&o, self.w(&p("post_attention_layernorm.weight")), c.rms_norm_eps);

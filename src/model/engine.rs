@@ -28,11 +28,14 @@ pub struct EngineOptions {
     pub max_context: u32,
     /// Prompt tokens per prefill pass (bounds activation memory).
     pub prefill_chunk: u32,
+    /// Keep K/V in f32 instead of fp16: twice the cache memory, no rounding. For checking
+    /// numerics against an f32 reference; fp16 is what users want.
+    pub kv_f32: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        Self { max_context: 4096, prefill_chunk: 128 }
+        Self { max_context: 4096, prefill_chunk: 128, kv_f32: false }
     }
 }
 
@@ -157,7 +160,7 @@ impl Gemma2 {
             // oldest key the first query of a prefill chunk still sees.
             let window = c.window(l);
             let capacity = if window > 0 { options.max_context.min(window + chunk - 1) } else { options.max_context };
-            caches.push(KvCache::new(&ctx, &format!("kv{l}"), capacity, kvw)?);
+            caches.push(KvCache::with_type(&ctx, &format!("kv{l}"), capacity, kvw, options.kv_f32)?);
         }
         let lin = |x: &wgpu::Buffer, w: &crate::gpu::weights::GpuWeight, y: &wgpu::Buffer| -> Result<Linear> {
             Ok(Linear { prefill: ops.matmul.bind(&ctx, x, w, y)?, decode: ops.matvec.bind(&ctx, x, w, y)? })

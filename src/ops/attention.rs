@@ -45,7 +45,8 @@ pub struct AttentionShape {
 
 #[derive(Debug)]
 pub struct Attention {
-    kernel: Kernel,
+    f16: Kernel,
+    f32: Kernel,
 }
 
 #[derive(Debug)]
@@ -59,13 +60,16 @@ pub struct AttentionBinding {
 
 impl Attention {
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self { kernel: Kernel::new(ctx, &shaders::ATTENTION, &[]).await? })
+        Ok(Self {
+            f16: Kernel::new(ctx, &shaders::ATTENTION, &[("KV_F32", 0.0)]).await?,
+            f32: Kernel::new(ctx, &shaders::ATTENTION, &[("KV_F32", 1.0)]).await?,
+        })
     }
 
     /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE).
     pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer) -> AttentionBinding {
         AttentionBinding {
-            bound: self.kernel.bind(ctx, &[q, &cache.k, &cache.v, out]),
+            bound: if cache.f32 { &self.f32 } else { &self.f16 }.bind(ctx, &[q, &cache.k, &cache.v, out]),
             q_len: words(q),
             out_len: words(out),
             capacity: cache.capacity,

@@ -1,4 +1,5 @@
-//! A layer's K/V cache (fp16 pairs packed in u32) and the kernel that appends to it.
+//! A layer's K/V cache (fp16 pairs packed in u32, or f32 for exact numerics) and the kernel
+//! that appends to it.
 //! Position `p` lives in slot `p % capacity`: a cache with fewer slots than the context is a
 //! ring, which is how sliding-window layers keep only their window.
 
@@ -16,26 +17,33 @@ uniform! {
     }
 }
 
-/// K and V caches of one layer: `[capacity, width]` fp16 each, `width = n_kv_heads * head_dim`.
+/// K and V caches of one layer: `[capacity, width]` each, `width = n_kv_heads * head_dim`,
+/// stored as fp16 (default) or f32 (`f32 = true`: twice the memory, no rounding).
 #[derive(Debug)]
 pub struct KvCache {
     pub k: wgpu::Buffer,
     pub v: wgpu::Buffer,
     pub capacity: u32,
     pub width: u32,
+    pub f32: bool,
 }
 
 impl KvCache {
     pub fn new(ctx: &GpuContext, label: &str, capacity: u32, width: u32) -> Result<Self> {
+        Self::with_type(ctx, label, capacity, width, false)
+    }
+
+    pub fn with_type(ctx: &GpuContext, label: &str, capacity: u32, width: u32, f32: bool) -> Result<Self> {
         if width % 2 != 0 || capacity == 0 {
             return Err(Error::invalid("kv cache", format!("width must be even and capacity positive (got {width}, {capacity})")));
         }
-        let bytes = capacity as u64 * width as u64 * 2;
+        let bytes = capacity as u64 * width as u64 * if f32 { 4 } else { 2 };
         Ok(Self {
             k: ctx.storage_zeroed(&format!("{label}.k"), bytes)?,
             v: ctx.storage_zeroed(&format!("{label}.v"), bytes)?,
             capacity,
             width,
+            f32,
         })
     }
 
@@ -46,7 +54,8 @@ impl KvCache {
 
 #[derive(Debug)]
 pub struct KvWrite {
-    kernel: Kernel,
+    f16: Kernel,
+    f32: Kernel,
 }
 
 #[derive(Debug)]
@@ -59,13 +68,16 @@ pub struct KvWriteBinding {
 
 impl KvWrite {
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self { kernel: Kernel::new(ctx, &shaders::KV_CACHE, &[]).await? })
+        Ok(Self {
+            f16: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 0.0)]).await?,
+            f32: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 1.0)]).await?,
+        })
     }
 
     /// `k`, `v`: f32 [T, width], the new rows (K after RoPE).
     pub fn bind(&self, ctx: &GpuContext, k: &wgpu::Buffer, v: &wgpu::Buffer, cache: &KvCache) -> KvWriteBinding {
         KvWriteBinding {
-            bound: self.kernel.bind(ctx, &[k, v, &cache.k, &cache.v]),
+            bound: if cache.f32 { &self.f32 } else { &self.f16 }.bind(ctx, &[k, v, &cache.k, &cache.v]),
             src_len: words(k).min(words(v)),
             width: cache.width,
             capacity: cache.capacity,

@@ -1,0 +1,100 @@
+//! Text <-> token ids with the model's `tokenizer.json` (the `tokenizers` crate, which also
+//! compiles to wasm32), Gemma's chat template (spec §5), and streaming detokenization that
+//! only emits whole UTF-8 characters.
+
+use crate::error::{Error, Result};
+
+/// `<start_of_turn>` and `<end_of_turn>` (Gemma 2).
+pub const START_OF_TURN: u32 = 106;
+pub const END_OF_TURN: u32 = 107;
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: u32,
+}
+
+/// One chat message. `role` is `user`, `assistant` (rendered `model`) or `system` (folded into
+/// the first user turn: Gemma has no system role).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Tokenizer {
+    pub fn from_json(json: &[u8], bos: u32) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
+        Ok(Self { inner, bos })
+    }
+
+    /// Encode plain text: BOS, then the text's tokens (special-token strings in the text are
+    /// matched as single tokens).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?;
+        Ok(std::iter::once(self.bos).chain(enc.get_ids().iter().copied()).collect())
+    }
+
+    /// Decode ids to text, dropping special tokens (BOS, turn markers).
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner.decode(ids, true).map_err(|e| Error::invalid("detokenize", e.to_string()))
+    }
+
+    /// The Gemma chat template with the generation prompt:
+    /// `<bos><start_of_turn>user\n{..}<end_of_turn>\n<start_of_turn>model\n{..}<end_of_turn>\n…<start_of_turn>model\n`
+    pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        Ok(self.encode(&render_chat(messages)?)?)
+    }
+}
+
+/// Render messages with Gemma's template (without the BOS, which `encode` adds).
+pub fn render_chat(messages: &[Message]) -> Result<String> {
+    let mut system: Option<&str> = None;
+    let mut out = String::new();
+    let mut expect_user = true;
+    for (i, m) in messages.iter().enumerate() {
+        match m.role.as_str() {
+            "system" if i == 0 => system = Some(m.content.trim()),
+            "system" => return Err(Error::invalid("chat", "a system message may only come first")),
+            "user" | "assistant" => {
+                let is_user = m.role == "user";
+                if is_user != expect_user {
+                    return Err(Error::invalid("chat", format!("message {i}: roles must alternate user/assistant, starting with user")));
+                }
+                expect_user = !is_user;
+                let role = if is_user { "user" } else { "model" };
+                let mut content = m.content.trim().to_string();
+                if let (true, Some(sys)) = (is_user, system.take()) {
+                    content = format!("{sys}\n\n{content}");
+                }
+                out.push_str(&format!("<start_of_turn>{role}\n{content}<end_of_turn>\n"));
+            }
+            other => return Err(Error::invalid("chat", format!("unknown role '{other}' (use user, assistant or system)"))),
+        }
+    }
+    if expect_user {
+        return Err(Error::invalid("chat", "the last message must come from the user"));
+    }
+    out.push_str("<start_of_turn>model\n");
+    Ok(out)
+}
+
+/// Turns a growing list of generated ids into text pieces, holding back a piece while it ends
+/// in an incomplete UTF-8 sequence (byte-fallback tokens can split a character).
+#[derive(Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    emitted: usize,
+}
+
+impl TextStream {
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tok.decode(&self.ids)?;
+        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+            return Ok(String::new());
+        }
+        let piece = text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = text.len();
+        Ok(piece)
+    }
+}

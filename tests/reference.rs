@@ -1,0 +1,249 @@
+//! Our converter + GPU engine against the Hugging Face reference (eager attention, float32) on
+//! the tiny random-weight fixtures made by `tools/make_fixtures.py` (see its docstring): logits
+//! at every position (prefill and decode), greedy continuations, layer-by-layer hidden states
+//! through the CPU twin, int4 against a CPU forward of the same dequantized weights, and the
+//! sliding window pinned (off by one, or on the wrong layers, must fail).
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+
+use gemma_webgpu::convert::{self, safetensors::Checkpoint};
+use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+use gemma_webgpu::model::cpu::CpuModel;
+use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::local::{read_manifest, read_shard};
+use gemma_webgpu::ops::sample::Sampling;
+use gemma_webgpu::quant::DType;
+
+const FIXTURES: &[&str] = &["tiny-f32", "tiny-bf16-gqa3"];
+
+struct Reference {
+    ids: Vec<u32>,
+    logits: Vec<f32>,
+    layers: Vec<Vec<f32>>,
+    greedy_prompt: Vec<u32>,
+    greedy_ids: Vec<u32>,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn reference(name: &str, n_layers: usize) -> Reference {
+    let mut ck = Checkpoint::default();
+    ck.add_file(&fixture(name).join("reference.safetensors")).expect("reference file");
+    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    let f = |t: &str| ck.read_f32(t).expect(t).1;
+    Reference {
+        ids: ids("input_ids"),
+        logits: f("logits"),
+        layers: (0..n_layers).map(|l| f(&format!("hidden.layer{l}"))).collect(),
+        greedy_prompt: ids("greedy_prompt"),
+        greedy_ids: ids("greedy_ids"),
+    }
+}
+
+fn convert_to(name: &str, quant: DType) -> PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let out = std::env::temp_dir().join(format!("gemma-ref-{name}-{}-{}-{n}", quant.name(), std::process::id()));
+    // Small shards, so models span several of them as real ones do.
+    convert::convert_hf(&fixture(name), &out, quant, 128 << 10, false).expect("convert");
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax_rows(logits: &[f32], v: usize) -> Vec<usize> {
+    logits.chunks(v).map(|row| row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b })).collect()
+}
+
+async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
+    // A prefill chunk shorter than the sequence and the window rings of the local layers.
+    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+}
+
+async fn greedy(gpu: &mut Gemma2, prompt: &[u32], n: usize) -> Vec<u32> {
+    gpu.reset();
+    let mut out = vec![gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill")];
+    while out.len() < n {
+        let last = out[out.len() - 1];
+        out.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
+    }
+    out
+}
+
+/// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and
+/// by decode, and the greedy continuation exactly. (quant, f32 KV cache, tolerance on logits,
+/// greedy must match): with an f32 cache the f32 model is exact to 1e-3; the default fp16
+/// cache rounds K and V, which these fixtures' large attention logits (up to 80 before the
+/// cap) amplify, so its distance is measured and bounded separately.
+#[test]
+fn converted_models_match_hugging_face() {
+    for name in FIXTURES {
+        for (quant, kv_f32, tol, greedy_exact) in [(DType::F32, true, 1e-3f32, true), (DType::F16, true, 0.5, false), (DType::F32, false, 0.5, false)] {
+            let dir = convert_to(name, quant);
+            let mut gpu = pollster::block_on(engine(&dir, kv_f32));
+            let r = reference(name, gpu.config.num_hidden_layers as usize);
+            let v = gpu.config.vocab_size as usize;
+            pollster::block_on(async {
+                let prefill = gpu.logits(&r.ids, false).await.expect("prefill");
+                let layer_out = gpu.residual(((r.ids.len() - 1) % 16 + 1) as u32).await.expect("residual");
+                gpu.reset();
+                let decode = gpu.logits(&r.ids, true).await.expect("decode");
+                let (e_pre, e_dec) = (max_abs_diff(&prefill, &r.logits), max_abs_diff(&decode, &r.logits));
+                let top1 = argmax_rows(&prefill, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
+                let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
+                println!("{name} {} weights, {kv}: max |logit - HF| prefill {e_pre:.2e}, decode {e_dec:.2e}; top-1 {top1}/{}", quant.name(), r.ids.len());
+                assert!(e_pre <= tol && e_dec <= tol, "{name} {} {kv}: logits differ from HF by {e_pre} / {e_dec} (> {tol})", quant.name());
+                assert!(top1 + 1 >= r.ids.len(), "{name} {} {kv}: top-1 agreement {top1}/{}", quant.name(), r.ids.len());
+                if greedy_exact {
+                    // The last chunk's residual stream is the last layer's output.
+                    let h = gpu.config.hidden_size as usize;
+                    let last = r.layers.last().expect("layers");
+                    let rows = layer_out.len() / h;
+                    let err = max_abs_diff(&layer_out, &last[last.len() - rows * h..]);
+                    let scale = last.iter().fold(0f32, |m, x| m.max(x.abs()));
+                    println!("{name}: last layer output max |GPU - HF| {err:.2e} (values up to {scale:.1})");
+                    assert!(err <= 1e-5 * scale.max(1.0) * 10.0, "{name}: last layer output differs by {err}");
+                    let got = greedy(&mut gpu, &r.greedy_prompt, r.greedy_ids.len()).await;
+                    assert_eq!(got, r.greedy_ids, "{name}: greedy continuation");
+                }
+            });
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+}
+
+/// Layer by layer: the CPU twin (the GPU's arithmetic, checked in `tests/engine.rs`) against
+/// HF's per-layer hidden states, so a mismatch names the first wrong layer.
+#[test]
+fn every_layer_matches_hugging_face() {
+    for name in FIXTURES {
+        let dir = convert_to(name, DType::F32);
+        let manifest = read_manifest(&dir).expect("manifest");
+        let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
+        let r = reference(name, manifest.config.num_hidden_layers as usize);
+        let out = cpu.forward(&r.ids, false);
+        for (l, (ours, theirs)) in out.layers.iter().zip(&r.layers).enumerate() {
+            let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = max_abs_diff(ours, theirs);
+            println!("{name} layer {l}: max |CPU - HF| {err:.2e} (values up to {scale:.1})");
+            assert!(err <= 1e-4 * scale.max(1.0), "{name}: layer {l} output differs from HF by {err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// int4: the GPU matches a CPU forward of the same dequantized weights; its distance from the
+/// unquantized reference is measured and bounded.
+#[test]
+fn int4_matches_its_dequantized_twin_and_stays_near_the_reference() {
+    // tiny-bf16-gqa3 has H = 48, which int4's groups of 32 cannot split: a clear error.
+    let out = std::env::temp_dir().join(format!("gemma-ref-int4-48-{}", std::process::id()));
+    let err = convert::convert_hf(&fixture("tiny-bf16-gqa3"), &out, DType::Int4, 1 << 20, false).expect_err("H = 48");
+    assert!(err.to_string().contains("multiple of 32"), "{err}");
+    for name in ["tiny-f32"] {
+        let dir = convert_to(name, DType::Int4);
+        let manifest = read_manifest(&dir).expect("manifest");
+        let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
+        // An f32 cache here: with fp16 K/V, a value that rounds differently on the two sides
+        // (their f32 sums differ in the last bit) is amplified by these fixtures' large
+        // attention logits; the fp16 cache is covered by tests/engine.rs and the test above.
+        let mut gpu = pollster::block_on(engine(&dir, true));
+        let r = reference(name, manifest.config.num_hidden_layers as usize);
+        let v = manifest.config.vocab_size as usize;
+        let twin = cpu.forward(&r.ids, false).logits;
+        let got = pollster::block_on(gpu.logits(&r.ids, false)).expect("logits");
+        let err = max_abs_diff(&got, &twin);
+        let vs_ref = max_abs_diff(&got, &r.logits);
+        let top1 = argmax_rows(&got, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
+        println!("{name} int4: max |GPU - CPU twin| {err:.2e}; vs unquantized HF: max |diff| {vs_ref:.2}, top-1 agreement {top1}/{}", r.ids.len());
+        assert!(err <= 2e-3, "{name}: int4 GPU differs from its CPU twin by {err}");
+        // These random fixtures are adversarial for 4 bits (weights scaled up until both
+        // soft-caps engage); the bound only guards against a broken codec.
+        assert!(vs_ref.is_finite() && top1 * 5 >= r.ids.len(), "{name}: int4 top-1 agreement {top1}/{} is below 20%", r.ids.len());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The sliding window is pinned: the reference is matched only with the configured window on
+/// the even layers; W-1, W+1, or the window on the odd layers all miss by far more than the
+/// tolerance.
+#[test]
+fn sliding_window_is_pinned_by_the_reference() {
+    let name = "tiny-f32";
+    let dir = convert_to(name, DType::F32);
+    let manifest = read_manifest(&dir).expect("manifest");
+    let r = reference(name, manifest.config.num_hidden_layers as usize);
+    let base = manifest.config.clone();
+    let mut variants = vec![("as configured", base.clone(), true)];
+    let mut c = base.clone();
+    c.sliding_window -= 1;
+    variants.push(("window - 1", c, false));
+    let mut c = base.clone();
+    c.sliding_window += 1;
+    variants.push(("window + 1", c, false));
+    let mut c = base.clone();
+    c.sliding_layers = c.sliding_layers.iter().map(|s| !s).collect();
+    variants.push(("window on the odd layers", c, false));
+    for (what, config, should_match) in variants {
+        let mut m = manifest.clone();
+        m.config = config;
+        let cpu = CpuModel::from_manifest(&m, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
+        let err = max_abs_diff(&cpu.forward(&r.ids, false).logits, &r.logits);
+        println!("{what}: max |logit - HF| {err:.2e}");
+        if should_match {
+            assert!(err <= 1e-3, "{what}: {err}");
+        } else {
+            assert!(err > 1e-1, "{what}: matches HF within {err}, so the test cannot see this error");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The converter rejects bad input with a message naming the problem.
+#[test]
+fn converter_rejects_bad_checkpoints() {
+    let src = fixture("tiny-f32");
+    let work = std::env::temp_dir().join(format!("gemma-bad-{}", std::process::id()));
+    let case = |what: &str, edit: &dyn Fn(&Path), needle: &str| {
+        let d = work.join(what.replace(' ', "-"));
+        std::fs::create_dir_all(&d).expect("mkdir");
+        for f in ["config.json", "model.safetensors"] {
+            std::fs::copy(src.join(f), d.join(f)).expect("copy");
+        }
+        edit(&d);
+        let err = convert::convert_hf(&d, &d.join("out"), DType::F32, 1 << 20, false).expect_err(what).to_string();
+        assert!(err.contains(needle), "{what}: error '{err}' should mention '{needle}'");
+        println!("{what}: {err}");
+    };
+    let set_config = |d: &Path, key: &str, value: serde_json::Value| {
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("config.json")).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
+    };
+    case("unknown model type", &|d| {
+        set_config(d, "model_type", "llama".into());
+        set_config(d, "architectures", serde_json::json!(["LlamaForCausalLM"]));
+    }, "not supported");
+    case("wrong shape", &|d| set_config(d, "intermediate_size", 96.into()), "shape");
+    case("missing tensor", &|d| set_config(d, "num_hidden_layers", 5.into()), "layer_types");
+    case("missing layer", &|d| {
+        set_config(d, "num_hidden_layers", 5.into());
+        set_config(d, "layer_types", serde_json::Value::Null);
+    }, "missing tensor 'model.layers.4.");
+    case("missing field", &|d| set_config(d, "head_dim", serde_json::Value::Null), "head_dim");
+    case("truncated safetensors", &|d| {
+        let f = d.join("model.safetensors");
+        let len = std::fs::metadata(&f).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        file.set_len(len - 1000).unwrap();
+    }, "truncated");
+    case("no weights", &|d| std::fs::remove_file(d.join("model.safetensors")).unwrap(), "neither model.safetensors");
+    let _ = std::fs::remove_dir_all(&work);
+}
