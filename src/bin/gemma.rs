@@ -1,1 +1,307 @@
+//! `gemma`: the native command-line tool. Converts Hugging Face checkpoints into our format,
+//! writes synthetic models, generates text, dumps logits and benchmarks.
+//! Every error is one line on stderr and a non-zero exit code.
+
+#[cfg(target_arch = "wasm32")]
 fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    match cli::run(std::env::args().skip(1).collect()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod cli {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+    use std::time::Instant;
+
+    use gemma_webgpu::convert;
+    use gemma_webgpu::format::DEFAULT_SHARD_BYTES;
+    use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+    use gemma_webgpu::model::config::Gemma2Config;
+    use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+    use gemma_webgpu::model::local::read_manifest;
+    use gemma_webgpu::ops::sample::Sampling;
+    use gemma_webgpu::quant::DType;
+    use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer, END_OF_TURN};
+
+    const USAGE: &str = "usage:
+  gemma convert <hf_dir> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
+  gemma synth <out_dir> --preset 2b|9b|27b|<config.json> [--quant int4|fp16|f32] [--seed N]
+  gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
+                 [--temperature T] [--top-k K] [--top-p P] [--seed S] [--max-context N]
+  gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
+  gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json]";
+
+    type Res<T> = Result<T, String>;
+
+    /// Positional arguments and `--flag [value]` options.
+    struct Args {
+        positional: Vec<String>,
+        options: Vec<(String, Option<String>)>,
+    }
+
+    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--help"];
+
+    impl Args {
+        fn parse(raw: Vec<String>) -> Res<Self> {
+            let (mut positional, mut options) = (Vec::new(), Vec::new());
+            let mut it = raw.into_iter();
+            while let Some(a) = it.next() {
+                if a.starts_with("--") {
+                    if SWITCHES.contains(&a.as_str()) {
+                        options.push((a, None));
+                    } else {
+                        let v = it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
+                        options.push((a, Some(v)));
+                    }
+                } else {
+                    positional.push(a);
+                }
+            }
+            Ok(Self { positional, options })
+        }
+        fn has(&self, flag: &str) -> bool {
+            self.options.iter().any(|(f, _)| f == flag)
+        }
+        fn get(&self, flag: &str) -> Option<&str> {
+            self.options.iter().rev().find(|(f, _)| f == flag).and_then(|(_, v)| v.as_deref())
+        }
+        fn num<T: std::str::FromStr>(&self, flag: &str, default: T) -> Res<T> {
+            match self.get(flag) {
+                None => Ok(default),
+                Some(v) => v.parse().map_err(|_| format!("{flag}: '{v}' is not a valid number")),
+            }
+        }
+        fn pos(&self, i: usize, what: &str) -> Res<&str> {
+            self.positional.get(i).map(String::as_str).ok_or_else(|| format!("missing {what}\n{USAGE}"))
+        }
+        fn check_known(&self, known: &[&str]) -> Res<()> {
+            for (f, _) in &self.options {
+                if !known.contains(&f.as_str()) {
+                    return Err(format!("unknown option {f}\n{USAGE}"));
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn quant(args: &Args, default: DType) -> Res<DType> {
+        match args.get("--quant") {
+            None => Ok(default),
+            Some("int4") => Ok(DType::Int4),
+            Some("fp16") | Some("f16") => Ok(DType::F16),
+            Some("f32") => Ok(DType::F32),
+            Some(other) => Err(format!("--quant: '{other}' is not one of int4, fp16, f32")),
+        }
+    }
+
+    fn parse_tokens(s: &str) -> Res<Vec<u32>> {
+        s.split(',').map(|t| t.trim().parse::<u32>().map_err(|_| format!("--tokens: '{t}' is not a token id"))).collect()
+    }
+
+    async fn context() -> Res<GpuContext> {
+        GpuContext::new(&ContextOptions::default()).await.map_err(|e| e.to_string())
+    }
+
+    async fn load(dir: &Path, args: &Args) -> Res<Gemma2> {
+        let manifest = read_manifest(dir).map_err(|e| e.to_string())?;
+        let default_ctx = 4096.min(manifest.config.max_position_embeddings);
+        let options = EngineOptions {
+            max_context: args.num("--max-context", default_ctx)?,
+            kv_f32: args.has("--kv-f32"),
+            ..Default::default()
+        };
+        Gemma2::load_dir(context().await?, dir, options).await.map_err(|e| e.to_string())
+    }
+
+    pub fn run(raw: Vec<String>) -> Res<()> {
+        let args = Args::parse(raw)?;
+        let Some(cmd) = args.positional.first().cloned() else {
+            return Err(USAGE.to_string());
+        };
+        let args = Args { positional: args.positional[1..].to_vec(), options: args.options };
+        if args.has("--help") {
+            println!("{USAGE}");
+            return Ok(());
+        }
+        match cmd.as_str() {
+            "convert" => cmd_convert(&args),
+            "synth" => cmd_synth(&args),
+            "generate" => pollster::block_on(cmd_generate(&args)),
+            "logits" => pollster::block_on(cmd_logits(&args)),
+            "bench" => pollster::block_on(cmd_bench(&args)),
+            other => Err(format!("unknown command '{other}'\n{USAGE}")),
+        }
+    }
+
+    fn cmd_convert(args: &Args) -> Res<()> {
+        args.check_known(&["--quant", "--shard-mb"])?;
+        let (src, out) = (PathBuf::from(args.pos(0, "<hf_dir>")?), PathBuf::from(args.pos(1, "<out_dir>")?));
+        let shard = args.num("--shard-mb", DEFAULT_SHARD_BYTES >> 20)? << 20;
+        let m = convert::convert_hf(&src, &out, quant(args, DType::Int4)?, shard, true).map_err(|e| e.to_string())?;
+        eprintln!("wrote {} ({} shards, {:.1} MiB){}", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64, if m.tokenizer.is_some() { ", with tokenizer" } else { ", no tokenizer.json found" });
+        Ok(())
+    }
+
+    fn cmd_synth(args: &Args) -> Res<()> {
+        args.check_known(&["--preset", "--quant", "--seed", "--shard-mb"])?;
+        let out = PathBuf::from(args.pos(0, "<out_dir>")?);
+        let preset = args.get("--preset").ok_or_else(|| format!("synth needs --preset\n{USAGE}"))?;
+        let config = if preset.ends_with(".json") {
+            let text = std::fs::read_to_string(preset).map_err(|e| format!("{preset}: {e}"))?;
+            Gemma2Config::from_hf_json(&text).map_err(|e| e.to_string())?
+        } else {
+            convert::preset(preset).map_err(|e| e.to_string())?
+        };
+        let shard = args.num("--shard-mb", DEFAULT_SHARD_BYTES >> 20)? << 20;
+        let m = convert::synth(config, &out, quant(args, DType::Int4)?, args.num("--seed", 0)?, shard, true).map_err(|e| e.to_string())?;
+        eprintln!("wrote {} ({} shards, {:.1} MiB)", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64);
+        Ok(())
+    }
+
+    async fn cmd_generate(args: &Args) -> Res<()> {
+        args.check_known(&["--prompt", "--tokens", "--chat", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--max-context", "--kv-f32"])?;
+        let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
+        let manifest = read_manifest(&dir).map_err(|e| e.to_string())?;
+        let tokenizer = match &manifest.tokenizer {
+            Some(file) => {
+                let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
+                Some(Tokenizer::from_json(&bytes, manifest.config.bos_token_id).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
+        let chat = args.has("--chat");
+        let prompt: Vec<u32> = match (args.get("--prompt"), args.get("--tokens"), &tokenizer) {
+            (Some(_), _, None) => return Err("this model has no tokenizer.json; pass --tokens instead of --prompt".into()),
+            (Some(text), _, Some(tok)) if chat => tok.chat_prompt(&[Message { role: "user".into(), content: text.into() }]).map_err(|e| e.to_string())?,
+            (Some(text), _, Some(tok)) => tok.encode(text).map_err(|e| e.to_string())?,
+            (None, Some(ids), _) => parse_tokens(ids)?,
+            (None, None, _) => return Err(format!("generate needs --prompt or --tokens\n{USAGE}")),
+        };
+        let sampling = Sampling {
+            temperature: args.num("--temperature", 0.0)?,
+            top_k: args.num("--top-k", 0)?,
+            top_p: args.num("--top-p", 1.0)?,
+            seed: args.num("--seed", 0)?,
+        };
+        let max_tokens: usize = args.num("--max-tokens", 128)?;
+        let mut stop = manifest.config.eos_token_ids.clone();
+        if chat {
+            stop.extend([END_OF_TURN, 1]);
+        }
+        let mut gpu = load(&dir, args).await?;
+        let mut stream = TextStream::default();
+        let mut out = std::io::stdout();
+        let mut next = gpu.step(&prompt, &sampling).await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut generated = 0;
+        while generated < max_tokens && !stop.contains(&next) {
+            generated += 1;
+            match &tokenizer {
+                Some(tok) => {
+                    let _ = write!(out, "{}", stream.push(tok, next).map_err(|e| e.to_string())?);
+                }
+                None => {
+                    let _ = write!(out, "{next} ");
+                }
+            }
+            let _ = out.flush();
+            if generated == max_tokens {
+                break;
+            }
+            if gpu.position() >= gpu.options.max_context {
+                eprintln!("\n[stopped: the {}-token context is full; use --max-context to allow more]", gpu.options.max_context);
+                break;
+            }
+            next = gpu.step(&[next], &sampling).await.map_err(|e| e.to_string())?;
+        }
+        let _ = writeln!(out);
+        eprintln!("[{generated} tokens, {:.2} tok/s]", generated as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        Ok(())
+    }
+
+    /// NumPy `.npy` (format 1.0), float32, C order.
+    fn write_npy(path: &Path, rows: usize, cols: usize, data: &[f32]) -> Res<()> {
+        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = Vec::with_capacity(10 + header.len() + data.len() * 4);
+        bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(bytemuck::cast_slice(data));
+        std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    async fn cmd_logits(args: &Args) -> Res<()> {
+        args.check_known(&["--tokens", "--decode", "--out", "--max-context", "--kv-f32"])?;
+        let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
+        let tokens = parse_tokens(args.get("--tokens").ok_or_else(|| format!("logits needs --tokens\n{USAGE}"))?)?;
+        let out = PathBuf::from(args.get("--out").ok_or_else(|| format!("logits needs --out FILE.npy\n{USAGE}"))?);
+        let mut gpu = load(&dir, args).await?;
+        let logits = gpu.logits(&tokens, args.has("--decode")).await.map_err(|e| e.to_string())?;
+        write_npy(&out, tokens.len(), gpu.config.vocab_size as usize, &logits)?;
+        eprintln!("wrote {} [{} x {}]", out.display(), tokens.len(), gpu.config.vocab_size);
+        Ok(())
+    }
+
+    async fn cmd_bench(args: &Args) -> Res<()> {
+        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32"])?;
+        let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
+        let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
+        let t0 = Instant::now();
+        let mut gpu = load(&dir, args).await?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let v = gpu.config.vocab_size;
+        let prompt: Vec<u32> = std::iter::once(gpu.config.bos_token_id).chain((1..n_prompt as u32).map(|i| (i * 7919 + 11) % (v - 3) + 3)).collect();
+        let greedy = Sampling::GREEDY;
+        // Warm-up: compiles nothing new, but first submits on some drivers are slow.
+        gpu.step(&prompt[..1], &greedy).await.map_err(|e| e.to_string())?;
+        gpu.reset();
+        let t1 = Instant::now();
+        let mut next = gpu.step(&prompt, &greedy).await.map_err(|e| e.to_string())?;
+        let prefill_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        for _ in 0..n_gen {
+            next = gpu.step(&[next], &greedy).await.map_err(|e| e.to_string())?;
+        }
+        let decode_s = t2.elapsed().as_secs_f64();
+        let s = gpu.last_step;
+        let r = &gpu.ctx.report;
+        let fields = [
+            ("adapter", format!("\"{}\"", format!("{} ({}, {})", r.name, r.backend, r.device_type).replace('"', "'"))),
+            ("model_dir", format!("\"{}\"", dir.display())),
+            ("load_s", format!("{load_s:.2}")),
+            ("prompt_tokens", format!("{n_prompt}")),
+            ("prefill_tok_s", format!("{:.3}", n_prompt as f64 / prefill_s)),
+            ("gen_tokens", format!("{n_gen}")),
+            ("decode_tok_s", format!("{:.3}", n_gen as f64 / decode_s)),
+            ("gpu_memory_mib", format!("{:.1}", gpu.gpu_bytes() as f64 / (1 << 20) as f64)),
+            ("weights_mib", format!("{:.1}", gpu.weight_bytes() as f64 / (1 << 20) as f64)),
+            ("kv_cache_mib", format!("{:.1}", gpu.kv_cache_bytes() as f64 / (1 << 20) as f64)),
+            ("max_context", format!("{}", gpu.options.max_context)),
+            ("submits_per_token", format!("{}", s.submits)),
+            ("dispatches_per_token", format!("{}", s.dispatches)),
+            ("readback_bytes_per_token", format!("{}", s.readback_bytes)),
+        ];
+        if args.has("--json") {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("  \"{k}\": {v}")).collect();
+            println!("{{\n{}\n}}", body.join(",\n"));
+        } else {
+            for (k, v) in fields {
+                println!("{k:<26} {}", v.trim_matches('"'));
+            }
+        }
+        Ok(())
+    }
+}

@@ -139,18 +139,25 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
     w.finish(config, tokenizer)
 }
 
-/// Copy `tokenizer.json`, making sure Gemma's turn markers are registered as special tokens
-/// (some published files leave `<start_of_turn>`/`<end_of_turn>` as plain vocabulary entries,
-/// so they would be split into pieces when they appear in text).
+/// Copy `tokenizer.json` into the model directory, with the turn markers registered.
 fn copy_tokenizer(hf_dir: &Path, out: &Path) -> Result<Option<String>> {
     let src = hf_dir.join("tokenizer.json");
     if !src.exists() {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&src).map_err(|e| Error::Format(format!("{}: {e}", src.display())))?;
-    let mut tok: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
+    let name = "tokenizer.json".to_string();
+    std::fs::write(out.join(&name), register_turn_tokens(&text)?).map_err(|e| Error::Format(format!("writing tokenizer: {e}")))?;
+    Ok(Some(name))
+}
+
+/// Make sure Gemma's `<start_of_turn>`/`<end_of_turn>` are special (added) tokens: some
+/// published `tokenizer.json` files leave them as plain vocabulary entries, so they would be
+/// split into pieces when they appear in a chat prompt.
+pub fn register_turn_tokens(tokenizer_json: &str) -> Result<String> {
+    let mut tok: serde_json::Value = serde_json::from_str(tokenizer_json).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
     for special in ["<start_of_turn>", "<end_of_turn>"] {
-        let Some(id) = tok.pointer(&format!("/model/vocab/{}", special.replace('~', "~0").replace('/', "~1"))).and_then(|v| v.as_u64()) else {
+        let Some(id) = tok.get("model").and_then(|m| m.get("vocab")).and_then(|v| v.get(special)).and_then(|v| v.as_u64()) else {
             continue;
         };
         let Some(added) = tok.get_mut("added_tokens").and_then(|a| a.as_array_mut()) else { continue };
@@ -162,9 +169,7 @@ fn copy_tokenizer(hf_dir: &Path, out: &Path) -> Result<Option<String>> {
             })),
         }
     }
-    let name = "tokenizer.json".to_string();
-    std::fs::write(out.join(&name), serde_json::to_string(&tok).unwrap_or_default()).map_err(|e| Error::Format(format!("writing tokenizer: {e}")))?;
-    Ok(Some(name))
+    serde_json::to_string(&tok).map_err(|e| Error::Format(format!("tokenizer.json: {e}")))
 }
 
 /// The shapes of the released Gemma 2 models (spec §1.1).
