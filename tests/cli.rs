@@ -1,0 +1,142 @@
+//! The `gemma` binary end to end on a tiny fixture: convert, logits (.npy, prefill = decode),
+//! generate, bench --json; and its errors: one line, non-zero exit, no panic — including a
+//! corrupt and a truncated shard, and a prompt longer than the context.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn gemma(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gemma")).args(args).env("XDG_RUNTIME_DIR", std::env::temp_dir()).output().expect("run gemma")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = gemma(args);
+    assert!(out.status.success(), "gemma {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The command fails with exactly one `error:` line mentioning `needle`, and no panic.
+fn fails(args: &[&str], needle: &str) {
+    let out = gemma(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "gemma {args:?} should fail");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "gemma {args:?} panicked: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ") && !l.contains("XDG_RUNTIME_DIR")).collect();
+    assert_eq!(lines.len(), 1, "gemma {args:?}: expected one error line, got: {err}");
+    assert!(lines[0].contains(needle), "gemma {args:?}: '{}' should mention '{needle}'", lines[0]);
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("gemma-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn fixture() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-f32").display().to_string()
+}
+
+fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).expect("npy");
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("header");
+    assert!(header.contains("'descr': '<f4'") && header.ends_with('\n') && (10 + hlen) % 64 == 0, "{header}");
+    let shape: Vec<usize> = header.split('(').nth(1).and_then(|s| s.split(')').next()).expect("shape").split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    (shape, bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]))
+}
+
+#[test]
+fn convert_logits_generate_and_bench() {
+    let dir = tmp("model");
+    let d = dir.display().to_string();
+    assert!(gemma(&["convert", &fixture(), &d, "--quant", "f32", "--shard-mb", "1"]).status.success());
+    let (npy_p, npy_d) = (dir.join("prefill.npy"), dir.join("decode.npy"));
+    let tokens = "2,17,300,5,9,77,101,3,250,11,40,41";
+    ok(&["logits", &d, "--tokens", tokens, "--kv-f32", "--out", &npy_p.display().to_string()]);
+    ok(&["logits", &d, "--tokens", tokens, "--kv-f32", "--decode", "--out", &npy_d.display().to_string()]);
+    let ((shape, p), (_, q)) = (read_npy(&npy_p), read_npy(&npy_d));
+    assert_eq!(shape, vec![12, 512]);
+    let diff = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    assert!(diff < 1e-3, "--decode differs from prefill by {diff}");
+    let text = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6"]);
+    assert_eq!(text.split_whitespace().count(), 6, "{text}");
+    let sampled = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]);
+    assert_eq!(sampled, ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]), "same seed, same tokens");
+    let json = ok(&["bench", &d, "--prompt-tokens", "20", "--gen-tokens", "4", "--max-context", "64", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
+    assert_eq!(v["submits_per_token"], 1, "{json}");
+    assert_eq!(v["readback_bytes_per_token"], 4, "{json}");
+    assert!(v["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0 && v["dispatches_per_token"].as_u64().unwrap_or(0) > 0, "{json}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_are_one_line_and_exit_non_zero() {
+    let dir = tmp("errors");
+    let d = dir.display().to_string();
+    assert!(gemma(&["convert", &fixture(), &d, "--quant", "f32", "--shard-mb", "1"]).status.success());
+    fails(&["frobnicate"], "unknown command");
+    fails(&["logits", "/nonexistent", "--tokens", "1", "--out", "/tmp/x.npy"], "manifest.json");
+    fails(&["logits", &d, "--tokens", "1,x", "--out", "/tmp/x.npy"], "not a token id");
+    fails(&["logits", &d, "--tokens", "1,9999", "--out", "/tmp/x.npy"], "vocabulary size");
+    fails(&["generate", &d, "--prompt", "hello"], "no tokenizer.json");
+    fails(&["generate", &d, "--tokens", "2,3,4", "--max-context", "2"], "context is full");
+    fails(&["generate", &d, "--tokens", "2,3", "--max-context", "100000"], "max_position_embeddings");
+    fails(&["generate", &d, "--tokens", "2,3", "--top-p", "0"], "top_p");
+    fails(&["convert", &fixture(), &d, "--quant", "int3"], "--quant");
+    // A corrupt shard (one flipped byte) and a truncated one.
+    let shard = dir.join("model-00000.bin");
+    let mut bytes = std::fs::read(&shard).expect("shard");
+    bytes[1000] ^= 0x40;
+    std::fs::write(&shard, &bytes).expect("write");
+    fails(&["logits", &d, "--tokens", "2", "--out", "/tmp/x.npy"], "corrupt");
+    bytes[1000] ^= 0x40;
+    bytes.truncate(bytes.len() - 8);
+    std::fs::write(&shard, &bytes).expect("write");
+    fails(&["logits", &d, "--tokens", "2", "--out", "/tmp/x.npy"], "truncated");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A checkpoint split over several safetensors files with an index converts to the same model.
+#[test]
+fn sharded_checkpoints_with_an_index_convert() {
+    let src = tmp("split-src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::copy(Path::new(&fixture()).join("config.json"), src.join("config.json")).expect("copy");
+    // Split the fixture's tensors over two files by rewriting headers.
+    let bytes = std::fs::read(Path::new(&fixture()).join("model.safetensors")).expect("read");
+    let hlen = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + hlen]).expect("header");
+    let data = &bytes[8 + hlen..];
+    let names: Vec<&String> = header.as_object().expect("object").keys().filter(|k| *k != "__metadata__").collect();
+    let mut weight_map = serde_json::Map::new();
+    for (part, chunk) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", part + 1);
+        let (mut h, mut body) = (serde_json::Map::new(), Vec::new());
+        for name in chunk {
+            let info = &header[name.as_str()];
+            let (b, e) = (info["data_offsets"][0].as_u64().expect("b") as usize, info["data_offsets"][1].as_u64().expect("e") as usize);
+            let mut entry = info.clone();
+            entry["data_offsets"] = serde_json::json!([body.len(), body.len() + e - b]);
+            body.extend_from_slice(&data[b..e]);
+            h.insert(name.to_string(), entry);
+            weight_map.insert(name.to_string(), file.clone().into());
+        }
+        let hjson = serde_json::Value::Object(h).to_string();
+        let mut out = (hjson.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(hjson.as_bytes());
+        out.extend_from_slice(&body);
+        std::fs::write(src.join(&file), out).expect("write part");
+    }
+    std::fs::write(src.join("model.safetensors.index.json"), serde_json::json!({ "weight_map": weight_map }).to_string()).expect("index");
+    let (a, b) = (tmp("split-a"), tmp("split-b"));
+    ok(&["convert", &src.display().to_string(), &a.display().to_string(), "--quant", "fp16"]);
+    ok(&["convert", &fixture(), &b.display().to_string(), "--quant", "fp16"]);
+    let (ma, mb) = (std::fs::read_to_string(a.join("manifest.json")).expect("a"), std::fs::read_to_string(b.join("manifest.json")).expect("b"));
+    assert_eq!(ma, mb, "the split checkpoint converts to the identical model");
+    for d in [src, a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
