@@ -1,9 +1,10 @@
 // matmul.wgsl: prefill matrix product y[m, out_offset + n] = sum_k x[m, k] * W[n, k] for one
 // part of a packed weight W [n, k]; y rows are out_stride apart. Workgroup tiles of
-// BM x BN outputs (16 x 16 threads, 4 x 4 each), K walked in BK-wide slices through workgroup
+// BM x BN outputs (16 x 16 threads, TM x 4 each), K walked in BK-wide slices through workgroup
 // memory (8 KiB). Any m, n, k: out-of-range tile entries load as 0 and are not stored.
+// TM = 4 (64-row tiles) for long prompts; TM = 1 (16-row tiles) wastes less on short ones.
 
-const BM: u32 = 64u;
+override TM: u32 = 4u;
 const BN: u32 = 64u;
 const BK: u32 = 16u;
 
@@ -23,13 +24,14 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;  // [m, out_stride]
 @group(0) @binding(3) var<uniform> p: Params;
 
-var<workgroup> xs: array<f32, 1024>; // [BK][BM]
+var<workgroup> xs: array<f32, 1024>; // [BK][16 * TM]
 var<workgroup> ws: array<f32, 1024>; // [BK][BN]
 
 @compute @workgroup_size(16, 16)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let m0 = wid.y * BM;
+    let bm = 16u * TM;
+    let m0 = wid.y * bm;
     let n0 = wid.x * BN;
     var acc: array<f32, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
@@ -38,11 +40,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             let r = idx / BK;
             let kk = idx % BK;
             let gk = k0 + kk;
-            var xv = 0.0;
-            if m0 + r < p.m && gk < p.k {
-                xv = x[(m0 + r) * p.k + gk];
+            if i < TM {
+                var xv = 0.0;
+                if m0 + r < p.m && gk < p.k {
+                    xv = x[(m0 + r) * p.k + gk];
+                }
+                xs[kk * bm + r] = xv;
             }
-            xs[kk * BM + r] = xv;
             var wv = 0.0;
             if n0 + r < p.n && gk < p.k {
                 wv = load_weight((n0 + r) * p.k + gk, p.scales_offset);
@@ -51,21 +55,26 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {
-            let a = vec4<f32>(xs[kk * BM + lid3.y * 4u], xs[kk * BM + lid3.y * 4u + 1u],
-                              xs[kk * BM + lid3.y * 4u + 2u], xs[kk * BM + lid3.y * 4u + 3u]);
             let b = vec4<f32>(ws[kk * BN + lid3.x * 4u], ws[kk * BN + lid3.x * 4u + 1u],
                               ws[kk * BN + lid3.x * 4u + 2u], ws[kk * BN + lid3.x * 4u + 3u]);
             // Unrolled by hand: llvmpipe counts every loop iteration of an invocation against
-            // one shared budget of 65535 (see shaders/README.md).
-            acc[0] += a.x * b.x; acc[1] += a.x * b.y; acc[2] += a.x * b.z; acc[3] += a.x * b.w;
-            acc[4] += a.y * b.x; acc[5] += a.y * b.y; acc[6] += a.y * b.z; acc[7] += a.y * b.w;
-            acc[8] += a.z * b.x; acc[9] += a.z * b.y; acc[10] += a.z * b.z; acc[11] += a.z * b.w;
-            acc[12] += a.w * b.x; acc[13] += a.w * b.y; acc[14] += a.w * b.z; acc[15] += a.w * b.w;
+            // one shared budget of 65535 (README.md, "A note on lavapipe").
+            if TM == 4u {
+                let xb = kk * bm + lid3.y * 4u;
+                let a = vec4<f32>(xs[xb], xs[xb + 1u], xs[xb + 2u], xs[xb + 3u]);
+                acc[0] += a.x * b.x; acc[1] += a.x * b.y; acc[2] += a.x * b.z; acc[3] += a.x * b.w;
+                acc[4] += a.y * b.x; acc[5] += a.y * b.y; acc[6] += a.y * b.z; acc[7] += a.y * b.w;
+                acc[8] += a.z * b.x; acc[9] += a.z * b.y; acc[10] += a.z * b.z; acc[11] += a.z * b.w;
+                acc[12] += a.w * b.x; acc[13] += a.w * b.y; acc[14] += a.w * b.z; acc[15] += a.w * b.w;
+            } else {
+                let a = xs[kk * bm + lid3.y];
+                acc[0] += a * b.x; acc[1] += a * b.y; acc[2] += a * b.z; acc[3] += a * b.w;
+            }
         }
         workgroupBarrier();
     }
-    for (var i = 0u; i < 4u; i++) {
-        let gm = m0 + lid3.y * 4u + i;
+    for (var i = 0u; i < TM; i++) {
+        let gm = m0 + lid3.y * TM + i;
         for (var j = 0u; j < 4u; j++) {
             let gn = n0 + lid3.x * 4u + j;
             if gm < p.m && gn < p.n {

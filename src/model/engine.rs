@@ -13,7 +13,7 @@ use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
-use crate::ops::linear::{LinearBinding, MatMulParams, MatVecParams};
+use crate::ops::linear::{LinearBinding, MatMulBinding, MatVecParams};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{Sampling, SamplerBinding};
@@ -42,7 +42,7 @@ impl Default for EngineOptions {
 /// A weight bound both ways: tiled matmul for prefill, matrix-vector for decode.
 #[derive(Debug)]
 struct Linear {
-    prefill: LinearBinding<MatMulParams>,
+    prefill: MatMulBinding,
     decode: LinearBinding<MatVecParams>,
 }
 

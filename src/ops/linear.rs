@@ -32,8 +32,10 @@ uniform! {
     }
 }
 
-/// Output tile of the matmul kernel (rows and columns per workgroup).
+/// Output tile of the matmul kernel: columns per workgroup, and rows for the large-tile
+/// variant; calls with at most `MATMUL_SMALL_M` rows use 16-row tiles instead.
 pub const MATMUL_TILE: u32 = 64;
+pub const MATMUL_SMALL_M: u32 = 32;
 /// Rows of `W` per matvec workgroup.
 pub const MATVEC_ROWS: u32 = 4;
 
@@ -63,23 +65,46 @@ fn bind_parts<P: bytemuck::Pod>(op: &'static str, kernel: &Kernel, dtype: DType,
 
 #[derive(Debug)]
 pub struct MatMul {
-    kernel: Kernel,
+    large: Kernel,
+    small: Kernel,
     dtype: DType,
+}
+
+/// A weight bound to both matmul variants.
+#[derive(Debug)]
+pub struct MatMulBinding {
+    large: LinearBinding<MatMulParams>,
+    small: LinearBinding<MatMulParams>,
+}
+
+impl MatMulBinding {
+    pub fn parts(&self) -> usize {
+        self.large.parts()
+    }
 }
 
 impl MatMul {
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        Ok(Self { kernel: Kernel::new(ctx, &shaders::MATMUL, &[("WTYPE", dtype.wgsl_id())]).await?, dtype })
+        let w = ("WTYPE", dtype.wgsl_id());
+        Ok(Self {
+            large: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 4.0)]).await?,
+            small: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 1.0)]).await?,
+            dtype,
+        })
     }
 
     /// `x`: f32 [M, K]; `y`: f32 [M, N].
-    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<MatMulParams>> {
-        bind_parts("matmul", &self.kernel, self.dtype, ctx, x, w, y)
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatMulBinding> {
+        Ok(MatMulBinding {
+            large: bind_parts("matmul", &self.large, self.dtype, ctx, x, w, y)?,
+            small: bind_parts("matmul", &self.small, self.dtype, ctx, x, w, y)?,
+        })
     }
 
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &LinearBinding<MatMulParams>, m: u32) -> Result<()> {
+    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &MatMulBinding, m: u32) -> Result<()> {
+        let (b, tile_m) = if m <= MATMUL_SMALL_M { (&b.small, 16) } else { (&b.large, MATMUL_TILE) };
         check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
-        let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
+        let gy = check_groups("matmul", "row tiles", m.div_ceil(tile_m) as u64)?;
         for (bound, row_start, rows, scales_offset) in &b.parts {
             let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
             let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
