@@ -96,41 +96,32 @@ impl GpuContext {
         enc.copy_buffer_to_buffer(buffer, offset, &staging, 0, padded);
         self.queue.submit([enc.finish()]);
 
+        let bytes = self.map_read(&staging, padded).await?;
+        let mut out = vec![T::zeroed(); count as usize];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&bytes[..(count * elem) as usize]);
+        Ok(out)
+    }
+
+    /// Map the first `bytes` of a MAP_READ buffer that submitted work copied into, copy them
+    /// out and unmap it again (waits for the work).
+    pub async fn map_read(&self, staging: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
         let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
             let _ = tx.send(r);
         });
         self.poll_wait()?;
         rx.await
             .map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?
             .map_err(|e| Error::Readback(e.to_string()))?;
-        let out = {
-            let view = staging.get_mapped_range(..).map_err(|e| Error::Readback(e.to_string()))?;
-            let mut out = vec![T::zeroed(); count as usize];
-            bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&view[..bytes as usize]);
-            out
-        };
+        let out = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?.to_vec();
         staging.unmap();
         Ok(out)
     }
 
-    /// Map a persistent 4-byte MAP_READ buffer that a submitted command buffer copied into,
-    /// and read its u32 (the per-token read-back; no buffer is created).
+    /// The u32 a decode step copied into its persistent 4-byte read-back buffer.
     pub async fn read_mapped_u32(&self, staging: &wgpu::Buffer) -> Result<u32> {
-        let (tx, rx) = futures_channel::oneshot::channel();
-        staging.map_async(wgpu::MapMode::Read, 0..4, move |r| {
-            let _ = tx.send(r);
-        });
-        self.poll_wait()?;
-        rx.await
-            .map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
-        let value = {
-            let view = staging.get_mapped_range(0..4).map_err(|e| Error::Readback(e.to_string()))?;
-            u32::from_le_bytes([view[0], view[1], view[2], view[3]])
-        };
-        staging.unmap();
-        Ok(value)
+        let b = self.map_read(staging, 4).await?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// Submit one command buffer and surface any validation error it raised.
