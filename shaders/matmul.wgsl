@@ -47,11 +47,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 }
                 xs[kk * bm + r] = xv;
             }
-            var wv = 0.0;
-            if n0 + r < p.n && gk < p.k {
-                wv = load_weight((n0 + r) * p.k + gk, p.scales_offset);
+            // int4 tiles are decoded a word (8 values) at a time below.
+            if WTYPE != 3u {
+                var wv = 0.0;
+                if n0 + r < p.n && gk < p.k {
+                    wv = load_weight((n0 + r) * p.k + gk, p.scales_offset);
+                }
+                ws[kk * BN + r] = wv;
             }
-            ws[kk * BN + r] = wv;
+        }
+        if WTYPE == 3u && lid < 128u {
+            // 64 rows x 16 values = 128 words; K % 32 == 0, so a word never crosses K.
+            let r = lid / 2u;
+            let kk0 = (lid % 2u) * 8u;
+            var lo = vec4<f32>(0.0);
+            var hi = vec4<f32>(0.0);
+            if n0 + r < p.n && k0 + kk0 < p.k {
+                let e = (n0 + r) * p.k + k0 + kk0;
+                let word = w[e >> 3u];
+                let s = int4_scale(e >> 5u, p.scales_offset);
+                lo = int4_lo(word) * s;
+                hi = int4_hi(word) * s;
+            }
+            ws[kk0 * BN + r] = lo.x;
+            ws[(kk0 + 1u) * BN + r] = lo.y;
+            ws[(kk0 + 2u) * BN + r] = lo.z;
+            ws[(kk0 + 3u) * BN + r] = lo.w;
+            ws[(kk0 + 4u) * BN + r] = hi.x;
+            ws[(kk0 + 5u) * BN + r] = hi.y;
+            ws[(kk0 + 6u) * BN + r] = hi.z;
+            ws[(kk0 + 7u) * BN + r] = hi.w;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < BK; kk++) {

@@ -20,6 +20,15 @@ fn int4_scale(g: u32, scales_offset: u32) -> f32 {
     return unpack2x16float(half_bits(2u * scales_offset + g)).x;
 }
 
+// The 8 int4 codes of one word, minus the zero point: nibbles 0-3 and 4-7 (unscaled).
+fn int4_lo(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u)) - 8.0;
+}
+
+fn int4_hi(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u)) - 8.0;
+}
+
 // Element e (= row * cols + col) of the tensor, widened to f32.
 fn load_weight(e: u32, scales_offset: u32) -> f32 {
     switch WTYPE {
@@ -41,10 +50,7 @@ fn dot8(e: u32, scales_offset: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     switch WTYPE {
         case 3u: {
             let word = w[e >> 3u];
-            let lo = vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
-            let hi = vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
-            let s = int4_scale(e >> 5u, scales_offset);
-            return (dot(lo - 8.0, a) + dot(hi - 8.0, b)) * s;
+            return (dot(int4_lo(word), a) + dot(int4_hi(word), b)) * int4_scale(e >> 5u, scales_offset);
         }
         case 1u: {
             if (e & 1u) == 0u {
