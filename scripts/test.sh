@@ -21,7 +21,7 @@ echo "== browser tests (wasm-pack test --headless --chrome)"
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 # The runner gives the whole browser run of a test binary this many seconds (default 20).
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
-wasm-pack test --headless --chrome -- --locked --test web -- --nocapture 2>&1 | tee -a "$log"
+wasm-pack test --headless --chrome -- --locked --test web --test web_model -- --nocapture 2>&1 | tee -a "$log"
 
 # Both runners print "test result: ok. N passed; M failed; ..." per test binary.
 passed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true) | awk '{s += $4} END {print s + 0}')

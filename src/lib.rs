@@ -7,7 +7,6 @@
 //! - [`quant`]: the packed weight codecs (f32, fp16, bf16, int4) the kernels read.
 //! - [`reference`]: CPU twins of every kernel, used by the tests.
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod convert;
 pub mod error;
 pub mod format;

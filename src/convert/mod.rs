@@ -1,5 +1,7 @@
-//! Writing models in our format (native only): `gemma convert` from a Hugging Face checkpoint,
-//! and `gemma synth`, a seeded random model of a real shape for benchmarks and memory tests.
+//! Writing models in our format: `gemma convert` from a Hugging Face checkpoint, and
+//! `gemma synth`, a seeded random model of a real shape for benchmarks and memory tests.
+//! Output goes to a directory, or stays in memory (`ShardWriter::in_memory`), which is how the
+//! browser tests convert a fixture without a file system.
 
 pub mod safetensors;
 
@@ -15,12 +17,18 @@ use crate::gpu::weights::rows_per_part;
 use crate::model::config::Gemma2Config;
 use crate::quant::{DType, Packed, INT4_GROUP};
 
-/// Appends tensor parts to shard files of at most `max_bytes`, hashing as it writes.
+/// Where shard bytes go.
+enum Sink {
+    Dir(PathBuf),
+    Memory(Vec<Vec<u8>>),
+}
+
+/// Appends tensor parts to shards of at most `max_bytes`, hashing as it writes.
 pub struct ShardWriter {
-    dir: PathBuf,
+    sink: Sink,
     max_bytes: u64,
     shards: Vec<ShardEntry>,
-    open: Option<(File, sha2::Sha256)>,
+    open: Option<(Option<File>, sha2::Sha256)>,
     tensors: Vec<TensorEntry>,
     pub bytes_written: u64,
 }
@@ -28,11 +36,16 @@ pub struct ShardWriter {
 impl ShardWriter {
     pub fn new(dir: &Path, max_bytes: u64) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Format(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(Self { dir: dir.to_path_buf(), max_bytes, shards: Vec::new(), open: None, tensors: Vec::new(), bytes_written: 0 })
+        Ok(Self::with_sink(Sink::Dir(dir.to_path_buf()), max_bytes))
     }
 
-    fn io(&self, e: std::io::Error) -> Error {
-        Error::Format(format!("writing to {}: {e}", self.dir.display()))
+    /// Keep the shards in memory (see `finish_in_memory`).
+    pub fn in_memory(max_bytes: u64) -> Self {
+        Self::with_sink(Sink::Memory(Vec::new()), max_bytes)
+    }
+
+    fn with_sink(sink: Sink, max_bytes: u64) -> Self {
+        Self { sink, max_bytes, shards: Vec::new(), open: None, tensors: Vec::new(), bytes_written: 0 }
     }
 
     fn close_shard(&mut self) {
@@ -57,14 +70,24 @@ impl ShardWriter {
             if !fits {
                 self.close_shard();
                 let file = format!("model-{:05}.bin", self.shards.len());
-                let f = File::create(self.dir.join(&file)).map_err(|e| self.io(e))?;
+                let handle = match &mut self.sink {
+                    Sink::Dir(dir) => Some(File::create(dir.join(&file)).map_err(|e| Error::Format(format!("writing {}: {e}", dir.join(&file).display())))?),
+                    Sink::Memory(shards) => {
+                        shards.push(Vec::new());
+                        None
+                    }
+                };
                 self.shards.push(ShardEntry { file, size: 0, sha256: String::new() });
-                self.open = Some((f, sha2::Sha256::new()));
+                self.open = Some((handle, sha2::Sha256::new()));
             }
             let shard = (self.shards.len() - 1) as u32;
             let offset = self.shards[shard as usize].size;
-            if let Some((f, hasher)) = self.open.as_mut() {
-                f.write_all(bytes).map_err(|e| Error::Format(format!("writing shard: {e}")))?;
+            if let Some((handle, hasher)) = self.open.as_mut() {
+                match (handle, &mut self.sink) {
+                    (Some(f), _) => f.write_all(bytes).map_err(|e| Error::Format(format!("writing shard: {e}")))?,
+                    (None, Sink::Memory(shards)) => shards.last_mut().into_iter().for_each(|s| s.extend_from_slice(bytes)),
+                    (None, Sink::Dir(_)) => {}
+                }
                 hasher.update(bytes);
             }
             self.shards[shard as usize].size += len;
@@ -82,20 +105,36 @@ impl ShardWriter {
         Ok(())
     }
 
-    /// Write `manifest.json` and return the manifest.
-    pub fn finish(mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
+    fn manifest(&mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
         self.close_shard();
         let manifest = Manifest {
             format: format::FORMAT_NAME.into(),
             format_version: format::FORMAT_VERSION,
             config,
             tokenizer,
-            shards: self.shards,
-            tensors: self.tensors,
+            shards: std::mem::take(&mut self.shards),
+            tensors: std::mem::take(&mut self.tensors),
         };
         manifest.validate()?;
-        std::fs::write(self.dir.join(format::MANIFEST_FILE), manifest.to_json()).map_err(|e| Error::Format(format!("writing manifest: {e}")))?;
         Ok(manifest)
+    }
+
+    /// Write `manifest.json` (directory output) and return the manifest.
+    pub fn finish(mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
+        let manifest = self.manifest(config, tokenizer)?;
+        if let Sink::Dir(dir) = &self.sink {
+            std::fs::write(dir.join(format::MANIFEST_FILE), manifest.to_json()).map_err(|e| Error::Format(format!("writing manifest: {e}")))?;
+        }
+        Ok(manifest)
+    }
+
+    /// The manifest and the shards' bytes, for in-memory output.
+    pub fn finish_in_memory(mut self, config: Gemma2Config) -> Result<(Manifest, Vec<Vec<u8>>)> {
+        let manifest = self.manifest(config, None)?;
+        match self.sink {
+            Sink::Memory(shards) => Ok((manifest, shards)),
+            Sink::Dir(_) => Err(Error::invalid("finish_in_memory", "this writer writes to a directory")),
+        }
     }
 }
 
@@ -117,7 +156,26 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Format(format!("{}: {e}", cfg_path.display())))?;
     let config = Gemma2Config::from_hf_json(&cfg_text)?;
     let ck = safetensors::Checkpoint::open_dir(hf_dir)?;
-    let expected = format::gemma2_tensors(&config);
+    check_checkpoint(&config, &ck)?;
+    let mut w = ShardWriter::new(out, shard_bytes)?;
+    write_tensors(&config, &ck, &mut w, quant, show_progress)?;
+    let tokenizer = copy_tokenizer(hf_dir, out)?;
+    w.finish(config, tokenizer)
+}
+
+/// Convert a checkpoint held in memory (`config.json` text and a loaded `Checkpoint`) into a
+/// manifest and shard bytes, without touching a file system.
+pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant: DType, shard_bytes: u64) -> Result<(Manifest, Vec<Vec<u8>>)> {
+    let config = Gemma2Config::from_hf_json(config_json)?;
+    check_checkpoint(&config, ck)?;
+    let mut w = ShardWriter::in_memory(shard_bytes);
+    write_tensors(&config, ck, &mut w, quant, false)?;
+    w.finish_in_memory(config)
+}
+
+/// Every tensor the config implies is present with the right shape (checked before writing).
+fn check_checkpoint(config: &Gemma2Config, ck: &safetensors::Checkpoint) -> Result<()> {
+    let expected = format::gemma2_tensors(config);
     // Check everything before writing anything.
     for (name, [rows, cols]) in &expected {
         let info = ck.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
@@ -126,7 +184,12 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
             return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {:?}", info.shape, if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] })));
         }
     }
-    let mut w = ShardWriter::new(out, shard_bytes)?;
+    Ok(())
+}
+
+/// Read, pack and append every tensor, one at a time.
+fn write_tensors(config: &Gemma2Config, ck: &safetensors::Checkpoint, w: &mut ShardWriter, quant: DType, show_progress: bool) -> Result<()> {
+    let expected = format::gemma2_tensors(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (_, values) = ck.read_f32(name)?;
         let packed = Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?;
@@ -135,8 +198,7 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
             progress(done + 1, expected.len(), w.bytes_written);
         }
     }
-    let tokenizer = copy_tokenizer(hf_dir, out)?;
-    w.finish(config, tokenizer)
+    Ok(())
 }
 
 /// Copy `tokenizer.json` into the model directory, with the turn markers registered.

@@ -1,6 +1,7 @@
 //! A streaming reader for Hugging Face safetensors files (single file or an
 //! `model.safetensors.index.json` set): the header is parsed once, and each tensor is read from
-//! disk only when asked for, so converting a model never holds more than one tensor.
+//! disk only when asked for, so converting a model never holds more than one tensor. Files
+//! already in memory (a browser, a test) are read the same way.
 //! Format: 8-byte little-endian header length, a JSON header
 //! `{name: {dtype, shape, data_offsets: [begin, end]}}`, then the data.
 
@@ -8,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use half::{bf16, f16};
 use serde_json::Value;
@@ -15,11 +17,17 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone)]
+enum Source {
+    File(PathBuf),
+    Memory(Arc<[u8]>),
+}
+
+#[derive(Debug, Clone)]
 pub struct TensorInfo {
     pub dtype: String,
     pub shape: Vec<usize>,
-    file: PathBuf,
-    /// Absolute byte range in `file`.
+    source: Source,
+    /// Absolute byte range in the source.
     begin: u64,
     end: u64,
 }
@@ -73,7 +81,25 @@ impl Checkpoint {
         }
         let mut header = vec![0u8; header_len as usize];
         f.read_exact(&mut header).map_err(|e| bad(path, e))?;
-        let v: Value = serde_json::from_slice(&header).map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
+        self.add_header(path, &header, file_len, Source::File(path.to_path_buf()))
+    }
+
+    /// Add a safetensors file held in memory; `label` names it in errors.
+    pub fn add_bytes(&mut self, label: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = Path::new(label);
+        let len = bytes.len() as u64;
+        let header_len = bytes.get(..8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).ok_or_else(|| bad(path, "too short to be a safetensors file"))?;
+        if header_len > 100 << 20 || 8 + header_len > len {
+            return Err(bad(path, format!("header length {header_len} does not fit the {len}-byte file (truncated or not safetensors)")));
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        let header = bytes[8..8 + header_len as usize].to_vec();
+        self.add_header(path, &header, len, Source::Memory(bytes))
+    }
+
+    fn add_header(&mut self, path: &Path, header: &[u8], file_len: u64, source: Source) -> Result<()> {
+        let header_len = header.len() as u64;
+        let v: Value = serde_json::from_slice(header).map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| bad(path, "header is not a JSON object"))?;
         let data_start = 8 + header_len;
         for (name, info) in obj {
@@ -105,17 +131,23 @@ impl Checkpoint {
             if (end - begin) as usize != shape.iter().product::<usize>() * elem {
                 return Err(bad(path, format!("{name}: {} bytes for shape {shape:?} of {dtype}", end - begin)));
             }
-            self.tensors.insert(name.clone(), TensorInfo { dtype, shape, file: path.to_path_buf(), begin, end });
+            self.tensors.insert(name.clone(), TensorInfo { dtype, shape, source: source.clone(), begin, end });
         }
         Ok(())
     }
 
     fn read_bytes(&self, name: &str) -> Result<(&TensorInfo, Vec<u8>)> {
         let info = self.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint has no tensor '{name}'")))?;
-        let mut f = File::open(&info.file).map_err(|e| bad(&info.file, e))?;
-        f.seek(SeekFrom::Start(info.begin)).map_err(|e| bad(&info.file, e))?;
-        let mut bytes = vec![0u8; (info.end - info.begin) as usize];
-        f.read_exact(&mut bytes).map_err(|e| bad(&info.file, format!("{name}: {e}")))?;
+        let bytes = match &info.source {
+            Source::Memory(all) => all[info.begin as usize..info.end as usize].to_vec(),
+            Source::File(path) => {
+                let mut f = File::open(path).map_err(|e| bad(path, e))?;
+                f.seek(SeekFrom::Start(info.begin)).map_err(|e| bad(path, e))?;
+                let mut bytes = vec![0u8; (info.end - info.begin) as usize];
+                f.read_exact(&mut bytes).map_err(|e| bad(path, format!("{name}: {e}")))?;
+                bytes
+            }
+        };
         Ok((info, bytes))
     }
 

@@ -1,0 +1,108 @@
+//! The Gemma 2 engine in headless Chromium's WebGPU (SwiftShader in CI), on the tiny Hugging
+//! Face fixtures converted in memory (no file system in a browser): logits at every position by
+//! prefill and by decode against the HF reference, greedy continuations, and an int4 model
+//! against its CPU twin. Same engine code and tolerances as `tests/reference.rs`.
+#![cfg(target_arch = "wasm32")]
+
+use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
+use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+use gemma_webgpu::model::cpu::CpuModel;
+use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::weights::{verify_shard, WeightLoader};
+use gemma_webgpu::ops::sample::Sampling;
+use gemma_webgpu::quant::DType;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+struct Fixture {
+    name: &'static str,
+    config: &'static str,
+    weights: &'static [u8],
+    reference: &'static [u8],
+}
+
+const FIXTURES: &[Fixture] = &[
+    Fixture {
+        name: "tiny-f32",
+        config: include_str!("fixtures/tiny-f32/config.json"),
+        weights: include_bytes!("fixtures/tiny-f32/model.safetensors"),
+        reference: include_bytes!("fixtures/tiny-f32/reference.safetensors"),
+    },
+    Fixture {
+        name: "tiny-bf16-gqa3",
+        config: include_str!("fixtures/tiny-bf16-gqa3/config.json"),
+        weights: include_bytes!("fixtures/tiny-bf16-gqa3/model.safetensors"),
+        reference: include_bytes!("fixtures/tiny-bf16-gqa3/reference.safetensors"),
+    },
+];
+
+fn e<T>(r: gemma_webgpu::Result<T>) -> T {
+    r.unwrap_or_else(|err| panic!("{err}"))
+}
+
+/// Convert in memory, verify and upload every shard, build the engine.
+async fn load(f: &Fixture, quant: DType, kv_f32: bool) -> (Gemma2, CpuModel) {
+    let mut ck = Checkpoint::default();
+    e(ck.add_bytes("model.safetensors", f.weights.to_vec()));
+    let (manifest, shards) = e(convert_in_memory(f.config, &ck, quant, 128 << 10));
+    let ctx = e(GpuContext::new(&ContextOptions::default()).await);
+    let mut loader = WeightLoader::new(&ctx, &manifest);
+    for (i, shard) in shards.iter().enumerate() {
+        e(verify_shard(&manifest, i, shard));
+        e(loader.add_shard(i, shard));
+    }
+    let weights = e(loader.finish());
+    let cpu = e(CpuModel::from_manifest(&manifest, &|i| Ok(shards[i].clone())));
+    let options = EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 };
+    (e(Gemma2::new(ctx, manifest.config.clone(), weights, options).await), cpu)
+}
+
+fn reference(f: &Fixture) -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
+    let mut ck = Checkpoint::default();
+    e(ck.add_bytes("reference.safetensors", f.reference.to_vec()));
+    let ids = |t: &str| e(ck.read_i32(t)).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    (ids("input_ids"), e(ck.read_f32("logits")).1, ids("greedy_prompt"), ids("greedy_ids"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[wasm_bindgen_test]
+async fn engine_matches_hugging_face_in_the_browser() {
+    for f in FIXTURES {
+        let (mut gpu, _) = load(f, DType::F32, true).await;
+        let (ids, logits, prompt, greedy) = reference(f);
+        let prefill = e(gpu.logits(&ids, false).await);
+        gpu.reset();
+        let decode = e(gpu.logits(&ids, true).await);
+        let (ep, ed) = (max_abs_diff(&prefill, &logits), max_abs_diff(&decode, &logits));
+        console_log!("{}: f32 weights, f32 KV: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", f.name);
+        assert!(ep <= 1e-3 && ed <= 1e-3, "{}: {ep} / {ed}", f.name);
+        gpu.reset();
+        let mut got = vec![e(gpu.step(&prompt, &Sampling::GREEDY).await)];
+        while got.len() < greedy.len() {
+            let last = got[got.len() - 1];
+            got.push(e(gpu.step(&[last], &Sampling::GREEDY).await));
+        }
+        assert_eq!(got, greedy, "{}: greedy continuation", f.name);
+    }
+}
+
+#[wasm_bindgen_test]
+async fn int4_and_fp16_kv_match_their_cpu_twins_in_the_browser() {
+    let f = &FIXTURES[0];
+    let (ids, _, _, _) = reference(f);
+    let (mut gpu, cpu) = load(f, DType::Int4, true).await;
+    let err = max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, false).logits);
+    console_log!("{}: int4 weights: max |GPU - CPU twin| {err:.2e}", f.name);
+    assert!(err <= 2e-3, "int4: {err}");
+    // The default fp16 cache, on shorter input (rounding flips amplify over long ones).
+    let (mut gpu, cpu) = load(f, DType::F16, false).await;
+    let short = &ids[..12];
+    let err = max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, true).logits);
+    console_log!("{}: fp16 weights, fp16 KV: max |GPU - CPU twin| {err:.2e}", f.name);
+    assert!(err <= 5e-3, "fp16 KV: {err}");
+}
