@@ -168,7 +168,7 @@ impl Kernel {
 
     /// Bind `buffers` to bindings 0..n of group 0 and a fresh params uniform to binding n.
     /// Done once per (op, tensors) at load time; a decode step only rewrites the params.
-    pub fn bind<P: Pod>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> Bound<P> {
+    pub fn bind<P: Pod + PartialEq>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> Bound<P> {
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&self.name),
             size: (std::mem::size_of::<P>() as u64).next_multiple_of(16),
@@ -186,24 +186,31 @@ impl Kernel {
             layout: &self.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Bound { pipeline: self.pipeline.clone(), group, params, _params: PhantomData }
+        Bound { pipeline: self.pipeline.clone(), group, params, last: std::sync::Mutex::new(None), _params: PhantomData }
     }
 }
 
 /// A kernel with its tensors bound: set its params, then dispatch it inside a compute pass.
 /// Params are written with `queue.write_buffer`, which lands before the next submit, so one
-/// `Bound` may be dispatched once per command buffer.
+/// `Bound` may be dispatched once per command buffer. Unchanged params are not rewritten: in a
+/// decode step only the position-dependent uniforms change.
 #[derive(Debug)]
 pub struct Bound<P> {
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
     params: wgpu::Buffer,
+    last: std::sync::Mutex<Option<P>>,
     _params: PhantomData<P>,
 }
 
-impl<P: Pod> Bound<P> {
+impl<P: Pod + PartialEq> Bound<P> {
     pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, params: &P, groups: [u32; 3]) {
-        ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+        let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if last.as_ref() != Some(params) {
+            ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+            *last = Some(*params);
+        }
+        drop(last);
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
