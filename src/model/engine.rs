@@ -267,10 +267,10 @@ impl Gemma2 {
         let mut linear = |pass: &mut wgpu::ComputePass<'_>, l: &Linear| -> Result<()> {
             if t == 1 {
                 ops.matvec.dispatch(ctx, pass, &l.decode)?;
-                n += l.decode_parts();
+                n += l.parts();
             } else {
                 ops.matmul.dispatch(ctx, pass, &l.prefill, t)?;
-                n += l.decode_parts();
+                n += l.parts();
             }
             Ok(())
         };
@@ -314,7 +314,9 @@ impl Gemma2 {
     pub async fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
         self.check_tokens(tokens)?;
         sampling.validate()?;
-        let c = self.config.clone();
+        // Scalars only: no allocation per decoded token.
+        let c = &self.config;
+        let (embed_scale, h, eps, vocab, final_cap) = (c.embed_scale(), c.hidden_size, c.rms_norm_eps, c.vocab_size, c.final_logit_softcapping);
         let chunk = self.options.prefill_chunk as usize;
         let mut stats = StepStats::default();
         let pieces: Vec<&[u32]> = tokens.chunks(chunk).collect();
@@ -325,24 +327,24 @@ impl Gemma2 {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma step") });
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
-                self.ops.embedding.dispatch(&self.ctx, &mut pass, &self.embed, t, c.embed_scale())?;
+                self.ops.embedding.dispatch(&self.ctx, &mut pass, &self.embed, t, embed_scale)?;
                 stats.dispatches += self.weights.embed_tokens.parts.len() as u32;
                 self.record_layers(&mut pass, t, &mut stats)?;
             }
             if last {
-                let h = c.hidden_size as u64 * 4;
-                enc.copy_buffer_to_buffer(&self.acts.x, (t as u64 - 1) * h, &self.acts.x_last, 0, h);
+                let row = h as u64 * 4;
+                enc.copy_buffer_to_buffer(&self.acts.x, (t as u64 - 1) * row, &self.acts.x_last, 0, row);
                 {
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
-                    self.ops.rmsnorm.dispatch(&self.ctx, &mut pass, &self.final_norm, 1, c.hidden_size, c.rms_norm_eps)?;
+                    self.ops.rmsnorm.dispatch(&self.ctx, &mut pass, &self.final_norm, 1, h, eps)?;
                     self.ops.matvec.dispatch(&self.ctx, &mut pass, &self.lm_head)?;
                     stats.dispatches += 1 + self.weights.embed_tokens.parts.len() as u32;
-                    if c.final_logit_softcapping > 0.0 {
-                        self.ops.softcap.dispatch(&self.ctx, &mut pass, &self.final_softcap, c.vocab_size, c.final_logit_softcapping)?;
+                    if final_cap > 0.0 {
+                        self.ops.softcap.dispatch(&self.ctx, &mut pass, &self.final_softcap, vocab, final_cap)?;
                         stats.dispatches += 1;
                     }
                     let counter = self.pos + t;
-                    self.ops.sample.dispatch(&self.ctx, &mut pass, &self.sampler, c.vocab_size, sampling, counter)?;
+                    self.ops.sample.dispatch(&self.ctx, &mut pass, &self.sampler, vocab, sampling, counter)?;
                     stats.dispatches += 1;
                 }
                 enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.acts.token_staging, 0, 4);
@@ -407,8 +409,8 @@ impl Gemma2 {
 }
 
 impl Linear {
-    /// Dispatches this weight costs (one per part).
-    fn decode_parts(&self) -> u32 {
+    /// Dispatches this weight costs (one per part, either kernel).
+    fn parts(&self) -> u32 {
         self.decode.parts() as u32
     }
 }
