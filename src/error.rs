@@ -50,6 +50,18 @@ pub enum Error {
 
     #[error("the GPU reported an error during '{during}': {reason}")]
     Gpu { during: String, reason: String },
+
+    #[error("could not download {url}: {detail}; check the model URL and your connection, then try again")]
+    Download { url: String, detail: String },
+
+    #[error("{0}")]
+    Corrupt(String),
+
+    #[error("{0} was aborted")]
+    Aborted(&'static str),
+
+    #[error("this model was disposed; load it again with Gemma.load")]
+    Disposed,
 }
 
 impl Error {

@@ -16,6 +16,7 @@ pub mod ops;
 pub mod quant;
 pub mod reference;
 pub mod selftest;
+pub mod session;
 pub mod shaders;
 pub mod tokenizer;
 

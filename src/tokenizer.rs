@@ -4,13 +4,10 @@
 
 use crate::error::{Error, Result};
 
-/// `<start_of_turn>` and `<end_of_turn>` (Gemma 2).
-pub const START_OF_TURN: u32 = 106;
-pub const END_OF_TURN: u32 = 107;
-
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: u32,
+    end_of_turn: Option<u32>,
 }
 
 /// One chat message. `role` is `user`, `assistant` (rendered `model`) or `system` (folded into
@@ -24,14 +21,26 @@ pub struct Message {
 impl Tokenizer {
     pub fn from_json(json: &[u8], bos: u32) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
-        Ok(Self { inner, bos })
+        let end_of_turn = inner.token_to_id("<end_of_turn>");
+        Ok(Self { inner, bos, end_of_turn })
+    }
+
+    /// The id of `<end_of_turn>` (107 in Gemma 2, 106 in Gemma 3), where the vocabulary has it:
+    /// a chat reply ends there.
+    pub fn end_of_turn(&self) -> Option<u32> {
+        self.end_of_turn
+    }
+
+    /// Encode without the BOS (for a continuation of text already in the context).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self.inner.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
     }
 
     /// Encode plain text: BOS, then the text's tokens (special-token strings in the text are
     /// matched as single tokens).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?;
-        Ok(std::iter::once(self.bos).chain(enc.get_ids().iter().copied()).collect())
+        Ok(std::iter::once(self.bos).chain(self.encode_plain(text)?).collect())
     }
 
     /// Decode ids to text, dropping special tokens (BOS, turn markers).

@@ -30,7 +30,7 @@ mod cli {
     use gemma_webgpu::model::local::read_manifest;
     use gemma_webgpu::ops::sample::Sampling;
     use gemma_webgpu::quant::DType;
-    use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer, END_OF_TURN};
+    use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer};
 
     const USAGE: &str = "usage:
   gemma convert <hf_dir> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
@@ -195,7 +195,7 @@ mod cli {
         let max_tokens: usize = args.num("--max-tokens", 128)?;
         let mut stop = manifest.config.eos_token_ids.clone();
         if chat {
-            stop.extend([END_OF_TURN, 1]);
+            stop.extend(tokenizer.as_ref().and_then(Tokenizer::end_of_turn));
         }
         let mut gpu = load(&dir, args).await?;
         let mut stream = TextStream::default();

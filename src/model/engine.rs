@@ -222,9 +222,24 @@ impl Gemma2 {
         self.pos = 0;
     }
 
-    /// Keep only the first `n` cached tokens (to reuse a shared prefix).
+    /// Keep only the first `n` cached tokens (to reuse a shared prefix). Check
+    /// [`can_truncate`](Self::can_truncate) first: a sliding layer's ring may have overwritten
+    /// what position `n` needs.
     pub fn truncate(&mut self, n: u32) {
         self.pos = self.pos.min(n);
+    }
+
+    /// Whether `truncate(n)` leaves a correct cache. A sliding layer keeps a ring of
+    /// `window + prefill_chunk - 1` positions, so once it has wrapped it can step back at most
+    /// `prefill_chunk - 1` positions and still hold the window that position `n` attends to.
+    pub fn can_truncate(&self, n: u32) -> bool {
+        let c = &self.config;
+        let chunk = self.options.prefill_chunk;
+        n >= self.pos
+            || (0..c.num_hidden_layers as usize).all(|l| {
+                let w = c.window(l);
+                w == 0 || self.pos <= self.options.max_context.min(w + chunk - 1) || self.pos - n < chunk
+            })
     }
 
     pub fn weight_bytes(&self) -> u64 {

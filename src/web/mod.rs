@@ -6,6 +6,14 @@ use wasm_bindgen::prelude::*;
 use crate::error::Error;
 use crate::gpu::{ContextOptions, GpuContext};
 
+mod api;
+mod cache;
+mod js;
+mod loader;
+mod lock;
+
+pub use api::Gemma;
+
 #[wasm_bindgen(start)]
 pub fn start() {
     console_error_panic_hook::set_once();
@@ -22,6 +30,10 @@ pub(crate) fn js_error(e: Error) -> JsValue {
         Error::Config { .. } => "ModelConfigError",
         Error::Format(_) => "ModelFormatError",
         Error::ContextOverflow { .. } => "ContextOverflowError",
+        Error::Download { .. } => "DownloadError",
+        Error::Corrupt(_) => "ShardCorruptError",
+        Error::Aborted(_) => "AbortError",
+        Error::Disposed => "DisposedError",
     };
     let err = js_sys::Error::new(&e.to_string());
     err.set_name(name);

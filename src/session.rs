@@ -1,0 +1,359 @@
+//! Text generation on top of the engine, shared by the JS API and the CLI: prompt → tokens,
+//! reuse of the KV cache for a shared prefix (a chat that extends the previous turn prefills
+//! only its new tokens), sampling until an end token, a stop string, the token budget or the
+//! context's end, and streaming text in whole UTF-8 characters without ever showing part of a
+//! stop string.
+
+use std::rc::Rc;
+
+use crate::error::{Error, Result};
+use crate::model::engine::Gemma2;
+use crate::ops::sample::Sampling;
+use crate::tokenizer::{Message, TextStream, Tokenizer};
+
+/// How one generation is sampled and when it stops.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    pub max_tokens: u32,
+    pub sampling: Sampling,
+    /// Generation ends before the first occurrence of any of these (which is not returned).
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        // Gemma's published generation settings.
+        Self { max_tokens: 256, sampling: Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 0 }, stop: Vec::new() }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Finish {
+    /// An end-of-sequence or end-of-turn token.
+    #[default]
+    Eos,
+    /// A stop string.
+    Stop,
+    /// `max_tokens` were generated.
+    Length,
+    /// The context is full.
+    Context,
+    /// The caller aborted.
+    Abort,
+}
+
+impl Finish {
+    pub fn name(self) -> &'static str {
+        match self {
+            Finish::Eos => "eos",
+            Finish::Stop => "stop",
+            Finish::Length => "length",
+            Finish::Context => "context",
+            Finish::Abort => "abort",
+        }
+    }
+}
+
+/// What the last call did (times in seconds, from the caller's clock).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GenerateStats {
+    pub prompt_tokens: u32,
+    /// Prompt tokens whose K/V were already cached and were not prefilled again.
+    pub reused_tokens: u32,
+    pub prefill_tokens: u32,
+    pub prefill_seconds: f64,
+    pub decode_tokens: u32,
+    pub decode_seconds: f64,
+    pub finish: Finish,
+}
+
+impl GenerateStats {
+    pub fn prefill_tokens_per_second(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_seconds)
+    }
+    pub fn decode_tokens_per_second(&self) -> f64 {
+        rate(self.decode_tokens, self.decode_seconds)
+    }
+}
+
+fn rate(n: u32, s: f64) -> f64 {
+    if n == 0 || s <= 0.0 {
+        0.0
+    } else {
+        n as f64 / s
+    }
+}
+
+/// Seconds on a monotonic clock (the browser's `performance.now()` or `Date.now()`, natively
+/// `Instant`).
+pub fn now_seconds() -> f64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        js_sys::Date::now() / 1000.0
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use std::sync::OnceLock;
+        use std::time::Instant;
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs_f64()
+    }
+}
+
+/// A loaded model with its tokenizer and what its KV cache holds.
+pub struct Session {
+    pub engine: Gemma2,
+    pub tokenizer: Rc<Tokenizer>,
+    /// The tokens whose K/V are in the cache, in order (`engine.position()` of them).
+    cached: Vec<u32>,
+    pub stats: GenerateStats,
+}
+
+impl Session {
+    pub fn new(engine: Gemma2, tokenizer: Rc<Tokenizer>) -> Self {
+        Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default() }
+    }
+
+    /// Forget the conversation.
+    pub fn reset(&mut self) {
+        self.engine.reset();
+        self.cached.clear();
+    }
+
+    /// Tokens in the KV cache.
+    pub fn context_tokens(&self) -> u32 {
+        self.engine.position()
+    }
+
+    /// Tokens that end a reply: the config's EOS ids and `<end_of_turn>`.
+    fn end_tokens(&self) -> Vec<u32> {
+        let mut ids = self.engine.config.eos_token_ids.clone();
+        ids.extend(self.tokenizer.end_of_turn());
+        ids
+    }
+
+    /// Logits for every position of `ids` from an empty context (for evaluation):
+    /// `[ids.len() * vocab]`. The cache then holds `ids`.
+    pub async fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(ids.len())?;
+        self.reset();
+        let out = self.engine.logits(ids, false).await;
+        match &out {
+            Ok(_) => self.cached = ids.to_vec(),
+            Err(_) => self.reset(),
+        }
+        out
+    }
+
+    fn check_fits(&self, n: usize) -> Result<()> {
+        let max = self.engine.options.max_context;
+        if n as u64 > max as u64 {
+            return Err(Error::ContextOverflow { needed: n as u64, max_context: max, cached: 0 });
+        }
+        Ok(())
+    }
+
+    /// Generate a continuation of `prompt` (text, BOS added).
+    pub async fn generate(&mut self, prompt: &str, params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        let ids = self.tokenizer.encode(prompt)?;
+        self.generate_ids(&ids, params, on_text, aborted).await
+    }
+
+    /// Reply to a conversation rendered with the chat template.
+    pub async fn chat(&mut self, messages: &[Message], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        let ids = self.tokenizer.chat_prompt(messages)?;
+        self.generate_ids(&ids, params, on_text, aborted).await
+    }
+
+    /// Generate after the prompt `ids`, streaming text through `on_text`. The longest prefix
+    /// of `ids` already in the KV cache is not computed again. `aborted` is polled between
+    /// tokens; an abort returns `Error::Aborted` after the text so far was streamed, and the
+    /// session stays usable (the cache keeps what was computed).
+    pub async fn generate_ids(&mut self, ids: &[u32], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        if ids.is_empty() {
+            return Err(Error::invalid("prompt", "the prompt has no tokens"));
+        }
+        self.check_fits(ids.len())?;
+        params.sampling.validate()?;
+        if params.stop.iter().any(String::is_empty) {
+            return Err(Error::invalid("stop", "stop strings must not be empty"));
+        }
+        // Reuse the cached prefix; at least the last prompt token runs, to get its logits.
+        let common = self.cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let mut keep = common.min(ids.len() - 1);
+        if !self.engine.can_truncate(keep as u32) {
+            keep = 0;
+        }
+        self.engine.truncate(keep as u32);
+        self.cached.truncate(keep);
+
+        let mut stats =
+            GenerateStats { prompt_tokens: ids.len() as u32, reused_tokens: keep as u32, prefill_tokens: (ids.len() - keep) as u32, ..Default::default() };
+        let end_tokens = self.end_tokens();
+        let mut text = TextOut::new(&params.stop);
+        let t0 = now_seconds();
+        let result = async {
+            let mut next = self.step(&ids[keep..], &params.sampling).await?;
+            let t1 = now_seconds();
+            stats.prefill_seconds = t1 - t0;
+            let mut stream = TextStream::default();
+            let finish = loop {
+                if end_tokens.contains(&next) {
+                    break Finish::Eos;
+                }
+                stats.decode_tokens += 1;
+                if text.push(&stream.push(&self.tokenizer, next)?, on_text) {
+                    break Finish::Stop;
+                }
+                if stats.decode_tokens >= params.max_tokens {
+                    break Finish::Length;
+                }
+                if aborted() {
+                    break Finish::Abort;
+                }
+                if self.engine.position() >= self.engine.options.max_context {
+                    break Finish::Context;
+                }
+                next = self.step(&[next], &params.sampling).await?;
+            };
+            stats.decode_seconds = now_seconds() - t1;
+            Ok::<_, Error>(finish)
+        }
+        .await;
+        match result {
+            Ok(finish) => {
+                stats.finish = finish;
+                self.stats = stats;
+                if finish == Finish::Abort {
+                    return Err(Error::Aborted("generation"));
+                }
+                text.flush(on_text);
+                Ok(text.text)
+            }
+            Err(e) => {
+                // A failed GPU step leaves the cache in an unknown state.
+                if !matches!(e, Error::ContextOverflow { .. } | Error::InvalidArgument { .. }) {
+                    self.reset();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
+        let next = self.engine.step(tokens, sampling).await?;
+        self.cached.extend_from_slice(tokens);
+        Ok(next)
+    }
+}
+
+/// Generated text, emitted as soon as it cannot be the start of a stop string.
+struct TextOut<'a> {
+    stop: &'a [String],
+    text: String,
+    emitted: usize,
+}
+
+impl<'a> TextOut<'a> {
+    fn new(stop: &'a [String]) -> Self {
+        Self { stop, text: String::new(), emitted: 0 }
+    }
+
+    /// Append a piece; returns true when a stop string appeared (the text is cut before it and
+    /// everything before it emitted).
+    fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> bool {
+        if piece.is_empty() {
+            return false;
+        }
+        self.text.push_str(piece);
+        let longest = self.stop.iter().map(String::len).max().unwrap_or(0);
+        // Only a stop string overlapping the new piece can be new.
+        let mut from = self.text.len().saturating_sub(piece.len() + longest);
+        while !self.text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let hit = self.stop.iter().filter_map(|s| self.text[from..].find(s.as_str()).map(|i| from + i)).min();
+        if let Some(cut) = hit {
+            self.text.truncate(cut);
+            self.flush(on_text);
+            return true;
+        }
+        // Hold back a tail that could still grow into a stop string.
+        let held = self
+            .stop
+            .iter()
+            .flat_map(|s| (1..s.len()).filter(move |&k| s.is_char_boundary(k)).map(move |k| &s[..k]))
+            .filter(|prefix| self.text.ends_with(prefix))
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        let safe = self.text.len() - held;
+        if safe > self.emitted {
+            on_text(&self.text[self.emitted..safe]);
+            self.emitted = safe;
+        }
+        false
+    }
+
+    fn flush(&mut self, on_text: &mut dyn FnMut(&str)) {
+        if self.text.len() > self.emitted {
+            on_text(&self.text[self.emitted..]);
+            self.emitted = self.text.len();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TextOut;
+
+    fn run(stop: &[&str], pieces: &[&str]) -> (String, Vec<String>, bool) {
+        let stop: Vec<String> = stop.iter().map(|s| s.to_string()).collect();
+        let mut out = TextOut::new(&stop);
+        let mut emitted = Vec::new();
+        let mut hit = false;
+        for p in pieces {
+            if out.push(p, &mut |t| emitted.push(t.to_string())) {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            out.flush(&mut |t| emitted.push(t.to_string()));
+        }
+        (out.text, emitted, hit)
+    }
+
+    #[test]
+    fn stop_strings_cut_the_text_and_are_never_streamed() {
+        let (text, emitted, hit) = run(&["\n\nUser:"], &["Hello", " there", "\n", "\nUs", "er:", " more"]);
+        assert!(hit);
+        assert_eq!(text, "Hello there");
+        assert_eq!(emitted.concat(), "Hello there");
+        // "\n" was held back until it was known not to be the stop string's start… and it was.
+        assert!(emitted.iter().all(|e| !e.contains('\n')), "{emitted:?}");
+    }
+
+    #[test]
+    fn a_false_start_of_a_stop_string_is_released() {
+        let (text, emitted, hit) = run(&["END"], &["the EN", "D", "ing"]);
+        assert!(hit);
+        assert_eq!(text, "the ");
+        assert_eq!(emitted.concat(), "the ");
+        let (text, emitted, hit) = run(&["END"], &["the EN", "ding"]);
+        assert!(!hit);
+        assert_eq!(text, "the ENding");
+        assert_eq!(emitted, vec!["the ", "ENding"]);
+    }
+
+    #[test]
+    fn stop_inside_one_piece_and_multibyte_text() {
+        let (text, _, hit) = run(&["é!"], &["caf", "é! et"]);
+        assert!(hit);
+        assert_eq!(text, "caf");
+        let (text, emitted, hit) = run(&[], &["日本", "語"]);
+        assert!(!hit);
+        assert_eq!((text.as_str(), emitted.concat().as_str()), ("日本語", "日本語"));
+    }
+}

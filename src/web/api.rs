@@ -1,0 +1,396 @@
+//! The `Gemma` class JavaScript sees. Every method that touches the GPU goes through one FIFO
+//! lock, so calls made while another runs wait their turn and never interleave; the
+//! tokenizer and `stats()` answer at once.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Array, Float32Array, Function, Object, Promise, Uint32Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen_futures::future_to_promise;
+
+use super::cache;
+use super::js::{self, describe};
+use super::js_error;
+use super::loader::{self, LoadOptions};
+use super::lock::AsyncLock;
+use crate::error::{Error, Result};
+use crate::ops::sample::Sampling;
+use crate::session::{GenerateParams, GenerateStats, Session};
+use crate::tokenizer::{Message, Tokenizer};
+
+#[wasm_bindgen(typescript_custom_section)]
+const TS_TYPES: &str = r#"
+/** Progress of `Gemma.load`. Bytes count every shard, whether downloaded or read from the cache. */
+export interface LoadProgress {
+  loadedBytes: number;
+  totalBytes: number;
+  /** The file being handled ('' for phases that are not about one file). */
+  file: string;
+  /** 'manifest' | 'download' (network) | 'cache' (browser cache) | 'upload' (to the GPU) |
+   *  'compile' (shaders) | 'ready' | 'warning' (see `message`: a retry, a corrupt cached
+   *  copy, caching disabled by the storage quota). */
+  phase: 'manifest' | 'download' | 'cache' | 'upload' | 'compile' | 'ready' | 'warning';
+  message?: string;
+}
+
+export interface LoadOptions {
+  onProgress?: (progress: LoadProgress) => void;
+  signal?: AbortSignal;
+  /** KV-cache length in tokens (default 4096, at most the model's max positions). */
+  maxContext?: number;
+  /** Persist shards in the Cache API (default true). */
+  cache?: boolean;
+  /** Shards fetched at once (default 3, at most 16). */
+  concurrency?: number;
+  /** Keep the KV cache in f32 instead of fp16 (exact, twice the memory). */
+  kvF32?: boolean;
+  /** A replacement for `fetch` (e.g. to add headers). */
+  fetch?: (url: string, init: RequestInit) => Promise<Response>;
+}
+
+export interface GenerateOptions {
+  /** Tokens to generate at most (default 256). */
+  maxTokens?: number;
+  /** 0 = greedy (default 0.7). */
+  temperature?: number;
+  /** 0 = no limit (default 64). */
+  topK?: number;
+  /** default 0.95 */
+  topP?: number;
+  /** Same seed, same prompt, same options: same text. Default: random. */
+  seed?: number;
+  /** Generation ends before the first of these (not included in the result). */
+  stop?: string | string[];
+  /** Called with each new piece of text (whole characters, never part of a stop string). */
+  onToken?: (text: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface ChatMessage {
+  role: 'user' | 'assistant' | 'system';
+  content: string;
+}
+
+export interface GemmaStats {
+  promptTokens: number;
+  /** Prompt tokens whose K/V came from the cache (not prefilled again). */
+  reusedTokens: number;
+  prefillTokens: number;
+  prefillSeconds: number;
+  prefillTokensPerSecond: number;
+  decodeTokens: number;
+  decodeSeconds: number;
+  decodeTokensPerSecond: number;
+  finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
+  /** Tokens now in the KV cache. */
+  contextTokens: number;
+  maxContext: number;
+  gpuBytes: number;
+  weightBytes: number;
+  kvCacheBytes: number;
+  adapter: string;
+}
+
+export interface CachedModel {
+  /** Pass to `Gemma.deleteCachedModel`. */
+  key: string;
+  /** The model's URL, or null if unknown. */
+  url: string | null;
+  bytes: number;
+  files: number;
+  /** Every shard is stored (a partial copy resumes on the next load). */
+  complete: boolean;
+}
+"#;
+
+/// What a loaded model shares between the `Gemma` object and the calls in flight.
+struct Shared {
+    session: RefCell<Option<Session>>,
+    tokenizer: Rc<Tokenizer>,
+    lock: Rc<AsyncLock>,
+    reset_pending: Cell<bool>,
+    disposed: Cell<bool>,
+    stats: Cell<GenerateStats>,
+    context_tokens: Cell<u32>,
+    max_context: u32,
+    memory: (u64, u64, u64),
+    adapter: String,
+}
+
+/// A Gemma model loaded onto this browser's GPU.
+#[wasm_bindgen]
+pub struct Gemma {
+    shared: Rc<Shared>,
+}
+
+fn reject(e: Error) -> Promise {
+    Promise::reject(&js_error(e))
+}
+
+/// Run `op` on the session once every earlier call has finished.
+fn queued<F, Fut>(shared: &Rc<Shared>, op: F) -> Promise
+where
+    F: FnOnce(Rc<Shared>) -> Fut + 'static,
+    Fut: std::future::Future<Output = Result<JsValue>> + 'static,
+{
+    let shared = shared.clone();
+    future_to_promise(async move {
+        let guard = shared.lock.acquire().await;
+        if shared.disposed.get() {
+            return Err(js_error(Error::Disposed));
+        }
+        let out = op(shared.clone()).await;
+        if let Some(s) = shared.session.borrow().as_ref() {
+            shared.context_tokens.set(s.context_tokens());
+        }
+        drop(guard);
+        if shared.disposed.get() && !shared.lock.is_busy() {
+            shared.session.borrow_mut().take();
+        }
+        out.map_err(js_error)
+    })
+}
+
+/// Borrow the session for one queued call (applying a pending `reset()` first).
+fn session(shared: &Shared) -> Result<std::cell::RefMut<'_, Session>> {
+    let mut s = std::cell::RefMut::filter_map(shared.session.borrow_mut(), Option::as_mut).map_err(|_| Error::Disposed)?;
+    if shared.reset_pending.replace(false) {
+        s.reset();
+    }
+    Ok(s)
+}
+
+struct CallOptions {
+    params: GenerateParams,
+    on_token: Option<Function>,
+    signal: Option<web_sys::AbortSignal>,
+}
+
+fn call_options(o: &JsValue) -> Result<CallOptions> {
+    if !o.is_undefined() && !o.is_null() && !o.is_object() {
+        return Err(Error::invalid("options", format!("must be an object, got {}", describe(o))));
+    }
+    let d = GenerateParams::default();
+    let temperature = js::opt_f64(o, "temperature")?.map(|t| t as f32).unwrap_or(d.sampling.temperature);
+    let seed = match js::opt_f64(o, "seed")? {
+        Some(s) if s.fract() == 0.0 && s >= 0.0 && s <= u32::MAX as f64 => s as u32,
+        Some(s) => return Err(Error::invalid("seed", format!("must be a whole number from 0 to {}, got {s}", u32::MAX))),
+        None => (js_sys::Math::random() * u32::MAX as f64) as u32,
+    };
+    let params = GenerateParams {
+        max_tokens: js::opt_u32(o, "maxTokens")?.unwrap_or(d.max_tokens),
+        sampling: Sampling {
+            temperature,
+            top_k: js::opt_u32(o, "topK")?.unwrap_or(d.sampling.top_k),
+            top_p: js::opt_f64(o, "topP")?.map(|p| p as f32).unwrap_or(d.sampling.top_p),
+            seed,
+        },
+        stop: js::opt_strings(o, "stop")?,
+    };
+    if params.max_tokens == 0 {
+        return Err(Error::invalid("maxTokens", "must be at least 1"));
+    }
+    Ok(CallOptions { params, on_token: js::opt_function(o, "onToken")?, signal: js::opt_signal(o)? })
+}
+
+fn messages(v: &JsValue) -> Result<Vec<Message>> {
+    if !Array::is_array(v) {
+        return Err(Error::invalid("messages", format!("must be an array of {{ role, content }}, got {}", describe(v))));
+    }
+    Array::from(v)
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |k: &str| js::get(&m, k).as_string();
+            match (field("role"), field("content")) {
+                (Some(role), Some(content)) => Ok(Message { role, content }),
+                _ => Err(Error::invalid("messages", format!("message {i} needs string 'role' and 'content', got {}", describe(&m)))),
+            }
+        })
+        .collect()
+}
+
+enum Prompt {
+    Text(String),
+    Chat(Vec<Message>),
+}
+
+fn run_generation(shared: &Rc<Shared>, prompt: Prompt, options: &JsValue) -> Promise {
+    let o = match call_options(options) {
+        Ok(o) => o,
+        Err(e) => return reject(e),
+    };
+    queued(shared, move |shared| async move {
+        let mut s = session(&shared)?;
+        // A throwing onToken stops the generation and its error is what the caller gets.
+        let thrown: RefCell<Option<JsValue>> = RefCell::new(None);
+        let mut on_text = |piece: &str| {
+            if let Some(f) = &o.on_token {
+                if let Err(e) = f.call1(&JsValue::NULL, &JsValue::from_str(piece)) {
+                    thrown.borrow_mut().get_or_insert(e);
+                }
+            }
+        };
+        let aborted = || o.signal.as_ref().is_some_and(|s| s.aborted()) || thrown.borrow().is_some();
+        if aborted() {
+            return Err(Error::Aborted("generation"));
+        }
+        let out = match &prompt {
+            Prompt::Text(t) => s.generate(t, &o.params, &mut on_text, &aborted).await,
+            Prompt::Chat(m) => s.chat(m, &o.params, &mut on_text, &aborted).await,
+        };
+        shared.stats.set(s.stats);
+        if let Some(e) = thrown.borrow_mut().take() {
+            return Err(Error::invalid("onToken", format!("the callback threw {}", describe(&e))));
+        }
+        out.map(JsValue::from)
+    })
+}
+
+#[wasm_bindgen]
+impl Gemma {
+    /// Load a converted model from `modelUrl` (a directory with `manifest.json`, the shards and
+    /// `tokenizer.json`): shards stream in with bounded parallelism, each verified (size and
+    /// SHA-256) and uploaded to the GPU, and persisted in the browser cache for next time.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Gemma>")]
+    pub fn load(#[wasm_bindgen(js_name = modelUrl)] model_url: String, #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue) -> Promise {
+        let opts = match LoadOptions::from_js(&options) {
+            Ok(o) => o,
+            Err(e) => return reject(e),
+        };
+        future_to_promise(async move {
+            let session = loader::load(&model_url, &opts).await.map_err(js_error)?;
+            let e = &session.engine;
+            let shared = Shared {
+                tokenizer: session.tokenizer.clone(),
+                lock: Rc::new(AsyncLock::default()),
+                reset_pending: Cell::new(false),
+                disposed: Cell::new(false),
+                stats: Cell::new(GenerateStats::default()),
+                context_tokens: Cell::new(0),
+                max_context: e.options.max_context,
+                memory: (e.gpu_bytes(), e.weight_bytes(), e.kv_cache_bytes()),
+                adapter: e.ctx.report.to_string(),
+                session: RefCell::new(Some(session)),
+            };
+            Ok(Gemma { shared: Rc::new(shared) }.into())
+        })
+    }
+
+    /// Generate a continuation of `prompt`; resolves to the generated text.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn generate(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue) -> Promise {
+        run_generation(&self.shared, Prompt::Text(prompt), &options)
+    }
+
+    /// Like `generate`, as an async iterator of text pieces. Leaving the loop early stops the
+    /// generation.
+    #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<string>")]
+    pub fn stream(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue) -> JsValue {
+        js::make_stream(Gemma { shared: self.shared.clone() }.into(), &prompt, &options)
+    }
+
+    /// Reply to `messages` with Gemma's chat template. When they extend the previous
+    /// conversation, the cached prefix is reused and only the new tokens are prefilled.
+    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    pub fn chat(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
+    ) -> Promise {
+        match self::messages(&messages) {
+            Ok(m) => run_generation(&self.shared, Prompt::Chat(m), &options),
+            Err(e) => reject(e),
+        }
+    }
+
+    /// Token ids of `text`, starting with BOS (as `generate` feeds them).
+    pub fn tokenize(&self, text: &str) -> Result<Uint32Array, JsValue> {
+        let ids = self.shared.tokenizer.encode(text).map_err(js_error)?;
+        Ok(Uint32Array::from(ids.as_slice()))
+    }
+
+    /// Text of `ids` (special tokens dropped).
+    pub fn detokenize(&self, #[wasm_bindgen(unchecked_param_type = "Uint32Array | number[]")] ids: JsValue) -> Result<String, JsValue> {
+        let ids = js::ids(&ids).map_err(js_error)?;
+        self.shared.tokenizer.decode(&ids).map_err(js_error)
+    }
+
+    /// Logits after the final soft-cap for every position of `ids` (from an empty context),
+    /// `[ids.length × vocab]` row by row; for evaluation.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
+    pub fn logits(&self, #[wasm_bindgen(unchecked_param_type = "Uint32Array | number[]")] ids: JsValue) -> Promise {
+        let ids = match js::ids(&ids) {
+            Ok(i) => i,
+            Err(e) => return reject(e),
+        };
+        queued(&self.shared, move |shared| async move {
+            let mut s = session(&shared)?;
+            let out = s.logits(&ids).await?;
+            Ok(Float32Array::from(out.as_slice()).into())
+        })
+    }
+
+    /// Forget the conversation (takes effect before the next call that uses the model).
+    pub fn reset(&self) {
+        self.shared.reset_pending.set(true);
+    }
+
+    /// Speed and token counts of the last generation, and memory use.
+    #[wasm_bindgen(unchecked_return_type = "GemmaStats")]
+    pub fn stats(&self) -> JsValue {
+        let s = self.shared.stats.get();
+        let o = Object::new();
+        let (gpu, weights, kv) = self.shared.memory;
+        let fields: [(&str, f64); 13] = [
+            ("promptTokens", s.prompt_tokens as f64),
+            ("reusedTokens", s.reused_tokens as f64),
+            ("prefillTokens", s.prefill_tokens as f64),
+            ("prefillSeconds", s.prefill_seconds),
+            ("prefillTokensPerSecond", s.prefill_tokens_per_second()),
+            ("decodeTokens", s.decode_tokens as f64),
+            ("decodeSeconds", s.decode_seconds),
+            ("decodeTokensPerSecond", s.decode_tokens_per_second()),
+            ("contextTokens", if self.shared.reset_pending.get() { 0.0 } else { self.shared.context_tokens.get() as f64 }),
+            ("maxContext", self.shared.max_context as f64),
+            ("gpuBytes", gpu as f64),
+            ("weightBytes", weights as f64),
+            ("kvCacheBytes", kv as f64),
+        ];
+        for (k, v) in fields {
+            js::set(&o, k, v);
+        }
+        js::set(&o, "finishReason", s.finish.name());
+        js::set(&o, "adapter", self.shared.adapter.as_str());
+        o.into()
+    }
+
+    /// Free the GPU memory (after the call in flight, if any). Later calls reject with
+    /// `DisposedError`.
+    pub fn dispose(&self) {
+        self.shared.disposed.set(true);
+        if !self.shared.lock.is_busy() {
+            self.shared.session.borrow_mut().take();
+        }
+    }
+
+    /// Models stored in this browser's cache.
+    #[wasm_bindgen(js_name = listCachedModels, unchecked_return_type = "Promise<CachedModel[]>")]
+    pub fn list_cached_models() -> Promise {
+        future_to_promise(async move {
+            let all = cache::list().await.map_err(|e| js_error(Error::invalid("cache", e)))?;
+            Ok(all.iter().map(|(name, meta)| cache::entry(name, meta)).collect::<Array>().into())
+        })
+    }
+
+    /// Delete a cached model by its `key` (from `listCachedModels`); resolves to whether it
+    /// existed.
+    #[wasm_bindgen(js_name = deleteCachedModel, unchecked_return_type = "Promise<boolean>")]
+    pub fn delete_cached_model(key: String) -> Promise {
+        future_to_promise(async move {
+            let deleted = cache::delete(&key).await.map_err(|e| js_error(Error::invalid("cache", e)))?;
+            Ok(deleted.into())
+        })
+    }
+}

@@ -1,0 +1,419 @@
+//! The JavaScript API (`Gemma` as JS sees it: every call goes through the JS object's methods)
+//! in headless Chromium's WebGPU, on the tiny HF fixture converted in memory with a
+//! Gemma-shaped 512-token tokenizer (tools/make_tiny_tokenizer.py). The model is served by a
+//! `fetch` replacement that counts requests and can corrupt or drop files.
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
+use gemma_webgpu::quant::DType;
+use gemma_webgpu::web::Gemma;
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const CONFIG: &str = include_str!("fixtures/tiny-f32/config.json");
+const WEIGHTS: &[u8] = include_bytes!("fixtures/tiny-f32/model.safetensors");
+const REFERENCE: &[u8] = include_bytes!("fixtures/tiny-f32/reference.safetensors");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny-tokenizer.json");
+
+/// An in-memory model server.
+#[derive(Default)]
+struct Server {
+    files: HashMap<String, Vec<u8>>,
+    requests: Vec<String>,
+    /// file → how many more times to serve it with a flipped byte.
+    corrupt: HashMap<String, u32>,
+}
+
+impl Server {
+    fn count(&self, prefix: &str) -> usize {
+        self.requests.iter().filter(|r| r.starts_with(prefix)).count()
+    }
+}
+
+struct Model {
+    url: String,
+    server: Rc<RefCell<Server>>,
+    fetch: Function,
+    shards: Vec<String>,
+}
+
+/// Convert the fixture (f32 or int4 weights) into several small shards served under `url`.
+fn model(url: &str, quant: DType) -> Model {
+    let mut ck = Checkpoint::default();
+    ck.add_bytes("model.safetensors", WEIGHTS.to_vec()).expect("fixture");
+    let shard_bytes = if quant == DType::Int4 { 12 << 10 } else { 96 << 10 };
+    let (mut manifest, shards) = convert_in_memory(CONFIG, &ck, quant, shard_bytes).expect("convert");
+    manifest.tokenizer = Some("tokenizer.json".into());
+    let mut server = Server::default();
+    server.files.insert("manifest.json".into(), manifest.to_json().into_bytes());
+    server.files.insert("tokenizer.json".into(), TOKENIZER.to_vec());
+    for (entry, bytes) in manifest.shards.iter().zip(shards) {
+        server.files.insert(entry.file.clone(), bytes);
+    }
+    assert!(manifest.shards.len() >= 3, "the test wants several shards");
+    let server = Rc::new(RefCell::new(server));
+    let base = url.to_string();
+    let s = server.clone();
+    let fetch = Closure::<dyn FnMut(String, JsValue) -> Promise>::new(move |u: String, _init: JsValue| {
+        let file = u.strip_prefix(&base).unwrap_or(&u).to_string();
+        let mut s = s.borrow_mut();
+        s.requests.push(file.clone());
+        let init = web_sys::ResponseInit::new();
+        let body = match s.files.get(&file).cloned() {
+            Some(mut b) => {
+                if let Some(n) = s.corrupt.get_mut(&file).filter(|n| **n > 0) {
+                    *n -= 1;
+                    let mid = b.len() / 2;
+                    b[mid] ^= 0x5a;
+                }
+                Some(b)
+            }
+            None => None,
+        };
+        let response = match body {
+            Some(b) => web_sys::Response::new_with_opt_buffer_source_and_init(Some(&Uint8Array::from(b.as_slice())), &init),
+            None => {
+                init.set_status(404);
+                init.set_status_text("Not Found");
+                web_sys::Response::new_with_opt_str_and_init(Some("not found"), &init)
+            }
+        };
+        match response {
+            Ok(r) => Promise::resolve(&JsValue::from(r)),
+            Err(e) => Promise::reject(&e),
+        }
+    })
+    .into_js_value()
+    .unchecked_into::<Function>();
+    let shards = server.borrow().files.keys().filter(|f| f.starts_with("model-")).cloned().collect();
+    Model { url: url.into(), server, fetch, shards }
+}
+
+fn obj(pairs: &[(&str, JsValue)]) -> JsValue {
+    let o = Object::new();
+    for (k, v) in pairs {
+        Reflect::set(&o, &(*k).into(), v).expect("set");
+    }
+    o.into()
+}
+
+fn get(o: &JsValue, k: &str) -> JsValue {
+    Reflect::get(o, &k.into()).expect("get")
+}
+
+/// Call `o.method(...args)` the way JavaScript would.
+fn call(o: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let f: Function = get(o, method).dyn_into().expect("method");
+    f.apply(o, &args.iter().collect::<Array>())
+}
+
+async fn call_async(o: &JsValue, method: &str, args: &[JsValue]) -> Result<JsValue, JsValue> {
+    let p: Promise = call(o, method, args)?.dyn_into().expect("promise");
+    JsFuture::from(p).await
+}
+
+fn err_name(e: &JsValue) -> String {
+    get(e, "name").as_string().unwrap_or_default()
+}
+
+fn err_message(e: &JsValue) -> String {
+    get(e, "message").as_string().unwrap_or_default()
+}
+
+async fn load(m: &Model, extra: &[(&str, JsValue)]) -> Result<JsValue, JsValue> {
+    let mut opts = vec![("fetch", m.fetch.clone().into()), ("cache", false.into())];
+    opts.extend(extra.iter().cloned());
+    JsFuture::from(Gemma::load(m.url.clone(), obj(&opts))).await
+}
+
+async fn generate(g: &JsValue, prompt: &str, opts: &[(&str, JsValue)]) -> Result<String, JsValue> {
+    Ok(call_async(g, "generate", &[prompt.into(), obj(opts)]).await?.as_string().expect("string"))
+}
+
+fn sampled(seed: u32, max_tokens: u32) -> Vec<(&'static str, JsValue)> {
+    vec![("temperature", 1.0.into()), ("topK", 0.into()), ("topP", 1.0.into()), ("seed", seed.into()), ("maxTokens", max_tokens.into())]
+}
+
+fn stats(g: &JsValue) -> JsValue {
+    call(g, "stats", &[]).expect("stats")
+}
+
+fn num(o: &JsValue, k: &str) -> f64 {
+    get(o, k).as_f64().unwrap_or_else(|| panic!("{k} is not a number"))
+}
+
+#[wasm_bindgen_test]
+async fn api_loads_with_progress_and_matches_hugging_face() {
+    let m = model("https://models.test/tiny-f32/", DType::F32);
+    let events: Rc<RefCell<Vec<(String, f64, f64)>>> = Rc::default();
+    let ev = events.clone();
+    let on_progress = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| {
+        ev.borrow_mut().push((get(&p, "phase").as_string().unwrap_or_default(), num(&p, "loadedBytes"), num(&p, "totalBytes")));
+    })
+    .into_js_value();
+    let g = load(&m, &[("onProgress", on_progress), ("kvF32", true.into()), ("maxContext", 64.into())]).await.expect("load");
+    let events = events.borrow();
+    let phases: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    for phase in ["manifest", "download", "upload", "compile", "ready"] {
+        assert!(phases.contains(&phase), "no '{phase}' progress event in {phases:?}");
+    }
+    let last = events.last().expect("events");
+    assert_eq!(last.0, "ready");
+    assert!(last.1 == last.2 && last.2 > 0.0, "ready at {} of {} bytes", last.1, last.2);
+    assert!(events.windows(2).all(|w| w[0].1 <= w[1].1), "loadedBytes went backwards");
+    {
+        let s = m.server.borrow();
+        for shard in &m.shards {
+            assert_eq!(s.count(shard), 1, "{shard} requested {} times", s.count(shard));
+        }
+    }
+
+    // Logits for every position through the JS API, against Hugging Face.
+    let mut ck = Checkpoint::default();
+    ck.add_bytes("reference.safetensors", REFERENCE.to_vec()).expect("reference");
+    let ids: Vec<u32> = ck.read_i32("input_ids").expect("ids").into_iter().map(|v| v as u32).collect();
+    let want = ck.read_f32("logits").expect("logits").1;
+    let got = call_async(&g, "logits", &[js_sys::Uint32Array::from(ids.as_slice()).into()]).await.expect("logits");
+    let got = got.dyn_into::<js_sys::Float32Array>().expect("Float32Array").to_vec();
+    assert_eq!(got.len(), want.len());
+    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    console_log!("JS API logits(): max |logit - HF| {err:.2e} over {} positions", ids.len());
+    assert!(err <= 1e-3, "logits differ from HF by {err}");
+
+    // Tokenizer: BOS first, byte fallback for characters outside the vocabulary.
+    let ids = call(&g, "tokenize", &["Hello world, é!".into()]).expect("tokenize").dyn_into::<js_sys::Uint32Array>().expect("Uint32Array").to_vec();
+    assert_eq!(ids[0], 2, "BOS first: {ids:?}");
+    assert!(ids.len() > 5);
+    let text = call(&g, "detokenize", &[js_sys::Uint32Array::from(ids.as_slice()).into()]).expect("detokenize");
+    assert_eq!(text.as_string().as_deref(), Some("Hello world, é!"));
+    let bad = call(&g, "detokenize", &["nope".into()]).expect_err("a string is not ids");
+    assert_eq!(err_name(&bad), "InvalidArgumentError");
+}
+
+#[wasm_bindgen_test]
+async fn generate_is_seeded_streams_whole_text_and_honours_stop_strings() {
+    let m = model("https://models.test/gen/", DType::F32);
+    let g = load(&m, &[]).await.expect("load");
+    let a = generate(&g, "Hello", &sampled(7, 24)).await.expect("generate");
+    let b = generate(&g, "Hello", &sampled(7, 24)).await.expect("generate");
+    let c = generate(&g, "Hello", &sampled(8, 24)).await.expect("generate");
+    console_log!("seed 7: {a:?}\nseed 8: {c:?}");
+    assert_eq!(a, b, "same seed, same text");
+    assert_ne!(a, c, "another seed, other text");
+    assert!(a.chars().count() >= 8, "too short to test with: {a:?}");
+    let s = stats(&g);
+    assert_eq!(get(&s, "finishReason").as_string().as_deref(), Some("length"));
+    assert_eq!(num(&s, "decodeTokens"), 24.0);
+    assert!(num(&s, "decodeTokensPerSecond") > 0.0 && num(&s, "prefillTokensPerSecond") > 0.0);
+
+    // onToken pieces add up to the result.
+    let pieces: Rc<RefCell<Vec<String>>> = Rc::default();
+    let p = pieces.clone();
+    let on_token = Closure::<dyn FnMut(String)>::new(move |t: String| p.borrow_mut().push(t)).into_js_value();
+    let mut opts = sampled(7, 24);
+    opts.push(("onToken", on_token));
+    let d = generate(&g, "Hello", &opts).await.expect("generate");
+    assert_eq!(d, a);
+    assert_eq!(pieces.borrow().concat(), a);
+    assert!(pieces.borrow().len() > 1);
+
+    // stream(): an async iterator of the same pieces.
+    let it = call(&g, "stream", &["Hello".into(), obj(&sampled(7, 24))]).expect("stream");
+    let mut streamed = Vec::new();
+    loop {
+        let r = call_async(&it, "next", &[]).await.expect("next");
+        if get(&r, "done").as_bool() == Some(true) {
+            break;
+        }
+        streamed.push(get(&r, "value").as_string().expect("text"));
+    }
+    assert_eq!(streamed.concat(), a);
+
+    // A stop string: the text ends right before its first occurrence.
+    let chars: Vec<char> = a.chars().collect();
+    let stop: String = chars[chars.len() / 2..chars.len() / 2 + 2].iter().collect();
+    let cut = a.find(&stop).expect("stop occurs");
+    let mut opts = sampled(7, 24);
+    opts.push(("stop", Array::of2(&"never-there".into(), &stop.clone().into()).into()));
+    let e = generate(&g, "Hello", &opts).await.expect("generate");
+    assert_eq!(e, a[..cut], "stop {stop:?}");
+    assert_eq!(get(&stats(&g), "finishReason").as_string().as_deref(), Some("stop"));
+
+    // Leaving a stream early stops the generation; the model stays usable.
+    let it = call(&g, "stream", &["Hello".into(), obj(&sampled(7, 200))]).expect("stream");
+    call_async(&it, "next", &[]).await.expect("next");
+    call_async(&it, "return", &[]).await.expect("return");
+    assert_eq!(generate(&g, "Hello", &sampled(7, 24)).await.expect("generate"), a);
+}
+
+#[wasm_bindgen_test]
+async fn abort_queueing_and_chat_cache_reuse() {
+    let m = model("https://models.test/chat/", DType::F32);
+    let g = load(&m, &[]).await.expect("load");
+    let reference = generate(&g, "Why is the sky blue?", &sampled(3, 16)).await.expect("generate");
+
+    // Abort after a few pieces: AbortError, and the engine is still usable.
+    let controller = web_sys::AbortController::new().expect("controller");
+    let signal = controller.signal();
+    let count = Rc::new(RefCell::new(0));
+    let c = count.clone();
+    let on_token = Closure::<dyn FnMut(String)>::new(move |_t: String| {
+        *c.borrow_mut() += 1;
+        if *c.borrow() == 3 {
+            controller.abort();
+        }
+    })
+    .into_js_value();
+    let mut opts = sampled(3, 200);
+    opts.extend([("onToken", on_token), ("signal", signal.into())]);
+    let e = generate(&g, "Why is the sky blue?", &opts).await.expect_err("aborted");
+    assert_eq!(err_name(&e), "AbortError", "{}", err_message(&e));
+    assert_eq!(*count.borrow(), 3, "no text after the abort");
+    assert_eq!(get(&stats(&g), "finishReason").as_string().as_deref(), Some("abort"));
+    assert_eq!(generate(&g, "Why is the sky blue?", &sampled(3, 16)).await.expect("after abort"), reference);
+
+    // Two calls at once run one after the other: the same text as alone, never interleaved.
+    let order: Rc<RefCell<Vec<char>>> = Rc::default();
+    let tagged = |tag: char| {
+        let o = order.clone();
+        let mut opts = sampled(3, 16);
+        opts.push(("onToken", Closure::<dyn FnMut(String)>::new(move |_t: String| o.borrow_mut().push(tag)).into_js_value()));
+        call(&g, "generate", &["Why is the sky blue?".into(), obj(&opts)]).expect("generate").dyn_into::<Promise>().expect("promise")
+    };
+    let (p1, p2) = (tagged('a'), tagged('b'));
+    let (r1, r2) = (JsFuture::from(p1).await.expect("first"), JsFuture::from(p2).await.expect("second"));
+    assert_eq!((r1.as_string().expect("s"), r2.as_string().expect("s")), (reference.clone(), reference.clone()));
+    let order = order.borrow();
+    let first_b = order.iter().position(|c| *c == 'b').expect("b ran");
+    assert!(order[first_b..].iter().all(|c| *c == 'b'), "interleaved: {order:?}");
+
+    // Chat: the second turn extends the first, so its prefix comes from the cache, and the
+    // reply equals a fresh prefill's.
+    let greedy = || vec![("temperature", JsValue::from(0.0)), ("maxTokens", 10.into())];
+    let msg = |role: &str, content: &str| obj(&[("role", role.into()), ("content", content.into())]);
+    let turn1 = Array::of2(&msg("system", "Answer briefly."), &msg("user", "What is the capital of France?"));
+    call(&g, "reset", &[]).expect("reset");
+    let r1 = call_async(&g, "chat", &[turn1.clone().into(), obj(&greedy())]).await.expect("chat 1").as_string().expect("s");
+    let turn2 = turn1.concat(&Array::of2(&msg("assistant", &r1), &msg("user", "Why?")));
+    let r2 = call_async(&g, "chat", &[turn2.clone().into(), obj(&greedy())]).await.expect("chat 2").as_string().expect("s");
+    let s = stats(&g);
+    let (prompt, reused, prefilled) = (num(&s, "promptTokens"), num(&s, "reusedTokens"), num(&s, "prefillTokens"));
+    console_log!("chat turn 2: {prompt} prompt tokens, {reused} reused from the cache, {prefilled} prefilled");
+    assert!(reused > 10.0 && prefilled < prompt && reused + prefilled == prompt, "{reused} + {prefilled} vs {prompt}");
+    call(&g, "reset", &[]).expect("reset");
+    let fresh = call_async(&g, "chat", &[turn2.into(), obj(&greedy())]).await.expect("fresh").as_string().expect("s");
+    assert_eq!(num(&stats(&g), "reusedTokens"), 0.0, "reset empties the cache");
+    assert_eq!(fresh, r2, "a reused cache gives the same reply as a fresh prefill");
+
+    let bad = call_async(&g, "chat", &[Array::of1(&msg("model", "hi")).into(), obj(&[])]).await.expect_err("bad role");
+    assert_eq!(err_name(&bad), "InvalidArgumentError");
+    assert!(err_message(&bad).contains("role"), "{}", err_message(&bad));
+}
+
+#[wasm_bindgen_test]
+async fn errors_are_named_and_leave_the_engine_usable() {
+    let m = model("https://models.test/errors/", DType::Int4);
+    let g = load(&m, &[("maxContext", 32.into())]).await.expect("load");
+    let long = "the ".repeat(40);
+    let e = generate(&g, &long, &sampled(1, 4)).await.expect_err("overflow");
+    assert_eq!(err_name(&e), "ContextOverflowError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("32-token context"), "{}", err_message(&e));
+    generate(&g, "Hello", &sampled(1, 4)).await.expect("usable after a context overflow");
+    assert_eq!(num(&stats(&g), "decodeTokens"), 4.0, "the call after the overflow generated");
+    let e = generate(&g, "Hello", &[("temperature", "hot".into())]).await.expect_err("bad option");
+    assert_eq!(err_name(&e), "InvalidArgumentError");
+    assert!(err_message(&e).contains("temperature"), "{}", err_message(&e));
+    let e = generate(&g, "Hello", &[("topP", 2.0.into())]).await.expect_err("bad top-p");
+    assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+    call(&g, "dispose", &[]).expect("dispose");
+    let e = generate(&g, "Hello", &[]).await.expect_err("disposed");
+    assert_eq!(err_name(&e), "DisposedError");
+
+    // A missing model: DownloadError naming the URL.
+    let missing = Model { url: "https://models.test/nothing-here/".into(), ..model("https://models.test/nothing-here-x/", DType::Int4) };
+    let e = load(&missing, &[]).await.expect_err("404");
+    assert_eq!(err_name(&e), "DownloadError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("manifest.json") && err_message(&e).contains("404"), "{}", err_message(&e));
+
+    // A shard corrupt once is fetched again; corrupt every time, the load fails naming it.
+    let shard = m.shards[1].clone();
+    m.server.borrow_mut().requests.clear();
+    m.server.borrow_mut().corrupt.insert(shard.clone(), 1);
+    load(&m, &[]).await.expect("recovers from one bad download");
+    assert_eq!(m.server.borrow().count(&shard), 2);
+    m.server.borrow_mut().corrupt.insert(shard.clone(), 2);
+    let e = load(&m, &[]).await.expect_err("corrupt twice");
+    assert_eq!(err_name(&e), "ShardCorruptError", "{}", err_message(&e));
+    assert!(err_message(&e).contains(&shard), "{}", err_message(&e));
+
+    // Aborting a load.
+    let controller = web_sys::AbortController::new().expect("controller");
+    controller.abort();
+    let e = load(&m, &[("signal", controller.signal().into())]).await.expect_err("aborted");
+    assert_eq!(err_name(&e), "AbortError");
+}
+
+async fn clear_cache() {
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    for entry in Array::from(&list).iter() {
+        JsFuture::from(Gemma::delete_cached_model(get(&entry, "key").as_string().expect("key"))).await.expect("delete");
+    }
+}
+
+#[wasm_bindgen_test]
+async fn shards_persist_in_the_browser_cache() {
+    clear_cache().await;
+    let m = model("https://models.test/cached/", DType::Int4);
+    let cached = [("cache", JsValue::TRUE)];
+    let g = load(&m, &cached).await.expect("first load");
+    let first = generate(&g, "Hello", &sampled(5, 8)).await.expect("generate");
+    call(&g, "dispose", &[]).expect("dispose");
+    for shard in &m.shards {
+        assert_eq!(m.server.borrow().count(shard), 1);
+    }
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    let entries: Vec<JsValue> = Array::from(&list).iter().collect();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(get(&entries[0], "url").as_string().as_deref(), Some(m.url.as_str()));
+    assert_eq!(get(&entries[0], "complete").as_bool(), Some(true));
+    assert_eq!(num(&entries[0], "files") as usize, m.shards.len());
+
+    // Again: every shard from the cache, none from the network.
+    m.server.borrow_mut().requests.clear();
+    let g = load(&m, &cached).await.expect("second load");
+    assert_eq!(m.server.borrow().count("model-"), 0, "shard requests: {:?}", m.server.borrow().requests);
+    assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
+
+    // A damaged cached shard is detected and fetched again (only that one).
+    let key = get(&entries[0], "key").as_string().expect("key");
+    let caches: web_sys::CacheStorage = get(&js_sys::global(), "caches").dyn_into().expect("caches");
+    let cache: web_sys::Cache = JsFuture::from(caches.open(&key)).await.expect("open").dyn_into().expect("cache");
+    let victim = format!("{}{}", m.url, m.shards[0]);
+    let garbage = web_sys::Response::new_with_opt_str(Some("garbage")).expect("response");
+    JsFuture::from(cache.put_with_str(&victim, &garbage)).await.expect("put");
+    m.server.borrow_mut().requests.clear();
+    let g = load(&m, &cached).await.expect("third load");
+    assert_eq!(m.server.borrow().count("model-"), 1, "{:?}", m.server.borrow().requests);
+    assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
+
+    // An upgraded model (another manifest) replaces the stale copy.
+    let m2 = model("https://models.test/cached/", DType::F32);
+    load(&m2, &cached).await.expect("upgraded load");
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    let entries: Vec<JsValue> = Array::from(&list).iter().collect();
+    assert_eq!(entries.len(), 1, "the old version is dropped once the new one is complete");
+    assert_ne!(get(&entries[0], "key").as_string(), Some(key));
+
+    clear_cache().await;
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    assert_eq!(Array::from(&list).length(), 0);
+}
