@@ -21,10 +21,23 @@ echo "== browser tests (wasm-pack test --headless --chrome)"
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 # The runner gives the whole browser run of a test binary this many seconds (default 20).
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
-wasm-pack test --headless --chrome -- --locked --test web --test web_model -- --nocapture 2>&1 | tee -a "$log"
+wasm-pack test --headless --chrome -- --locked --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$log"
+
+echo "== end-to-end: the npm package and the demo page in headless Chromium (playwright-core)"
+wasm-pack build --release --target web 2>&1 | tail -n 3
+ls -l pkg/*.wasm
+echo "gzipped wasm: $(gzip -9 -c pkg/gemma_webgpu_bg.wasm | wc -c) bytes"
+bash scripts/prepare-demo-model.sh
+(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
+# Each prints "test result: ok. N passed; M failed" like the Rust runners; keep going on failure
+# so the summary counts everything, and fail at the end if either exited non-zero.
+e2e_status=0
+node tests/e2e/consumer.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
+node tests/e2e/demo.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
 
 # Both runners print "test result: ok. N passed; M failed; ..." per test binary.
 passed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true) | awk '{s += $4} END {print s + 0}')
 failed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" || true) | awk '{s += $6} END {print s + 0}')
 echo
 echo "tests: ${passed} passed, ${failed} failed"
+[ "$failed" -eq 0 ] && [ "$e2e_status" -eq 0 ]

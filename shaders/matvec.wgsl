@@ -1,9 +1,11 @@
 // matvec.wgsl: decode-time matrix-vector product y[out_offset + n] = sum_k x[k] * W[n, k] for
 // one part of a packed weight W [n, k]. Each workgroup computes ROWS rows; LANES threads split
-// a row's K and reduce in workgroup memory.
+// a row's K and reduce in workgroup memory. ROWS * LANES = 256. For short rows the launcher
+// picks one lane per row (ROWS = 256): a 256k-row LM head with K = 256 would otherwise spend
+// its time in workgroup launches and barriers (on CPU adapters above all).
 
-const ROWS: u32 = 4u;
-const LANES: u32 = 64u;
+override ROWS: u32 = 4u;
+override LANES: u32 = 64u;
 
 struct Params {
     k: u32,

@@ -31,6 +31,11 @@ impl Tokenizer {
         self.end_of_turn
     }
 
+    /// Entries in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> u32 {
+        self.inner.get_vocab_size(true) as u32
+    }
+
     /// Encode without the BOS (for a continuation of text already in the context).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| Error::invalid("tokenize", e.to_string()))?;

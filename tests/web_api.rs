@@ -132,7 +132,7 @@ fn err_message(e: &JsValue) -> String {
 async fn load(m: &Model, extra: &[(&str, JsValue)]) -> Result<JsValue, JsValue> {
     let mut opts = vec![("fetch", m.fetch.clone().into()), ("cache", false.into())];
     opts.extend(extra.iter().cloned());
-    JsFuture::from(Gemma::load(m.url.clone(), obj(&opts))).await
+    JsFuture::from(Gemma::load(m.url.clone(), Some(obj(&opts)))).await
 }
 
 async fn generate(g: &JsValue, prompt: &str, opts: &[(&str, JsValue)]) -> Result<String, JsValue> {

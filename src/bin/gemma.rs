@@ -34,7 +34,8 @@ mod cli {
 
     const USAGE: &str = "usage:
   gemma convert <hf_dir> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
-  gemma synth <out_dir> --preset 2b|9b|27b|<config.json> [--quant int4|fp16|f32] [--seed N]
+  gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|fp16|f32] [--seed N]
+              [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
                  [--temperature T] [--top-k K] [--top-p P] [--seed S] [--max-context N]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
@@ -152,7 +153,7 @@ mod cli {
     }
 
     fn cmd_synth(args: &Args) -> Res<()> {
-        args.check_known(&["--preset", "--quant", "--seed", "--shard-mb"])?;
+        args.check_known(&["--preset", "--quant", "--seed", "--shard-mb", "--tokenizer"])?;
         let out = PathBuf::from(args.pos(0, "<out_dir>")?);
         let preset = args.get("--preset").ok_or_else(|| format!("synth needs --preset\n{USAGE}"))?;
         let config = if preset.ends_with(".json") {
@@ -162,7 +163,10 @@ mod cli {
             convert::preset(preset).map_err(|e| e.to_string())?
         };
         let shard = args.num("--shard-mb", DEFAULT_SHARD_BYTES >> 20)? << 20;
-        let m = convert::synth(config, &out, quant(args, DType::Int4)?, args.num("--seed", 0)?, shard, true).map_err(|e| e.to_string())?;
+        let mut m = convert::synth(config, &out, quant(args, DType::Int4)?, args.num("--seed", 0)?, shard, true).map_err(|e| e.to_string())?;
+        if let Some(tok) = args.get("--tokenizer") {
+            m = convert::attach_tokenizer(&out, Path::new(tok)).map_err(|e| e.to_string())?;
+        }
         eprintln!("wrote {} ({} shards, {:.1} MiB)", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64);
         Ok(())
     }

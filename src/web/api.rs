@@ -254,8 +254,8 @@ impl Gemma {
     /// `tokenizer.json`): shards stream in with bounded parallelism, each verified (size and
     /// SHA-256) and uploaded to the GPU, and persisted in the browser cache for next time.
     #[wasm_bindgen(unchecked_return_type = "Promise<Gemma>")]
-    pub fn load(#[wasm_bindgen(js_name = modelUrl)] model_url: String, #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: JsValue) -> Promise {
-        let opts = match LoadOptions::from_js(&options) {
+    pub fn load(#[wasm_bindgen(js_name = modelUrl)] model_url: String, #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>) -> Promise {
+        let opts = match LoadOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED)) {
             Ok(o) => o,
             Err(e) => return reject(e),
         };
@@ -280,15 +280,15 @@ impl Gemma {
 
     /// Generate a continuation of `prompt`; resolves to the generated text.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
-    pub fn generate(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue) -> Promise {
-        run_generation(&self.shared, Prompt::Text(prompt), &options)
+    pub fn generate(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>) -> Promise {
+        run_generation(&self.shared, Prompt::Text(prompt), &options.unwrap_or(JsValue::UNDEFINED))
     }
 
     /// Like `generate`, as an async iterator of text pieces. Leaving the loop early stops the
     /// generation.
     #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<string>")]
-    pub fn stream(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue) -> JsValue {
-        js::make_stream(Gemma { shared: self.shared.clone() }.into(), &prompt, &options)
+    pub fn stream(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>) -> JsValue {
+        js::make_stream(Gemma { shared: self.shared.clone() }.into(), &prompt, &options.unwrap_or(JsValue::UNDEFINED))
     }
 
     /// Reply to `messages` with Gemma's chat template. When they extend the previous
@@ -297,10 +297,10 @@ impl Gemma {
     pub fn chat(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
     ) -> Promise {
         match self::messages(&messages) {
-            Ok(m) => run_generation(&self.shared, Prompt::Chat(m), &options),
+            Ok(m) => run_generation(&self.shared, Prompt::Chat(m), &options.unwrap_or(JsValue::UNDEFINED)),
             Err(e) => reject(e),
         }
     }

@@ -289,7 +289,7 @@ impl Loader<'_> {
             let bytes = self.fetch_bytes(&url, Some(entry.size), &entry.file, true).await?;
             match verify_shard(manifest, i, &bytes) {
                 Ok(()) => break bytes,
-                Err(e) if attempt == 0 => {
+                Err(_) if attempt == 0 => {
                     attempt += 1;
                     self.progress.take_back(bytes.len() as u64);
                     self.progress.warn(&entry.file, &format!("{} failed its size/SHA-256 check; fetching it again", entry.file));

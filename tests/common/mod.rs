@@ -227,14 +227,15 @@ pub async fn matmul(ctx: &GpuContext) -> TestResult {
 
 pub async fn matvec(ctx: &GpuContext) -> TestResult {
     let mut rep = linear_cases(ctx, true).await?;
-    // A vocabulary-sized output: more workgroups than one grid dimension holds.
+    // A vocabulary-sized output: more workgroups than one grid dimension holds (the wide
+    // variant, 4 rows per workgroup; K = 32 alone would pick the narrow one).
     let mut rng = Rng::new(5);
     let (k, n) = (32usize, 270_000usize);
     let op = e(MatVec::new(ctx, DType::Int4).await)?;
     let w = e(Packed::pack(DType::Int4, n, k, &rng.vec(n * k, 0.1)))?;
     let x = rng.vec(k, 1.0);
     let (wg, xb, yb) = (e(GpuWeight::upload(ctx, "w", &w, 0))?, buf(ctx, &x)?, zeros(ctx, n)?);
-    let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
+    let bound = e(op.bind_variant(ctx, &xb, &wg, &yb, false))?;
     e(run_pass(ctx, "matvec", |p| op.dispatch(ctx, p, &bound).expect("shape checked")).await)?;
     let got = read(ctx, &yb, n).await?;
     let wf = w.unpack();

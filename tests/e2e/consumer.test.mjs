@@ -8,6 +8,7 @@
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
@@ -32,12 +33,17 @@ if (missing.length) {
 // 1. Install the package the way an app would.
 try {
   const t0 = Date.now();
-  execFileSync('npm', ['install', '--no-audit', '--no-fund'], { cwd: CONSUMER_DIR, stdio: 'inherit' });
+  // `npm pack` first, as publishing would: the tarball holds exactly what the package ships.
+  const packDir = fs.mkdtempSync(path.join(os.tmpdir(), 'gemma-pack-'));
+  const tarball = execFileSync('npm', ['pack', path.join(REPO_ROOT, 'pkg'), '--pack-destination', packDir, '--silent'], { encoding: 'utf8' })
+    .trim().split('\n').pop();
+  fs.rmSync(path.join(CONSUMER_DIR, 'node_modules'), { recursive: true, force: true });
+  execFileSync('npm', ['install', '--no-save', '--no-audit', '--no-fund', path.join(packDir, tarball)], { cwd: CONSUMER_DIR, stdio: 'inherit' });
   const entry = path.join(CONSUMER_DIR, 'node_modules', 'gemma-webgpu', 'gemma_webgpu.js');
   if (!fs.existsSync(entry)) throw new Error(`${path.relative(REPO_ROOT, entry)} is missing after npm install`);
-  console.log(`check npm install of pkg/ ... ok (${secs(Date.now() - t0)})`);
+  console.log(`check npm pack + npm install of pkg/ ... ok (${secs(Date.now() - t0)})`);
 } catch (e) {
-  console.log(`check npm install of pkg/ ... FAILED: ${e.message}`);
+  console.log(`check npm pack + npm install of pkg/ ... FAILED: ${e.message}`);
   process.exit(printResult(0, 1));
 }
 
