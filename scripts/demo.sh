@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-wasm-pack build --release --target web
+bash scripts/build-pkg.sh
 bash scripts/prepare-demo-model.sh
 port=${PORT:-8080}
 echo

@@ -24,9 +24,7 @@ export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
 wasm-pack test --headless --chrome -- --locked --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$log"
 
 echo "== end-to-end: the npm package and the demo page in headless Chromium (playwright-core)"
-wasm-pack build --release --target web 2>&1 | tail -n 3
-ls -l pkg/*.wasm
-echo "gzipped wasm: $(gzip -9 -c pkg/gemma_webgpu_bg.wasm | wc -c) bytes"
+bash scripts/build-pkg.sh
 bash scripts/prepare-demo-model.sh
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
 # Each prints "test result: ok. N passed; M failed" like the Rust runners; keep going on failure

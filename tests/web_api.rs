@@ -355,6 +355,11 @@ async fn errors_are_named_and_leave_the_engine_usable() {
     assert_eq!(err_name(&e), "ShardCorruptError", "{}", err_message(&e));
     assert!(err_message(&e).contains(&shard), "{}", err_message(&e));
 
+    // A device whose bindings are smaller than the model's largest weight part.
+    let e = load(&m, &[("maxStorageBinding", 1024.into())]).await.expect_err("limits");
+    assert_eq!(err_name(&e), "AdapterLimitsError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("maxStorageBufferBindingSize") && err_message(&e).contains("allows 1024"), "{}", err_message(&e));
+
     // Aborting a load.
     let controller = web_sys::AbortController::new().expect("controller");
     controller.abort();
@@ -404,6 +409,24 @@ async fn shards_persist_in_the_browser_cache() {
     let g = load(&m, &cached).await.expect("third load");
     assert_eq!(m.server.borrow().count("model-"), 1, "{:?}", m.server.borrow().requests);
     assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
+
+    // An interrupted download resumes: the shards stored before the failure are not fetched
+    // again. (One shard at a time, the last one missing on the server.)
+    clear_cache().await;
+    let mut sorted = m.shards.clone();
+    sorted.sort();
+    let last = sorted.last().expect("shards").clone();
+    let saved = m.server.borrow_mut().files.remove(&last).expect("last shard");
+    m.server.borrow_mut().requests.clear();
+    let one = [("cache", JsValue::TRUE), ("concurrency", 1.into())];
+    let e = load(&m, &one).await.expect_err("a shard is missing");
+    assert_eq!(err_name(&e), "DownloadError", "{}", err_message(&e));
+    assert!(err_message(&e).contains(&last) && err_message(&e).contains("404"), "{}", err_message(&e));
+    m.server.borrow_mut().files.insert(last.clone(), saved);
+    m.server.borrow_mut().requests.clear();
+    load(&m, &one).await.expect("resumed load");
+    let requested: Vec<String> = m.server.borrow().requests.iter().filter(|r| r.starts_with("model-")).cloned().collect();
+    assert_eq!(requested, vec![last.clone()], "only the shard that was missing is downloaded");
 
     // An upgraded model (another manifest) replaces the stale copy.
     let m2 = model("https://models.test/cached/", DType::F32);

@@ -88,7 +88,8 @@ impl GpuContext {
         }
         let limit_check = |limit: &'static str, needed: u64, available: u64| {
             if needed > available {
-                Err(Error::LimitTooSmall { adapter: info.name.clone(), limit, needed, available })
+                let adapter = if info.name.is_empty() { "(unnamed)".to_string() } else { info.name.clone() };
+                Err(Error::LimitTooSmall { adapter, limit, needed, available })
             } else {
                 Ok(())
             }

@@ -45,6 +45,9 @@ export interface LoadOptions {
   concurrency?: number;
   /** Keep the KV cache in f32 instead of fp16 (exact, twice the memory). */
   kvF32?: boolean;
+  /** Use at most this many bytes per storage binding, as a device with lower limits would
+   *  (the load fails with AdapterLimitsError if the model needs more). */
+  maxStorageBinding?: number;
   /** A replacement for `fetch` (e.g. to add headers). */
   fetch?: (url: string, init: RequestInit) => Promise<Response>;
 }

@@ -29,6 +29,8 @@ pub(crate) struct LoadOptions {
     pub cache: bool,
     pub concurrency: usize,
     pub fetch: Option<Function>,
+    /// Pretend the adapter allows at most this storage binding (to try a phone's limits).
+    pub max_storage_binding: u64,
 }
 
 impl LoadOptions {
@@ -45,6 +47,7 @@ impl LoadOptions {
             cache: js::opt_bool(o, "cache")?.unwrap_or(true),
             concurrency: concurrency as usize,
             fetch: js::opt_function(o, "fetch")?,
+            max_storage_binding: js::opt_f64(o, "maxStorageBinding")?.map(|v| v.max(0.0) as u64).unwrap_or(0),
         })
     }
 }
@@ -171,7 +174,7 @@ impl Loader<'_> {
 
         // The GPU first: no point downloading a model the adapter cannot hold.
         let largest = manifest.tensors.iter().flat_map(|t| t.parts.iter().map(|p| p.length)).max().unwrap_or(0);
-        let ctx = GpuContext::new(&ContextOptions { min_storage_binding: largest, min_buffer_size: largest, ..Default::default() }).await?;
+        let ctx = GpuContext::new(&ContextOptions { min_storage_binding: largest, min_buffer_size: largest, max_storage_binding_cap: self.opts.max_storage_binding }).await?;
 
         let tokenizer = self.tokenizer(&manifest).await?;
         let config = manifest.config.clone();
