@@ -151,7 +151,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The tensors a Gemma 2 checkpoint must have, with their `[rows, cols]` shapes (spec §2).
+/// The tensors a Gemma 2 (or Gemma 3 text) checkpoint must have, with their `[rows, cols]`
+/// shapes (spec §2; Gemma 3 adds the per-head q/k norms).
 pub fn gemma2_tensors(c: &Gemma2Config) -> Vec<(String, [u32; 2])> {
     let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_width(), c.kv_width());
     let mut out = vec![("model.embed_tokens.weight".to_string(), [c.vocab_size, h])];
@@ -162,6 +163,10 @@ pub fn gemma2_tensors(c: &Gemma2Config) -> Vec<(String, [u32; 2])> {
         out.push((p.clone() + "self_attn.k_proj.weight", [kv, h]));
         out.push((p.clone() + "self_attn.v_proj.weight", [kv, h]));
         out.push((p.clone() + "self_attn.o_proj.weight", [h, q]));
+        if c.qk_norm {
+            out.push((p.clone() + "self_attn.q_norm.weight", [1, c.head_dim]));
+            out.push((p.clone() + "self_attn.k_norm.weight", [1, c.head_dim]));
+        }
         out.push((p.clone() + "post_attention_layernorm.weight", [1, h]));
         out.push((p.clone() + "pre_feedforward_layernorm.weight", [1, h]));
         out.push((p.clone() + "mlp.gate_proj.weight", [i, h]));

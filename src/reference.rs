@@ -21,13 +21,18 @@ pub fn rmsnorm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
 /// Rotate-half RoPE of `x` [T, n_heads * head_dim], token t at position `pos_start + t`;
 /// angles in f64 from the same f32 `p * inv_freq` the GPU table uses.
 pub fn rope(x: &[f32], n_heads: usize, head_dim: usize, theta: f32, pos_start: usize) -> Vec<f32> {
+    rope_scaled(x, n_heads, head_dim, theta, 1.0, pos_start)
+}
+
+/// RoPE with linear position scaling (`inv_freq / factor`, as Hugging Face's "linear" type).
+pub fn rope_scaled(x: &[f32], n_heads: usize, head_dim: usize, theta: f32, factor: f32, pos_start: usize) -> Vec<f32> {
     let half = head_dim / 2;
     let mut out = x.to_vec();
     for (t, row) in out.chunks_mut(n_heads * head_dim).enumerate() {
         let pos = (pos_start + t) as f32;
         for head in row.chunks_mut(head_dim) {
             for j in 0..half {
-                let inv_freq = 1.0 / theta.powf((2 * j) as f32 / head_dim as f32);
+                let inv_freq = 1.0 / theta.powf((2 * j) as f32 / head_dim as f32) / factor;
                 let a = (pos * inv_freq) as f64;
                 let (s, c) = a.sin_cos();
                 let (x1, x2) = (head[j] as f64, head[j + half] as f64);

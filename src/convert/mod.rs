@@ -286,6 +286,10 @@ pub fn preset(name: &str) -> Result<Gemma2Config> {
         bos_token_id: 2,
         eos_token_ids: vec![1, 107],
         sliding_layers: (0..l).map(|i| i % 2 == 0).collect(),
+        model_type: "gemma2".into(),
+        qk_norm: false,
+        rope_local_theta: None,
+        rope_global_factor: 1.0,
     })
 }
 

@@ -29,6 +29,27 @@ pub struct Gemma2Config {
     pub eos_token_ids: Vec<u32>,
     /// Per layer: `true` = sliding-window (local) attention, `false` = global.
     pub sliding_layers: Vec<bool>,
+    /// "gemma2" or "gemma3_text" (for messages; behaviour comes from the fields below).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Gemma 3: RMSNorm `(1 + w)` over each head of q and of k, after projection.
+    #[serde(default)]
+    pub qk_norm: bool,
+    /// RoPE base of the sliding-window layers when it differs from `rope_theta` (Gemma 3:
+    /// 10 000 locally, 1 000 000 globally).
+    #[serde(default)]
+    pub rope_local_theta: Option<f32>,
+    /// Linear RoPE scaling of the global layers (positions / factor); 1 = none.
+    #[serde(default = "one")]
+    pub rope_global_factor: f32,
+}
+
+fn default_model_type() -> String {
+    "gemma2".into()
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 fn field<'a>(cfg: &'a Value, name: &'static str) -> Result<&'a Value> {
@@ -59,23 +80,32 @@ fn float_or(cfg: &Value, name: &'static str, default: f32) -> Result<f32> {
 }
 
 impl Gemma2Config {
-    /// Parse and validate a Hugging Face Gemma 2 `config.json`.
+    /// Parse and validate a Hugging Face Gemma 2 or Gemma 3 (text) `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let cfg: Value = serde_json::from_str(text).map_err(|e| Error::Config { field: "config.json", detail: format!("not valid JSON: {e}") })?;
         let model_type = cfg.get("model_type").and_then(Value::as_str).unwrap_or("");
+        // A multimodal Gemma 3 checkpoint: its language model's config.
+        if model_type == "gemma3" {
+            if let Some(text_config) = cfg.get("text_config") {
+                let mut inner = text_config.clone();
+                inner["model_type"] = Value::from("gemma3_text");
+                return Self::from_hf_json(&inner.to_string());
+            }
+        }
         let archs: Vec<&str> = cfg.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-        if model_type != "gemma2" && !archs.contains(&"Gemma2ForCausalLM") {
+        let gemma3 = model_type == "gemma3_text" || model_type == "gemma3" || archs.contains(&"Gemma3ForCausalLM");
+        if model_type != "gemma2" && !archs.contains(&"Gemma2ForCausalLM") && !gemma3 {
             return Err(Error::Config {
                 field: "model_type",
-                detail: format!("'{model_type}' (architectures {archs:?}) is not supported; this engine runs Gemma 2 (model_type \"gemma2\")"),
+                detail: format!("'{model_type}' (architectures {archs:?}) is not supported; this engine runs Gemma 2 (\"gemma2\") and Gemma 3 text models (\"gemma3_text\")"),
             });
         }
         let act = cfg.get("hidden_activation").or_else(|| cfg.get("hidden_act")).and_then(Value::as_str).unwrap_or("gelu_pytorch_tanh");
         if act != "gelu_pytorch_tanh" && act != "gelu_tanh" {
-            return Err(Error::Config { field: "hidden_activation", detail: format!("'{act}' is not supported (Gemma 2 uses gelu_pytorch_tanh)") });
+            return Err(Error::Config { field: "hidden_activation", detail: format!("'{act}' is not supported (Gemma uses gelu_pytorch_tanh)") });
         }
         if cfg.get("tie_word_embeddings").and_then(Value::as_bool) == Some(false) {
-            return Err(Error::Config { field: "tie_word_embeddings", detail: "false is not supported: Gemma 2 ties the LM head to the embedding".into() });
+            return Err(Error::Config { field: "tie_word_embeddings", detail: "false is not supported: Gemma ties the LM head to the embedding".into() });
         }
         let n_layers = uint(&cfg, "num_hidden_layers")?;
         let sliding_layers = match cfg.get("layer_types").and_then(Value::as_array) {
@@ -100,10 +130,7 @@ impl Gemma2Config {
             Some(v) => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
             None => vec![1],
         };
-        let rope_theta = match cfg.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
-            Some(v) => v.as_f64().map(|v| v as f32).ok_or_else(|| Error::Config { field: "rope_parameters.rope_theta", detail: "must be a number".into() })?,
-            None => float_or(&cfg, "rope_theta", 10000.0)?,
-        };
+        let (rope_theta, rope_local_theta, rope_global_factor) = rope(&cfg, gemma3)?;
         let config = Self {
             vocab_size: uint(&cfg, "vocab_size")?,
             hidden_size: uint(&cfg, "hidden_size")?,
@@ -122,6 +149,10 @@ impl Gemma2Config {
             bos_token_id: cfg.get("bos_token_id").and_then(Value::as_u64).unwrap_or(2) as u32,
             eos_token_ids,
             sliding_layers,
+            model_type: if gemma3 { "gemma3_text".into() } else { "gemma2".into() },
+            qk_norm: gemma3,
+            rope_local_theta,
+            rope_global_factor,
         };
         config.validate()?;
         Ok(config)
@@ -145,6 +176,9 @@ impl Gemma2Config {
         if self.attn_logit_softcapping < 0.0 || self.final_logit_softcapping < 0.0 {
             return bad("attn_logit_softcapping", "soft-caps must be >= 0".into());
         }
+        if !(self.rope_global_factor >= 1.0) || !(self.rope_theta > 0.0) || self.rope_local_theta.is_some_and(|t| !(t > 0.0)) {
+            return bad("rope_parameters", format!("bases must be positive and the scaling factor >= 1 (got {}, {:?}, {})", self.rope_theta, self.rope_local_theta, self.rope_global_factor));
+        }
         if self.bos_token_id >= self.vocab_size || self.eos_token_ids.iter().any(|t| *t >= self.vocab_size) {
             return bad("bos_token_id", format!("special token ids must be < vocab_size {}", self.vocab_size));
         }
@@ -161,6 +195,15 @@ impl Gemma2Config {
         self.query_pre_attn_scalar.powf(-0.5)
     }
 
+    /// RoPE `(base, linear factor)` of layer `i`.
+    pub fn rope(&self, layer: usize) -> (f32, f32) {
+        if self.sliding_layers[layer] {
+            (self.rope_local_theta.unwrap_or(self.rope_theta), 1.0)
+        } else {
+            (self.rope_theta, self.rope_global_factor)
+        }
+    }
+
     /// Attention window of layer `i`: the sliding window for local layers, 0 (global) otherwise.
     pub fn window(&self, layer: usize) -> u32 {
         if self.sliding_layers[layer] { self.sliding_window } else { 0 }
@@ -173,4 +216,51 @@ impl Gemma2Config {
     pub fn kv_width(&self) -> u32 {
         self.num_key_value_heads * self.head_dim
     }
+}
+
+fn num(v: &Value, field: &'static str) -> Result<f32> {
+    v.as_f64().filter(|x| x.is_finite()).map(|x| x as f32).ok_or_else(|| Error::Config { field, detail: format!("must be a number, got {v}") })
+}
+
+/// `(global base, local base, global linear factor)`. Transformers 5 writes `rope_parameters`,
+/// either one set (`{"rope_theta": ..}`) or one per layer type (`{"sliding_attention": {..},
+/// "full_attention": {..}}`); older configs have `rope_theta`, `rope_local_base_freq` and
+/// `rope_scaling`.
+fn rope(cfg: &Value, gemma3: bool) -> Result<(f32, Option<f32>, f32)> {
+    let factor = |r: Option<&Value>| -> Result<f32> {
+        let Some(r) = r.filter(|r| !r.is_null()) else { return Ok(1.0) };
+        let kind = r.get("rope_type").or_else(|| r.get("type")).and_then(Value::as_str).unwrap_or("default");
+        match kind {
+            "default" => Ok(1.0),
+            "linear" => num(r.get("factor").unwrap_or(&Value::Null), "rope_parameters.factor"),
+            other => Err(Error::Config { field: "rope_parameters", detail: format!("RoPE type '{other}' is not supported (default and linear are)") }),
+        }
+    };
+    let default_global = if gemma3 { 1_000_000.0 } else { 10_000.0 };
+    if let Some(rp) = cfg.get("rope_parameters").filter(|r| r.is_object()) {
+        if let Some(full) = rp.get("full_attention") {
+            let global = num(full.get("rope_theta").unwrap_or(&Value::Null), "rope_parameters.full_attention.rope_theta")?;
+            let local = match rp.get("sliding_attention").and_then(|s| s.get("rope_theta")) {
+                Some(v) => Some(num(v, "rope_parameters.sliding_attention.rope_theta")?),
+                None => None,
+            };
+            if let Some(s) = rp.get("sliding_attention") {
+                if factor(Some(s))? != 1.0 {
+                    return Err(Error::Config { field: "rope_parameters", detail: "scaled RoPE on sliding layers is not supported".into() });
+                }
+            }
+            return Ok((global, local, factor(Some(full))?));
+        }
+        if let Some(t) = rp.get("rope_theta") {
+            let local = if gemma3 { Some(10_000.0) } else { None };
+            return Ok((num(t, "rope_parameters.rope_theta")?, local, factor(Some(rp))?));
+        }
+    }
+    let global = float_or(cfg, "rope_theta", default_global)?;
+    let local = match cfg.get("rope_local_base_freq") {
+        Some(v) if !v.is_null() => Some(num(v, "rope_local_base_freq")?),
+        _ if gemma3 => Some(10_000.0),
+        _ => None,
+    };
+    Ok((global, local, factor(cfg.get("rope_scaling"))?))
 }

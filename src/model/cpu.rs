@@ -62,8 +62,15 @@ impl CpuModel {
         for l in 0..c.num_hidden_layers as usize {
             let p = |n: &str| format!("model.layers.{l}.{n}");
             let hn = r::rmsnorm(&x, self.w(&p("input_layernorm.weight")), c.rms_norm_eps);
-            let q = r::rope(&r::linear(&hn, self.w(&p("self_attn.q_proj.weight")), h, qw), nh, d, c.rope_theta, 0);
-            let k = r::rope(&r::linear(&hn, self.w(&p("self_attn.k_proj.weight")), h, kvw), nkv, d, c.rope_theta, 0);
+            let mut q = r::linear(&hn, self.w(&p("self_attn.q_proj.weight")), h, qw);
+            let mut k = r::linear(&hn, self.w(&p("self_attn.k_proj.weight")), h, kvw);
+            if c.qk_norm {
+                q = r::rmsnorm(&q, self.w(&p("self_attn.q_norm.weight")), c.rms_norm_eps);
+                k = r::rmsnorm(&k, self.w(&p("self_attn.k_norm.weight")), c.rms_norm_eps);
+            }
+            let (theta, factor) = c.rope(l);
+            let q = r::rope_scaled(&q, nh, d, theta, factor, 0);
+            let k = r::rope_scaled(&k, nkv, d, theta, factor, 0);
             let v = r::linear(&hn, self.w(&p("self_attn.v_proj.weight")), h, kvw);
             let round = |a: Vec<f32>| if kv_f16 { a.into_iter().map(|v| half::f16::from_f32(v).to_f32()).collect() } else { a };
             let attn = r::attention(&q, &round(k), &round(v), nh, nkv, d, 0, c.window(l) as usize, c.attn_scale(), c.attn_logit_softcapping);

@@ -52,6 +52,8 @@ struct LayerBindings {
     q: Linear,
     k: Linear,
     v: Linear,
+    /// Gemma 3: q and k normed per head, from `q_pre`/`k_pre` into `q`/`k`.
+    qk_norm: Option<(RmsNormBinding, RmsNormBinding)>,
     rope_q: RopeBinding,
     rope_k: RopeBinding,
     kv_write: KvWriteBinding,
@@ -75,6 +77,8 @@ struct Activations {
     q: wgpu::Buffer,       // [C, NH*D]
     k: wgpu::Buffer,       // [C, NKV*D]
     v: wgpu::Buffer,       // [C, NKV*D]
+    /// Gemma 3: q and k before their per-head norms (absent otherwise).
+    qk_pre: Option<(wgpu::Buffer, wgpu::Buffer)>,
     attn: wgpu::Buffer,    // [C, NH*D]
     o: wgpu::Buffer,       // [C, H] attention / MLP branch output
     gate: wgpu::Buffer,    // [C, I]
@@ -100,7 +104,7 @@ pub struct Gemma2 {
     pub options: EngineOptions,
     ops: Ops,
     weights: Weights,
-    _rope: RopeTable,
+    _ropes: Vec<RopeTable>,
     caches: Vec<KvCache>,
     acts: Activations,
     layers: Vec<LayerBindings>,
@@ -138,6 +142,7 @@ impl Gemma2 {
             q: z("q", f32s(chunk * qw))?,
             k: z("k", f32s(chunk * kvw))?,
             v: z("v", f32s(chunk * kvw))?,
+            qk_pre: if c.qk_norm { Some((z("q_pre", f32s(chunk * qw))?, z("k_pre", f32s(chunk * kvw))?)) } else { None },
             attn: z("attn", f32s(chunk * qw))?,
             o: z("o", f32s(chunk * h))?,
             gate: z("gate", f32s(chunk * i))?,
@@ -153,7 +158,15 @@ impl Gemma2 {
                 mapped_at_creation: false,
             }),
         };
-        let rope = RopeTable::new(&ctx, c.head_dim, c.rope_theta, options.max_context)?;
+        // One RoPE table per distinct (base, factor) among the layers (Gemma 3 has two).
+        let mut rope_keys: Vec<(f32, f32)> = Vec::new();
+        for l in 0..c.num_hidden_layers as usize {
+            if !rope_keys.contains(&c.rope(l)) {
+                rope_keys.push(c.rope(l));
+            }
+        }
+        let ropes = rope_keys.iter().map(|&(theta, factor)| RopeTable::scaled(&ctx, c.head_dim, theta, factor, options.max_context)).collect::<Result<Vec<_>>>()?;
+        let rope_of = |l: usize| rope_keys.iter().position(|k| *k == c.rope(l)).map(|i| &ropes[i]);
         let mut caches = Vec::new();
         for l in 0..c.num_hidden_layers as usize {
             // A sliding layer keeps a ring of window + chunk - 1 positions: enough for the
@@ -168,13 +181,24 @@ impl Gemma2 {
         let a = &acts;
         let mut layers = Vec::new();
         for (l, w) in weights.layers.iter().enumerate() {
+            let rope = rope_of(l).ok_or_else(|| Error::invalid("rope", "no table for a layer"))?;
+            let (q_out, k_out) = match &a.qk_pre {
+                Some((qp, kp)) => (qp, kp),
+                None => (&a.q, &a.k),
+            };
+            let qk_norm = match (&w.qk_norm, &a.qk_pre) {
+                (Some((qn, kn)), Some((qp, kp))) => Some((ops.rmsnorm.bind(&ctx, qp, qn, &a.q, false), ops.rmsnorm.bind(&ctx, kp, kn, &a.k, false))),
+                (None, None) => None,
+                _ => return Err(Error::Format(format!("layer {l}: q/k norm weights do not match the config's qk_norm"))),
+            };
             layers.push(LayerBindings {
                 input_norm: ops.rmsnorm.bind(&ctx, &a.x, &w.input_layernorm, &a.h, false),
-                q: lin(&a.h, &w.q_proj, &a.q)?,
-                k: lin(&a.h, &w.k_proj, &a.k)?,
+                q: lin(&a.h, &w.q_proj, q_out)?,
+                k: lin(&a.h, &w.k_proj, k_out)?,
                 v: lin(&a.h, &w.v_proj, &a.v)?,
-                rope_q: ops.rope.bind(&ctx, &a.q, &rope),
-                rope_k: ops.rope.bind(&ctx, &a.k, &rope),
+                qk_norm,
+                rope_q: ops.rope.bind(&ctx, &a.q, rope),
+                rope_k: ops.rope.bind(&ctx, &a.k, rope),
                 kv_write: ops.kv_write.bind(&ctx, &a.k, &a.v, &caches[l]),
                 attention: ops.attention.bind(&ctx, &a.q, &caches[l], &a.attn),
                 o: lin(&a.attn, &w.o_proj, &a.o)?,
@@ -197,7 +221,7 @@ impl Gemma2 {
             config,
             ops,
             weights,
-            _rope: rope,
+            _ropes: ropes,
             caches,
             acts,
             layers,
@@ -252,7 +276,8 @@ impl Gemma2 {
 
     pub fn activation_bytes(&self) -> u64 {
         let a = &self.acts;
-        [&a.ids, &a.x, &a.h, &a.q, &a.k, &a.v, &a.attn, &a.o, &a.gate, &a.up, &a.act, &a.x_last, &a.h_last, &a.logits].iter().map(|b| b.size()).sum()
+        let pre = a.qk_pre.as_ref().map_or(0, |(q, k)| q.size() + k.size());
+        pre + [&a.ids, &a.x, &a.h, &a.q, &a.k, &a.v, &a.attn, &a.o, &a.gate, &a.up, &a.act, &a.x_last, &a.h_last, &a.logits].iter().map(|b| b.size()).sum::<u64>()
     }
 
     /// All GPU memory the engine allocated.
@@ -296,6 +321,11 @@ impl Gemma2 {
             linear(pass, &b.q)?;
             linear(pass, &b.k)?;
             linear(pass, &b.v)?;
+            if let Some((qn, kn)) = &b.qk_norm {
+                ops.rmsnorm.dispatch(ctx, pass, qn, t * c.num_attention_heads, c.head_dim, eps)?;
+                ops.rmsnorm.dispatch(ctx, pass, kn, t * c.num_key_value_heads, c.head_dim, eps)?;
+                fixed += 2;
+            }
             ops.rope.dispatch(ctx, pass, &b.rope_q, t, c.num_attention_heads, self.pos)?;
             ops.rope.dispatch(ctx, pass, &b.rope_k, t, c.num_key_value_heads, self.pos)?;
             ops.kv_write.dispatch(ctx, pass, &b.kv_write, t, self.pos)?;

@@ -18,6 +18,8 @@ pub struct LayerWeights {
     pub k_proj: GpuWeight,                      // [NKV*D, H]
     pub v_proj: GpuWeight,                      // [NKV*D, H]
     pub o_proj: GpuWeight,                      // [H, NH*D]
+    /// Gemma 3: per-head RMSNorm weights of q and k, [D] f32 each.
+    pub qk_norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub post_attention_layernorm: wgpu::Buffer, // [H] f32
     pub pre_feedforward_layernorm: wgpu::Buffer,
     pub gate_proj: GpuWeight, // [I, H]
@@ -128,12 +130,18 @@ impl<'a> WeightLoader<'a> {
             };
             let (q_proj, k_proj, v_proj, o_proj) = (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
             let (gate_proj, up_proj, down_proj) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
+            let qk_norm = if c.qk_norm {
+                Some((self.take_norm(&(p.clone() + "self_attn.q_norm.weight"))?, self.take_norm(&(p.clone() + "self_attn.k_norm.weight"))?))
+            } else {
+                None
+            };
             layers.push(LayerWeights {
                 input_layernorm: self.take_norm(&(p.clone() + "input_layernorm.weight"))?,
                 q_proj,
                 k_proj,
                 v_proj,
                 o_proj,
+                qk_norm,
                 post_attention_layernorm: self.take_norm(&(p.clone() + "post_attention_layernorm.weight"))?,
                 pre_feedforward_layernorm: self.take_norm(&(p.clone() + "pre_feedforward_layernorm.weight"))?,
                 gate_proj,

@@ -18,8 +18,13 @@ uniform! {
 /// `inv_freq[j] = 1 / theta^(2j / D)` and `p * inv_freq[j]` are computed in f32 (as torch
 /// does), then cos/sin of that f32 angle are evaluated in f64 and rounded to f32.
 pub fn rope_table(head_dim: usize, theta: f32, positions: usize) -> Vec<f32> {
+    rope_table_scaled(head_dim, theta, 1.0, positions)
+}
+
+/// `rope_table` with linear position scaling: `inv_freq[j] / factor` (Hugging Face "linear").
+pub fn rope_table_scaled(head_dim: usize, theta: f32, factor: f32, positions: usize) -> Vec<f32> {
     let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32)).collect();
+    let inv_freq: Vec<f32> = (0..half).map(|j| 1.0 / theta.powf((2 * j) as f32 / head_dim as f32) / factor).collect();
     let mut table = Vec::with_capacity(positions * half * 2);
     for p in 0..positions {
         for f in &inv_freq {
@@ -41,10 +46,14 @@ pub struct RopeTable {
 
 impl RopeTable {
     pub fn new(ctx: &GpuContext, head_dim: u32, theta: f32, positions: u32) -> Result<Self> {
+        Self::scaled(ctx, head_dim, theta, 1.0, positions)
+    }
+
+    pub fn scaled(ctx: &GpuContext, head_dim: u32, theta: f32, factor: f32, positions: u32) -> Result<Self> {
         if head_dim % 2 != 0 {
             return Err(Error::invalid("rope", format!("head_dim must be even, got {head_dim}")));
         }
-        let table = rope_table(head_dim as usize, theta, positions as usize);
+        let table = rope_table_scaled(head_dim as usize, theta, factor, positions as usize);
         Ok(Self { buffer: ctx.storage_from("rope table", bytemuck::cast_slice(&table))?, head_dim, positions })
     }
 }

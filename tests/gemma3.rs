@@ -1,0 +1,111 @@
+//! Gemma 3 (text) on the same engine: the tiny Hugging Face `Gemma3ForCausalLM` fixture
+//! (tools/make_gemma3_fixture.py: per-head q/k norms, no soft-caps, 5 sliding : 1 global
+//! layers, RoPE bases 10 000 / 1 000 000, query_pre_attn_scalar != head_dim) converted and run
+//! natively, against HF's logits at every position and its greedy continuation.
+
+use std::path::{Path, PathBuf};
+
+use gemma_webgpu::convert::{self, safetensors::Checkpoint};
+use gemma_webgpu::format::Manifest;
+use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+use gemma_webgpu::model::config::Gemma2Config;
+use gemma_webgpu::model::cpu::CpuModel;
+use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::local::{read_manifest, read_shard};
+use gemma_webgpu::ops::sample::Sampling;
+use gemma_webgpu::quant::DType;
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
+}
+
+fn convert_to(quant: DType, tag: &str) -> (PathBuf, Manifest) {
+    let out = std::env::temp_dir().join(format!("gemma3-{tag}-{}", std::process::id()));
+    let m = convert::convert_hf(&fixture(), &out, quant, 96 << 10, false).expect("convert");
+    (out, m)
+}
+
+fn reference() -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
+    let mut ck = Checkpoint::default();
+    ck.add_file(&fixture().join("reference.safetensors")).expect("reference");
+    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    (ids("input_ids"), ck.read_f32("logits").expect("logits").1, ids("greedy_prompt"), ids("greedy_ids"))
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
+    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+}
+
+#[test]
+fn gemma3_config_is_read_as_data() {
+    let c = Gemma2Config::from_hf_json(&std::fs::read_to_string(fixture().join("config.json")).expect("config")).expect("parse");
+    assert_eq!(c.model_type, "gemma3_text");
+    assert!(c.qk_norm);
+    assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (0.0, 0.0), "no soft-caps");
+    assert_eq!(c.sliding_layers, vec![true, true, true, true, true, false, true]);
+    assert_eq!((c.rope(0), c.rope(5)), ((10_000.0, 1.0), (1_000_000.0, 1.0)));
+    assert_eq!(c.query_pre_attn_scalar, 24.0);
+    // The older form of the same settings, and linear scaling of the global layers.
+    let old = r#"{"model_type": "gemma3_text", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "query_pre_attn_scalar": 16, "sliding_window": 8, "max_position_embeddings": 128,
+        "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+        "layer_types": ["sliding_attention", "full_attention"]}"#;
+    let c = Gemma2Config::from_hf_json(old).expect("old form");
+    assert_eq!((c.rope(0), c.rope(1)), ((10_000.0, 1.0), (1_000_000.0, 8.0)));
+    let bad = old.replace("\"linear\"", "\"yarn\"");
+    let e = Gemma2Config::from_hf_json(&bad).expect_err("yarn");
+    assert!(e.to_string().contains("yarn"), "{e}");
+}
+
+#[test]
+fn gemma3_matches_hugging_face() {
+    let (ids, want, prompt, greedy) = reference();
+    for (quant, kv_f32, tol) in [(DType::F32, true, 1e-3f32), (DType::F32, false, 0.5), (DType::F16, true, 0.5)] {
+        let (dir, _) = convert_to(quant, &format!("{}-{kv_f32}", quant.name()));
+        let mut gpu = pollster::block_on(engine(&dir, kv_f32));
+        pollster::block_on(async {
+            let prefill = gpu.logits(&ids, false).await.expect("prefill");
+            gpu.reset();
+            let decode = gpu.logits(&ids, true).await.expect("decode");
+            let (ep, ed) = (max_abs_diff(&prefill, &want), max_abs_diff(&decode, &want));
+            let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
+            println!("tiny-gemma3 {} weights, {kv}: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", quant.name());
+            assert!(ep <= tol && ed <= tol, "{} {kv}: {ep} / {ed} > {tol}", quant.name());
+            if quant == DType::F32 && kv_f32 {
+                let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+                assert!(max > 30.0, "the fixture's logits ({max}) would have been capped by Gemma 2's 30: no cap is applied");
+                gpu.reset();
+                let mut got = vec![gpu.step(&prompt, &Sampling::GREEDY).await.expect("prefill")];
+                while got.len() < greedy.len() {
+                    let last = got[got.len() - 1];
+                    got.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
+                }
+                assert_eq!(got, greedy, "greedy continuation");
+            }
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn gemma3_int4_matches_its_cpu_twin() {
+    let (ids, want, _, _) = reference();
+    let (dir, _) = convert_to(DType::Int4, "int4");
+    let manifest = read_manifest(&dir).expect("manifest");
+    let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("twin");
+    let mut gpu = pollster::block_on(engine(&dir, true));
+    let got = pollster::block_on(gpu.logits(&ids, false)).expect("logits");
+    let twin = cpu.forward(&ids, false).logits;
+    let err = max_abs_diff(&got, &twin);
+    // The twin itself is the HF model up to int4 rounding: how far that moves the logits.
+    println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", max_abs_diff(&twin, &want));
+    assert!(err <= 2e-3, "int4 GPU vs twin: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
