@@ -1,5 +1,5 @@
-//! `gemma`: the native command-line tool. Converts Hugging Face checkpoints into our format,
-//! writes synthetic models, generates text, dumps logits and benchmarks.
+//! `gemma`: the native command-line tool. Converts Hugging Face checkpoints and GGUF files
+//! into our format, writes synthetic models, generates text, dumps logits and benchmarks.
 //! Every error is one line on stderr and a non-zero exit code.
 
 #[cfg(target_arch = "wasm32")]
@@ -33,7 +33,7 @@ mod cli {
     use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer};
 
     const USAGE: &str = "usage:
-  gemma convert <hf_dir> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
+  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
   gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|fp16|f32] [--seed N]
               [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
@@ -145,9 +145,14 @@ mod cli {
 
     fn cmd_convert(args: &Args) -> Res<()> {
         args.check_known(&["--quant", "--shard-mb"])?;
-        let (src, out) = (PathBuf::from(args.pos(0, "<hf_dir>")?), PathBuf::from(args.pos(1, "<out_dir>")?));
+        let (src, out) = (PathBuf::from(args.pos(0, "<hf_dir|file.gguf>")?), PathBuf::from(args.pos(1, "<out_dir>")?));
         let shard = args.num("--shard-mb", DEFAULT_SHARD_BYTES >> 20)? << 20;
-        let m = convert::convert_hf(&src, &out, quant(args, DType::Int4)?, shard, true).map_err(|e| e.to_string())?;
+        let is_gguf = src.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if src.is_file() && !is_gguf {
+            return Err(format!("{} is a file; convert takes a Hugging Face checkpoint directory or a .gguf file", src.display()));
+        }
+        let quant = quant(args, DType::Int4)?;
+        let m = if is_gguf { convert::convert_gguf(&src, &out, quant, shard, true) } else { convert::convert_hf(&src, &out, quant, shard, true) }.map_err(|e| e.to_string())?;
         eprintln!("wrote {} ({} shards, {:.1} MiB){}", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64, if m.tokenizer.is_some() { ", with tokenizer" } else { ", no tokenizer.json found" });
         Ok(())
     }

@@ -1,8 +1,10 @@
-//! Writing models in our format: `gemma convert` from a Hugging Face checkpoint, and
+//! Writing models in our format: `gemma convert` from a Hugging Face checkpoint or a GGUF file
+//! (both read through `TensorSource`, so they share the checks and the writer), and
 //! `gemma synth`, a seeded random model of a real shape for benchmarks and memory tests.
 //! Output goes to a directory, or stays in memory (`ShardWriter::in_memory`), which is how the
 //! browser tests convert a fixture without a file system.
 
+pub mod gguf;
 pub mod safetensors;
 
 use std::fs::File;
@@ -150,6 +152,25 @@ fn progress(done: usize, total: usize, bytes: u64) {
     }
 }
 
+/// Where a converter reads tensors: Hugging Face names and shapes, values widened to f32.
+/// Implemented by a safetensors `Checkpoint` and by a `Gguf` (which renames, dequantizes and
+/// un-shifts its norms to match).
+pub trait TensorSource {
+    /// The Hugging Face shape of tensor `name`, or `None` if the source lacks it.
+    fn shape(&self, name: &str) -> Option<Vec<usize>>;
+    /// Tensor `name` as f32, with its shape.
+    fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+}
+
+impl TensorSource for safetensors::Checkpoint {
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.tensors.get(name).map(|t| t.shape.clone())
+    }
+    fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        safetensors::Checkpoint::read_f32(self, name)
+    }
+}
+
 /// Convert a Hugging Face Gemma 2 checkpoint directory into our format in `out`.
 pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let cfg_path = hf_dir.join("config.json");
@@ -163,6 +184,25 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
     w.finish(config, tokenizer)
 }
 
+/// Convert a GGUF file (llama.cpp's format; Gemma 2 or Gemma 3) into our format in `out`, with
+/// a `tokenizer.json` built from its vocabulary. Quantized GGUF tensors are dequantized to f32
+/// and re-packed as `quant`, so an int4 result carries the GGUF's rounding plus ours.
+pub fn convert_gguf(path: &Path, out: &Path, quant: DType, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    let g = gguf::Gguf::open(path)?;
+    g.check_tied_embeddings()?;
+    let config = Gemma2Config::from_hf_json(&g.hf_config_json()?)?;
+    // Build the tokenizer and check every tensor before writing anything.
+    let tokenizer = g.tokenizer_json()?;
+    check_checkpoint(&config, &g)?;
+    for (name, _) in format::gemma2_tensors(&config) {
+        g.check_readable(&name)?;
+    }
+    let mut w = ShardWriter::new(out, shard_bytes)?;
+    write_tensors(&config, &g, &mut w, quant, show_progress)?;
+    let tokenizer = write_tokenizer(out, &tokenizer)?;
+    w.finish(config, Some(tokenizer))
+}
+
 /// Convert a checkpoint held in memory (`config.json` text and a loaded `Checkpoint`) into a
 /// manifest and shard bytes, without touching a file system.
 pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant: DType, shard_bytes: u64) -> Result<(Manifest, Vec<Vec<u8>>)> {
@@ -174,21 +214,21 @@ pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant:
 }
 
 /// Every tensor the config implies is present with the right shape (checked before writing).
-fn check_checkpoint(config: &Gemma2Config, ck: &safetensors::Checkpoint) -> Result<()> {
+fn check_checkpoint(config: &Gemma2Config, ck: &dyn TensorSource) -> Result<()> {
     let expected = format::gemma2_tensors(config);
     // Check everything before writing anything.
     for (name, [rows, cols]) in &expected {
-        let info = ck.tensors.get(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
-        let ok = if *rows == 1 { info.shape == [*cols as usize] } else { info.shape == [*rows as usize, *cols as usize] };
+        let shape = ck.shape(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
+        let ok = if *rows == 1 { shape == [*cols as usize] } else { shape == [*rows as usize, *cols as usize] };
         if !ok {
-            return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {:?}", info.shape, if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] })));
+            return Err(Error::Format(format!("tensor '{name}' has shape {shape:?}, the config implies {:?}", if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] })));
         }
     }
     Ok(())
 }
 
 /// Read, pack and append every tensor, one at a time.
-fn write_tensors(config: &Gemma2Config, ck: &safetensors::Checkpoint, w: &mut ShardWriter, quant: DType, show_progress: bool) -> Result<()> {
+fn write_tensors(config: &Gemma2Config, ck: &dyn TensorSource, w: &mut ShardWriter, quant: DType, show_progress: bool) -> Result<()> {
     let expected = format::gemma2_tensors(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (_, values) = ck.read_f32(name)?;
@@ -208,9 +248,15 @@ fn copy_tokenizer(hf_dir: &Path, out: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     let text = std::fs::read_to_string(&src).map_err(|e| Error::Format(format!("{}: {e}", src.display())))?;
+    Ok(Some(write_tokenizer(out, &text)?))
+}
+
+/// Write `tokenizer.json` into the model directory, with the turn markers registered; returns
+/// the file name for the manifest.
+fn write_tokenizer(out: &Path, tokenizer_json: &str) -> Result<String> {
     let name = "tokenizer.json".to_string();
-    std::fs::write(out.join(&name), register_turn_tokens(&text)?).map_err(|e| Error::Format(format!("writing tokenizer: {e}")))?;
-    Ok(Some(name))
+    std::fs::write(out.join(&name), register_turn_tokens(tokenizer_json)?).map_err(|e| Error::Format(format!("writing tokenizer: {e}")))?;
+    Ok(name)
 }
 
 /// Give a model directory a tokenizer (e.g. a synthetic model, so it can be chatted with):
