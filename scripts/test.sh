@@ -23,7 +23,7 @@ export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
 wasm-pack test --headless --chrome -- --locked --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$log"
 
-echo "== end-to-end: the npm package and the demo page in headless Chromium (playwright-core)"
+echo "== end-to-end: the npm package, the demo page and the real Gemma 3 270M in headless Chromium (playwright-core)"
 bash scripts/build-pkg.sh
 bash scripts/prepare-demo-model.sh
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
@@ -32,6 +32,7 @@ bash scripts/prepare-demo-model.sh
 e2e_status=0
 node tests/e2e/consumer.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
 node tests/e2e/demo.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
+node tests/e2e/gemma3.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
 
 # Both runners print "test result: ok. N passed; M failed; ..." per test binary.
 passed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true) | awk '{s += $4} END {print s + 0}')

@@ -19,7 +19,7 @@ fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
 }
 
-fn convert_to(quant: DType, tag: &str) -> (PathBuf, Manifest) {
+fn convert_to(quant: impl Into<convert::Quant>, tag: &str) -> (PathBuf, Manifest) {
     let out = std::env::temp_dir().join(format!("gemma3-{tag}-{}", std::process::id()));
     let m = convert::convert_hf(&fixture(), &out, quant, 96 << 10, false).expect("convert");
     (out, m)
@@ -107,5 +107,24 @@ fn gemma3_int4_matches_its_cpu_twin() {
     // The twin itself is the HF model up to int4 rounding: how far that moves the logits.
     println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", max_abs_diff(&twin, &want));
     assert!(err <= 2e-3, "int4 GPU vs twin: {err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Int4 layers with an fp16 embedding (and LM head): two matrix types in one engine, each read
+/// by its own kernels, against the CPU twin of the same stored weights.
+#[test]
+fn mixed_int4_layers_and_fp16_embedding_match_their_cpu_twin() {
+    let (ids, _, _, _) = reference();
+    let (dir, m) = convert_to(convert::Quant { matrices: DType::Int4, embedding: DType::F16 }, "mixed");
+    let types: Vec<_> = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"].iter().map(|n| m.tensor(n).expect("tensor").dtype).collect();
+    assert_eq!(types, vec![gemma_webgpu::format::StoredType::F16, gemma_webgpu::format::StoredType::Int4]);
+    let manifest = read_manifest(&dir).expect("manifest");
+    let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("twin");
+    let mut gpu = pollster::block_on(engine(&dir, true));
+    let err = max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &cpu.forward(&ids, false).logits);
+    gpu.reset();
+    let dec = max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, false).logits);
+    println!("tiny-gemma3 int4 layers + fp16 embedding: max |GPU - CPU twin| prefill {err:.2e}, decode {dec:.2e}");
+    assert!(err <= 2e-3 && dec <= 2e-3, "{err} / {dec}");
     let _ = std::fs::remove_dir_all(&dir);
 }

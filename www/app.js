@@ -22,6 +22,7 @@ const el = {
   topK: $('top-k'),
   topP: $('top-p'),
   maxTokens: $('max-tokens'),
+  mode: $('mode'),
   seed: $('seed'),
   cached: $('cached'),
   selftest: $('selftest'),
@@ -333,9 +334,11 @@ async function sendMessage() {
   };
 
   try {
+    // Complete mode continues the text as written, without the chat template or the history.
+    const complete = el.mode.value === 'complete';
     const { reply, stopped, stats } = await request(
-      'chat',
-      { messages: history, options: samplingOptions() },
+      complete ? 'complete' : 'chat',
+      complete ? { prompt: text, options: samplingOptions() } : { messages: history, options: samplingOptions() },
       { onToken },
     );
     if (typeof reply === 'string' && reply && reply !== bubble.textContent) bubble.textContent = reply;

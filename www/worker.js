@@ -6,6 +6,7 @@
 //   page -> worker
 //     { type: 'load',        id, url, options: { maxContext?, cache? } }
 //     { type: 'chat',        id, messages: [{ role, content }], options: { maxTokens, temperature, topK, topP, seed? } }
+//     { type: 'complete',    id, prompt, options }   continue plain text (no chat template); replies like chat
 //     { type: 'stop' }                       abort the running generation (no reply of its own:
 //                                            the chat request finishes with done { stopped: true })
 //     { type: 'reset',       id }            forget the conversation (KV cache)
@@ -142,12 +143,14 @@ const handlers = {
     return { stats: safeStats() };
   },
 
-  async chat({ id, messages, options = {} }) {
+  async chat({ id, messages, prompt, options = {} }) {
     const model = requireModel();
     const controller = (chatController = new AbortController());
     let reply = '';
+    // 'complete' requests come here too, with a prompt instead of messages.
+    const run = prompt === undefined ? (o) => model.chat(messages, o) : (o) => model.generate(prompt, o);
     try {
-      reply = await model.chat(messages, {
+      reply = await run({
         ...options,
         signal: controller.signal,
         onToken: (text) => {
@@ -165,6 +168,10 @@ const handlers = {
     } finally {
       if (chatController === controller) chatController = null;
     }
+  },
+
+  async complete(request) {
+    return handlers.chat(request);
   },
 
   stop() {

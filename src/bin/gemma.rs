@@ -33,7 +33,7 @@ mod cli {
     use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer};
 
     const USAGE: &str = "usage:
-  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|fp16|f32] [--shard-mb 32]
+  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|fp16|f32] [--embed int4|fp16|f32] [--shard-mb 32]
   gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|fp16|f32] [--seed N]
               [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
@@ -95,12 +95,15 @@ mod cli {
     }
 
     fn quant(args: &Args, default: DType) -> Res<DType> {
-        match args.get("--quant") {
-            None => Ok(default),
-            Some("int4") => Ok(DType::Int4),
-            Some("fp16") | Some("f16") => Ok(DType::F16),
-            Some("f32") => Ok(DType::F32),
-            Some(other) => Err(format!("--quant: '{other}' is not one of int4, fp16, f32")),
+        args.get("--quant").map_or(Ok(default), quant_named)
+    }
+
+    fn quant_named(name: &str) -> Res<DType> {
+        match name {
+            "int4" => Ok(DType::Int4),
+            "fp16" | "f16" => Ok(DType::F16),
+            "f32" => Ok(DType::F32),
+            other => Err(format!("'{other}' is not one of int4, fp16, f32")),
         }
     }
 
@@ -144,14 +147,19 @@ mod cli {
     }
 
     fn cmd_convert(args: &Args) -> Res<()> {
-        args.check_known(&["--quant", "--shard-mb"])?;
+        args.check_known(&["--quant", "--embed", "--shard-mb"])?;
         let (src, out) = (PathBuf::from(args.pos(0, "<hf_dir|file.gguf>")?), PathBuf::from(args.pos(1, "<out_dir>")?));
         let shard = args.num("--shard-mb", DEFAULT_SHARD_BYTES >> 20)? << 20;
         let is_gguf = src.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
         if src.is_file() && !is_gguf {
             return Err(format!("{} is a file; convert takes a Hugging Face checkpoint directory or a .gguf file", src.display()));
         }
-        let quant = quant(args, DType::Int4)?;
+        let matrices = quant(args, DType::Int4)?;
+        let embedding = match args.get("--embed") {
+            Some(e) => quant_named(e)?,
+            None => matrices,
+        };
+        let quant = convert::Quant { matrices, embedding };
         let m = if is_gguf { convert::convert_gguf(&src, &out, quant, shard, true) } else { convert::convert_hf(&src, &out, quant, shard, true) }.map_err(|e| e.to_string())?;
         eprintln!("wrote {} ({} shards, {:.1} MiB){}", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64, if m.tokenizer.is_some() { ", with tokenizer" } else { ", no tokenizer.json found" });
         Ok(())

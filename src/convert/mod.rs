@@ -141,8 +141,29 @@ impl ShardWriter {
 }
 
 /// Storage type of a tensor: norms stay f32, matrices take `quant`.
-fn storage_for(name: &str, quant: DType) -> DType {
-    if format::is_norm(name) { DType::F32 } else { quant }
+fn storage_for(name: &str, quant: Quant) -> DType {
+    if format::is_norm(name) {
+        DType::F32
+    } else if name == "model.embed_tokens.weight" {
+        quant.embedding
+    } else {
+        quant.matrices
+    }
+}
+
+/// Storage types of a conversion: the decoder layers' matrices, and the embedding (which is
+/// also the LM head, and the tensor small models are most sensitive to: an int4 model with an
+/// fp16 embedding is much closer to the original). A plain `DType` means both.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Quant {
+    pub matrices: DType,
+    pub embedding: DType,
+}
+
+impl From<DType> for Quant {
+    fn from(d: DType) -> Self {
+        Self { matrices: d, embedding: d }
+    }
 }
 
 fn progress(done: usize, total: usize, bytes: u64) {
@@ -172,7 +193,8 @@ impl TensorSource for safetensors::Checkpoint {
 }
 
 /// Convert a Hugging Face Gemma 2 checkpoint directory into our format in `out`.
-pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    let quant = quant.into();
     let cfg_path = hf_dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Format(format!("{}: {e}", cfg_path.display())))?;
     let config = Gemma2Config::from_hf_json(&cfg_text)?;
@@ -187,7 +209,8 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
 /// Convert a GGUF file (llama.cpp's format; Gemma 2 or Gemma 3) into our format in `out`, with
 /// a `tokenizer.json` built from its vocabulary. Quantized GGUF tensors are dequantized to f32
 /// and re-packed as `quant`, so an int4 result carries the GGUF's rounding plus ours.
-pub fn convert_gguf(path: &Path, out: &Path, quant: DType, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    let quant = quant.into();
     let g = gguf::Gguf::open(path)?;
     g.check_tied_embeddings()?;
     let config = Gemma2Config::from_hf_json(&g.hf_config_json()?)?;
@@ -205,7 +228,8 @@ pub fn convert_gguf(path: &Path, out: &Path, quant: DType, shard_bytes: u64, sho
 
 /// Convert a checkpoint held in memory (`config.json` text and a loaded `Checkpoint`) into a
 /// manifest and shard bytes, without touching a file system.
-pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant: DType, shard_bytes: u64) -> Result<(Manifest, Vec<Vec<u8>>)> {
+pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant: impl Into<Quant>, shard_bytes: u64) -> Result<(Manifest, Vec<Vec<u8>>)> {
+    let quant = quant.into();
     let config = Gemma2Config::from_hf_json(config_json)?;
     check_checkpoint(&config, ck)?;
     let mut w = ShardWriter::in_memory(shard_bytes);
@@ -228,7 +252,7 @@ fn check_checkpoint(config: &Gemma2Config, ck: &dyn TensorSource) -> Result<()> 
 }
 
 /// Read, pack and append every tensor, one at a time.
-fn write_tensors(config: &Gemma2Config, ck: &dyn TensorSource, w: &mut ShardWriter, quant: DType, show_progress: bool) -> Result<()> {
+fn write_tensors(config: &Gemma2Config, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
     let expected = format::gemma2_tensors(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (_, values) = ck.read_f32(name)?;
@@ -341,7 +365,8 @@ pub fn preset(name: &str) -> Result<Gemma2Config> {
 
 /// Write a model of `config`'s shape with seeded random weights (std 0.02 matrices, small norm
 /// offsets), for benchmarks and memory tests without real weights.
-pub fn synth(config: Gemma2Config, out: &Path, quant: DType, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn synth(config: Gemma2Config, out: &Path, quant: impl Into<Quant>, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+    let quant = quant.into();
     config.validate()?;
     let tensors = format::gemma2_tensors(&config);
     let mut w = ShardWriter::new(out, shard_bytes)?;

