@@ -95,7 +95,7 @@ mod cli {
     }
 
     fn quant(args: &Args, default: DType) -> Res<DType> {
-        args.get("--quant").map_or(Ok(default), quant_named)
+        args.get("--quant").map_or(Ok(default), |q| quant_named(q).map_err(|e| format!("--quant: {e}")))
     }
 
     fn quant_named(name: &str) -> Res<DType> {
@@ -156,7 +156,7 @@ mod cli {
         }
         let matrices = quant(args, DType::Int4)?;
         let embedding = match args.get("--embed") {
-            Some(e) => quant_named(e)?,
+            Some(e) => quant_named(e).map_err(|e| format!("--embed: {e}"))?,
             None => matrices,
         };
         let quant = convert::Quant { matrices, embedding };
