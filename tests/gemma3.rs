@@ -2,6 +2,7 @@
 //! (tools/make_gemma3_fixture.py: per-head q/k norms, no soft-caps, 5 sliding : 1 global
 //! layers, RoPE bases 10 000 / 1 000 000, query_pre_attn_scalar != head_dim) converted and run
 //! natively, against HF's logits at every position and its greedy continuation.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::{Path, PathBuf};
 

@@ -3,6 +3,7 @@
 //! same GGUF (tools/make_gguf_reference.py → tests/fixtures/gemma3-270m/). The GGUF is found at
 //! $GEMMA3_GGUF or target/test-data/gemma-3-270m-q4_k_m.gguf (scripts/test.sh puts it there);
 //! without it these tests fail, saying how to get it.
+#![cfg(not(target_arch = "wasm32"))]
 
 use std::path::{Path, PathBuf};
 
