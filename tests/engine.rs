@@ -3,6 +3,7 @@
 //! greedy sampling, for every weight type.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod support;
 use gemma_webgpu::convert;
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::config::Gemma2Config;
@@ -33,11 +34,6 @@ fn tokens(n: usize) -> Vec<u32> {
     std::iter::once(2).chain((1..n as u32).map(|i| (i * 7919 + 13) % 509 + 3)).collect()
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 #[test]
 fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
     for dtype in [DType::F32, DType::F16, DType::Int4] {
@@ -53,12 +49,12 @@ fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
             let opts = EngineOptions { max_context: 64, prefill_chunk: 8, kv_f32: false };
             let mut gpu = Gemma2::load_dir(ctx, &dir, opts).await.expect("load");
             let prefill = gpu.logits(&seq, false).await.expect("prefill logits");
-            let err = max_abs_diff(&prefill, &want.logits);
+            let err = support::max_abs_diff(&prefill, &want.logits);
             println!("{}: prefill max |GPU - CPU| logit = {err:.2e}", dtype.name());
             assert!(err < 2e-3, "{} prefill logits differ by {err}", dtype.name());
             gpu.reset();
             let decode = gpu.logits(&seq, true).await.expect("decode logits");
-            let err = max_abs_diff(&decode, &want.logits);
+            let err = support::max_abs_diff(&decode, &want.logits);
             println!("{}: decode max |GPU - CPU| logit = {err:.2e}", dtype.name());
             assert!(err < 2e-3, "{} decode logits differ by {err}", dtype.name());
             // Greedy sampling on the GPU picks the CPU's arg-max.

@@ -4,6 +4,7 @@
 //! natively, against HF's logits at every position and its greedy continuation.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod support;
 use std::path::{Path, PathBuf};
 
 use gemma_webgpu::convert::{self, safetensors::Checkpoint};
@@ -13,7 +14,6 @@ use gemma_webgpu::model::config::Gemma2Config;
 use gemma_webgpu::model::cpu::CpuModel;
 use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
 use gemma_webgpu::model::local::{read_manifest, read_shard};
-use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 
 fn fixture() -> PathBuf {
@@ -31,11 +31,6 @@ fn reference() -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
     ck.add_file(&fixture().join("reference.safetensors")).expect("reference");
     let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
     (ids("input_ids"), ck.read_f32("logits").expect("logits").1, ids("greedy_prompt"), ids("greedy_ids"))
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
@@ -75,20 +70,14 @@ fn gemma3_matches_hugging_face() {
             let prefill = gpu.logits(&ids, false).await.expect("prefill");
             gpu.reset();
             let decode = gpu.logits(&ids, true).await.expect("decode");
-            let (ep, ed) = (max_abs_diff(&prefill, &want), max_abs_diff(&decode, &want));
+            let (ep, ed) = (support::max_abs_diff(&prefill, &want), support::max_abs_diff(&decode, &want));
             let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
             println!("tiny-gemma3 {} weights, {kv}: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", quant.name());
             assert!(ep <= tol && ed <= tol, "{} {kv}: {ep} / {ed} > {tol}", quant.name());
             if quant == DType::F32 && kv_f32 {
                 let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
                 assert!(max > 30.0, "the fixture's logits ({max}) would have been capped by Gemma 2's 30: no cap is applied");
-                gpu.reset();
-                let mut got = vec![gpu.step(&prompt, &Sampling::GREEDY).await.expect("prefill")];
-                while got.len() < greedy.len() {
-                    let last = got[got.len() - 1];
-                    got.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
-                }
-                assert_eq!(got, greedy, "greedy continuation");
+                assert_eq!(support::greedy(&mut gpu, &prompt, greedy.len()).await, greedy, "greedy continuation");
             }
         });
         let _ = std::fs::remove_dir_all(&dir);
@@ -104,9 +93,9 @@ fn gemma3_int4_matches_its_cpu_twin() {
     let mut gpu = pollster::block_on(engine(&dir, true));
     let got = pollster::block_on(gpu.logits(&ids, false)).expect("logits");
     let twin = cpu.forward(&ids, false).logits;
-    let err = max_abs_diff(&got, &twin);
+    let err = support::max_abs_diff(&got, &twin);
     // The twin itself is the HF model up to int4 rounding: how far that moves the logits.
-    println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", max_abs_diff(&twin, &want));
+    println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", support::max_abs_diff(&twin, &want));
     assert!(err <= 2e-3, "int4 GPU vs twin: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -122,9 +111,9 @@ fn mixed_int4_layers_and_fp16_embedding_match_their_cpu_twin() {
     let manifest = read_manifest(&dir).expect("manifest");
     let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("twin");
     let mut gpu = pollster::block_on(engine(&dir, true));
-    let err = max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &cpu.forward(&ids, false).logits);
+    let err = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &cpu.forward(&ids, false).logits);
     gpu.reset();
-    let dec = max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, false).logits);
+    let dec = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, false).logits);
     println!("tiny-gemma3 int4 layers + fp16 embedding: max |GPU - CPU twin| prefill {err:.2e}, decode {dec:.2e}");
     assert!(err <= 2e-3 && dec <= 2e-3, "{err} / {dec}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,12 +5,12 @@
 //! without it these tests fail, saying how to get it.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod support;
 use std::path::{Path, PathBuf};
 
 use gemma_webgpu::convert::{self, gguf::Gguf, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
-use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
@@ -64,17 +64,7 @@ async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
 }
 
 fn argmax(row: &[f32]) -> u32 {
-    row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b }) as u32
-}
-
-async fn greedy(gpu: &mut Gemma2, prompt: &[u32], n: usize) -> Vec<u32> {
-    gpu.reset();
-    let mut out = vec![gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill")];
-    while out.len() < n {
-        let last = out[out.len() - 1];
-        out.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
-    }
-    out
+    support::argmax(row) as u32
 }
 
 #[test]
@@ -125,7 +115,7 @@ fn real_gemma3_f32_matches_transformers() {
                 top1 += (argmax(row) == ids[0]) as usize;
             }
             let n = p.ids.len() - p.prompt_len;
-            let got = greedy(&mut gpu, &p.ids[..p.prompt_len], n).await;
+            let got = support::greedy(&mut gpu, &p.ids[..p.prompt_len], n).await;
             let agree = got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count();
             println!("prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical", p.ids.len());
             assert!(worst <= 2e-2, "prompt {i}: logits differ by {worst}");
@@ -145,7 +135,7 @@ fn agreement(quant: convert::Quant) -> (Vec<usize>, f64, f64) {
     let mut agreed = Vec::new();
     for p in &prompts {
         let n = p.ids.len() - p.prompt_len;
-        let got = pollster::block_on(greedy(&mut gpu, &p.ids[..p.prompt_len], n));
+        let got = pollster::block_on(support::greedy(&mut gpu, &p.ids[..p.prompt_len], n));
         agreed.push(got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count());
     }
     // Next-token distributions over the text: top-1 agreement, and KL(HF || ours) over HF's

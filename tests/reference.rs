@@ -5,6 +5,7 @@
 //! sliding window pinned (off by one, or on the wrong layers, must fail).
 #![cfg(not(target_arch = "wasm32"))]
 
+mod support;
 use std::path::{Path, PathBuf};
 
 use gemma_webgpu::convert::{self, safetensors::Checkpoint};
@@ -12,7 +13,6 @@ use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::cpu::CpuModel;
 use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
 use gemma_webgpu::model::local::{read_manifest, read_shard};
-use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 
 const FIXTURES: &[&str] = &["tiny-f32", "tiny-bf16-gqa3"];
@@ -52,29 +52,14 @@ fn convert_to(name: &str, quant: DType) -> PathBuf {
     out
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 fn argmax_rows(logits: &[f32], v: usize) -> Vec<usize> {
-    logits.chunks(v).map(|row| row.iter().enumerate().fold(0, |b, (i, x)| if *x > row[b] { i } else { b })).collect()
+    logits.chunks(v).map(support::argmax).collect()
 }
 
 async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
     let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
     // A prefill chunk shorter than the sequence and the window rings of the local layers.
     Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
-}
-
-async fn greedy(gpu: &mut Gemma2, prompt: &[u32], n: usize) -> Vec<u32> {
-    gpu.reset();
-    let mut out = vec![gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill")];
-    while out.len() < n {
-        let last = out[out.len() - 1];
-        out.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
-    }
-    out
 }
 
 /// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and
@@ -95,7 +80,7 @@ fn converted_models_match_hugging_face() {
                 let layer_out = gpu.residual(((r.ids.len() - 1) % 16 + 1) as u32).await.expect("residual");
                 gpu.reset();
                 let decode = gpu.logits(&r.ids, true).await.expect("decode");
-                let (e_pre, e_dec) = (max_abs_diff(&prefill, &r.logits), max_abs_diff(&decode, &r.logits));
+                let (e_pre, e_dec) = (support::max_abs_diff(&prefill, &r.logits), support::max_abs_diff(&decode, &r.logits));
                 let top1 = argmax_rows(&prefill, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
                 let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
                 println!("{name} {} weights, {kv}: max |logit - HF| prefill {e_pre:.2e}, decode {e_dec:.2e}; top-1 {top1}/{}", quant.name(), r.ids.len());
@@ -106,11 +91,11 @@ fn converted_models_match_hugging_face() {
                     let h = gpu.config.hidden_size as usize;
                     let last = r.layers.last().expect("layers");
                     let rows = layer_out.len() / h;
-                    let err = max_abs_diff(&layer_out, &last[last.len() - rows * h..]);
+                    let err = support::max_abs_diff(&layer_out, &last[last.len() - rows * h..]);
                     let scale = last.iter().fold(0f32, |m, x| m.max(x.abs()));
                     println!("{name}: last layer output max |GPU - HF| {err:.2e} (values up to {scale:.1})");
                     assert!(err <= 1e-5 * scale.max(1.0) * 10.0, "{name}: last layer output differs by {err}");
-                    let got = greedy(&mut gpu, &r.greedy_prompt, r.greedy_ids.len()).await;
+                    let got = support::greedy(&mut gpu, &r.greedy_prompt, r.greedy_ids.len()).await;
                     assert_eq!(got, r.greedy_ids, "{name}: greedy continuation");
                 }
             });
@@ -131,7 +116,7 @@ fn every_layer_matches_hugging_face() {
         let out = cpu.forward(&r.ids, false);
         for (l, (ours, theirs)) in out.layers.iter().zip(&r.layers).enumerate() {
             let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs()));
-            let err = max_abs_diff(ours, theirs);
+            let err = support::max_abs_diff(ours, theirs);
             println!("{name} layer {l}: max |CPU - HF| {err:.2e} (values up to {scale:.1})");
             assert!(err <= 1e-4 * scale.max(1.0), "{name}: layer {l} output differs from HF by {err}");
         }
@@ -159,8 +144,8 @@ fn int4_matches_its_dequantized_twin_and_stays_near_the_reference() {
         let v = manifest.config.vocab_size as usize;
         let twin = cpu.forward(&r.ids, false).logits;
         let got = pollster::block_on(gpu.logits(&r.ids, false)).expect("logits");
-        let err = max_abs_diff(&got, &twin);
-        let vs_ref = max_abs_diff(&got, &r.logits);
+        let err = support::max_abs_diff(&got, &twin);
+        let vs_ref = support::max_abs_diff(&got, &r.logits);
         let top1 = argmax_rows(&got, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
         println!("{name} int4: max |GPU - CPU twin| {err:.2e}; vs unquantized HF: max |diff| {vs_ref:.2}, top-1 agreement {top1}/{}", r.ids.len());
         assert!(err <= 2e-3, "{name}: int4 GPU differs from its CPU twin by {err}");
@@ -195,7 +180,7 @@ fn sliding_window_is_pinned_by_the_reference() {
         let mut m = manifest.clone();
         m.config = config;
         let cpu = CpuModel::from_manifest(&m, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
-        let err = max_abs_diff(&cpu.forward(&r.ids, false).logits, &r.logits);
+        let err = support::max_abs_diff(&cpu.forward(&r.ids, false).logits, &r.logits);
         println!("{what}: max |logit - HF| {err:.2e}");
         if should_match {
             assert!(err <= 1e-3, "{what}: {err}");

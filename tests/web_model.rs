@@ -4,12 +4,12 @@
 //! against its CPU twin. Same engine code and tolerances as `tests/reference.rs`.
 #![cfg(target_arch = "wasm32")]
 
+mod support;
 use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::cpu::CpuModel;
 use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
 use gemma_webgpu::model::weights::{verify_shard, WeightLoader};
-use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 use wasm_bindgen_test::*;
 
@@ -65,11 +65,6 @@ fn reference(f: &Fixture) -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
     (ids("input_ids"), e(ck.read_f32("logits")).1, ids("greedy_prompt"), ids("greedy_ids"))
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
-
 #[wasm_bindgen_test]
 async fn engine_matches_hugging_face_in_the_browser() {
     for f in FIXTURES {
@@ -78,16 +73,10 @@ async fn engine_matches_hugging_face_in_the_browser() {
         let prefill = e(gpu.logits(&ids, false).await);
         gpu.reset();
         let decode = e(gpu.logits(&ids, true).await);
-        let (ep, ed) = (max_abs_diff(&prefill, &logits), max_abs_diff(&decode, &logits));
+        let (ep, ed) = (support::max_abs_diff(&prefill, &logits), support::max_abs_diff(&decode, &logits));
         console_log!("{}: f32 weights, f32 KV: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", f.name);
         assert!(ep <= 1e-3 && ed <= 1e-3, "{}: {ep} / {ed}", f.name);
-        gpu.reset();
-        let mut got = vec![e(gpu.step(&prompt, &Sampling::GREEDY).await)];
-        while got.len() < greedy.len() {
-            let last = got[got.len() - 1];
-            got.push(e(gpu.step(&[last], &Sampling::GREEDY).await));
-        }
-        assert_eq!(got, greedy, "{}: greedy continuation", f.name);
+        assert_eq!(support::greedy(&mut gpu, &prompt, greedy.len()).await, greedy, "{}: greedy continuation", f.name);
     }
 }
 
@@ -96,13 +85,13 @@ async fn int4_and_fp16_kv_match_their_cpu_twins_in_the_browser() {
     let f = &FIXTURES[0];
     let (ids, _, _, _) = reference(f);
     let (mut gpu, cpu) = load(f, DType::Int4, true).await;
-    let err = max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, false).logits);
+    let err = support::max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, false).logits);
     console_log!("{}: int4 weights: max |GPU - CPU twin| {err:.2e}", f.name);
     assert!(err <= 2e-3, "int4: {err}");
     // The default fp16 cache, on shorter input (rounding flips amplify over long ones).
     let (mut gpu, cpu) = load(f, DType::F16, false).await;
     let short = &ids[..12];
-    let err = max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, true).logits);
+    let err = support::max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, true).logits);
     console_log!("{}: fp16 weights, fp16 KV: max |GPU - CPU twin| {err:.2e}", f.name);
     assert!(err <= 5e-3, "fp16 KV: {err}");
 }

@@ -1170,20 +1170,26 @@ mod tests {
         assert_eq!((y[0], y[1], y[15], y[16], y[17], y[31]), (3.0, -13.0, -13.0, -11.0, 5.0, 5.0));
     }
 
-    #[test]
-    fn q4_k_block() {
-        // Scales 1..=8 and mins 8..=1 for the eight 32-value sub-blocks, packed by hand:
-        // sub-blocks 0..4 in the low 6 bits of bytes 0..4 (scales) and 4..8 (mins); 4..8 in the
-        // nibbles of bytes 8..12 plus the top two bits of bytes 0..8. With 6-bit values 33 (sub
-        // 4's scale) and 40 (sub 7's min) the top bits are exercised.
-        let scales: [u8; 8] = [1, 2, 3, 4, 33, 6, 7, 8];
-        let mins: [u8; 8] = [8, 7, 6, 5, 4, 3, 2, 40];
+    /// Eight 6-bit scales and mins packed into the 12 bytes Q4_K and Q5_K use: sub-blocks 0..4
+    /// in the low 6 bits of bytes 0..4 (scales) and 4..8 (mins); 4..8 in the nibbles of bytes
+    /// 8..12 plus the top two bits of bytes 0..8.
+    fn pack_k_scales(scales: &[u8; 8], mins: &[u8; 8]) -> [u8; 12] {
         let mut packed = [0u8; 12];
         for j in 0..4 {
             packed[j] = scales[j] | ((scales[j + 4] >> 4) << 6);
             packed[j + 4] = mins[j] | ((mins[j + 4] >> 4) << 6);
             packed[j + 8] = (scales[j + 4] & 0xF) | ((mins[j + 4] & 0xF) << 4);
         }
+        packed
+    }
+
+    #[test]
+    fn q4_k_block() {
+        // Scales 1..=8 and mins 8..=1 for the eight 32-value sub-blocks, packed by hand. With
+        // 6-bit values 33 (sub 4's scale) and 40 (sub 7's min) the top bits are exercised.
+        let scales: [u8; 8] = [1, 2, 3, 4, 33, 6, 7, 8];
+        let mins: [u8; 8] = [8, 7, 6, 5, 4, 3, 2, 40];
+        let packed = pack_k_scales(&scales, &mins);
         let (d, dmin) = (0.25f32, 0.5f32);
         let mut b = [h(d), h(dmin)].concat();
         b.extend(packed);
@@ -1233,12 +1239,7 @@ mod tests {
         // (second 32) of qh[i].
         let scales: [u8; 8] = [3, 1, 4, 1, 5, 9, 2, 6];
         let mins: [u8; 8] = [2, 7, 1, 8, 2, 8, 1, 8];
-        let mut packed = [0u8; 12];
-        for j in 0..4 {
-            packed[j] = scales[j] | ((scales[j + 4] >> 4) << 6);
-            packed[j + 4] = mins[j] | ((mins[j + 4] >> 4) << 6);
-            packed[j + 8] = (scales[j + 4] & 0xF) | ((mins[j + 4] & 0xF) << 4);
-        }
+        let packed = pack_k_scales(&scales, &mins);
         let code = |e: usize| ((e * 11 + 5) % 32) as u8;
         let mut qh = [0u8; 32];
         let mut qs = [0u8; 128];

@@ -186,11 +186,9 @@ steps.add('load the default model (progress reaches its end, each shard fetched 
   return `${shards.size} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s`;
 });
 
-steps.add('chat: the reply streams into the assistant bubble, then completes', async () => {
-  await resetObserver();
-  await send('Hello! Who are you?', { maxTokens: 24 });
-  // Text must show up before the reply is done.
-  await page.waitForFunction(
+/** Waits until the newest assistant bubble shows text (or is already done). */
+const firstText = () =>
+  page.waitForFunction(
     () => {
       const bubbles = document.querySelectorAll('#messages .msg.assistant');
       const b = bubbles[bubbles.length - 1];
@@ -199,6 +197,12 @@ steps.add('chat: the reply streams into the assistant bubble, then completes', a
     null,
     { timeout: GENERATE_TIMEOUT, polling: 50 },
   );
+
+steps.add('chat: the reply streams into the assistant bubble, then completes', async () => {
+  await resetObserver();
+  await send('Hello! Who are you?', { maxTokens: 24 });
+  // Text must show up before the reply is done.
+  await firstText();
   const reply = await waitForReplyDone();
   const seen = await page.evaluate(() => ({ ...window.__e2e }));
   assert(reply.text.length > 0, 'the reply is empty');
@@ -216,15 +220,7 @@ steps.add('chat: the reply streams into the assistant bubble, then completes', a
 
 steps.add('stop: a long generation stops promptly, and the engine still answers afterwards', async () => {
   await send('Write a long story about a lighthouse keeper and a storm.', { maxTokens: 400 });
-  await page.waitForFunction(
-    () => {
-      const bubbles = document.querySelectorAll('#messages .msg.assistant');
-      const b = bubbles[bubbles.length - 1];
-      return b && (b.textContent.length > 0 || b.dataset.done === 'true');
-    },
-    null,
-    { timeout: GENERATE_TIMEOUT, polling: 50 },
-  );
+  await firstText();
   const early = await lastReply();
   assert(!early.done, 'the reply finished before Stop could be pressed');
   assert(await page.isEnabled('#stop'), '#stop is not enabled while generating');
