@@ -97,18 +97,25 @@ pub fn render_chat(messages: &[Message]) -> Result<String> {
 #[derive(Default)]
 pub struct TextStream {
     ids: Vec<u32>,
-    emitted: usize,
+    /// Decoding restarts here: every id before it has been emitted as text.
+    prefix: usize,
+    /// Ids up to here (from `prefix`) are emitted; later ones are held back.
+    read: usize,
 }
 
 impl TextStream {
+    /// The text the new id completes. Only the ids since the last emitted piece are decoded
+    /// (twice), so a step costs the same at any length of the generation.
     pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
         self.ids.push(id);
-        let text = tok.decode(&self.ids)?;
-        if text.ends_with('\u{FFFD}') || text.len() < self.emitted {
+        let before = tok.decode(&self.ids[self.prefix..self.read])?;
+        let text = tok.decode(&self.ids[self.prefix..])?;
+        if text.ends_with('\u{FFFD}') || !text.starts_with(&before) || text.len() == before.len() {
             return Ok(String::new());
         }
-        let piece = text.get(self.emitted..).unwrap_or("").to_string();
-        self.emitted = text.len();
+        let piece = text[before.len()..].to_string();
+        self.prefix = self.read;
+        self.read = self.ids.len();
         Ok(piece)
     }
 }
