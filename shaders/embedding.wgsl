@@ -6,7 +6,7 @@ struct Params {
     cols: u32,          // H
     row_start: u32,     // first vocabulary row held by this part
     rows: u32,          // rows held by this part
-    scales_offset: u32, // int4 only: word offset of the scales in `w`
+    scales_offset: u32, // int4 / int8 only: word offset of the group parameters in `w`
     scale: f32,         // Gemma: sqrt(H) rounded to the activation dtype
     _pad0: u32,
     _pad1: u32,

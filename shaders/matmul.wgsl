@@ -65,9 +65,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
             if n0 + r < p.n && k0 + kk0 < p.k {
                 let e = (n0 + r) * p.k + k0 + kk0;
                 let word = w[e >> 3u];
-                let s = int4_scale(e >> 5u, p.scales_offset);
-                lo = int4_lo(word) * s;
-                hi = int4_hi(word) * s;
+                let sm = int4_params(e >> 5u, p.scales_offset);
+                lo = int4_lo(word) * sm.x + sm.y;
+                hi = int4_hi(word) * sm.x + sm.y;
             }
             ws[kk0 * BN + r] = lo.x;
             ws[(kk0 + 1u) * BN + r] = lo.y;

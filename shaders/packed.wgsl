@@ -2,7 +2,7 @@
 // The including shader declares `w: array<u32>` (one part of a packed [rows, cols] tensor).
 // Layouts are defined and documented in src/quant.rs; WTYPE selects one at pipeline creation.
 
-override WTYPE: u32 = 0u; // 0 = f32, 1 = fp16, 2 = bf16, 3 = int4 (group 32, fp16 scale, zero point 8)
+override WTYPE: u32 = 0u; // 0 = f32, 1 = fp16, 2 = bf16, 3 = int4 (affine), 4 = int8 (groups of 32)
 
 fn half_bits(i: u32) -> u32 {
     return (w[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
@@ -15,18 +15,28 @@ fn half_value(i: u32) -> f32 {
     return unpack2x16float(half_bits(i)).x;
 }
 
-// fp16 scale of int4 group g.
-fn int4_scale(g: u32, scales_offset: u32) -> f32 {
-    return unpack2x16float(half_bits(2u * scales_offset + g)).x;
+// (scale, min) of int4 group g: code q stands for q * scale + min.
+fn int4_params(g: u32, scales_offset: u32) -> vec2<f32> {
+    return unpack2x16float(w[scales_offset + g]);
 }
 
-// The 8 int4 codes of one word, minus the zero point: nibbles 0-3 and 4-7 (unscaled).
+// The 8 int4 codes (0..15) of one word: nibbles 0-3 and 4-7.
 fn int4_lo(word: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u)) - 8.0;
+    return vec4<f32>(vec4<u32>(word, word >> 4u, word >> 8u, word >> 12u) & vec4<u32>(15u));
 }
 
 fn int4_hi(word: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u)) - 8.0;
+    return vec4<f32>(vec4<u32>(word >> 16u, word >> 20u, word >> 24u, word >> 28u) & vec4<u32>(15u));
+}
+
+// fp16 scale of int8 group g.
+fn int8_scale(g: u32, scales_offset: u32) -> f32 {
+    return unpack2x16float(half_bits(2u * scales_offset + g)).x;
+}
+
+// The 4 signed int8 codes of one word (byte 0 first).
+fn int8_codes(word: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u) >> vec4<u32>(24u));
 }
 
 // Element e (= row * cols + col) of the tensor, widened to f32.
@@ -37,7 +47,12 @@ fn load_weight(e: u32, scales_offset: u32) -> f32 {
         }
         case 3u: {
             let q = (w[e >> 3u] >> ((e & 7u) * 4u)) & 15u;
-            return (f32(q) - 8.0) * int4_scale(e >> 5u, scales_offset);
+            let sm = int4_params(e >> 5u, scales_offset);
+            return f32(q) * sm.x + sm.y;
+        }
+        case 4u: {
+            let q = bitcast<i32>(w[e >> 2u] << (24u - (e & 3u) * 8u)) >> 24u;
+            return f32(q) * int8_scale(e >> 5u, scales_offset);
         }
         default: {
             return bitcast<f32>(w[e]);
@@ -45,12 +60,18 @@ fn load_weight(e: u32, scales_offset: u32) -> f32 {
     }
 }
 
-// Dot product of 8 consecutive weights starting at element e (e % 8 == 0 for int4) with a, b.
+// Dot product of 8 consecutive weights starting at element e (e % 8 == 0 for int4 and int8)
+// with a, b.
 fn dot8(e: u32, scales_offset: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     switch WTYPE {
         case 3u: {
             let word = w[e >> 3u];
-            return (dot(int4_lo(word), a) + dot(int4_hi(word), b)) * int4_scale(e >> 5u, scales_offset);
+            let sm = int4_params(e >> 5u, scales_offset);
+            return (dot(int4_lo(word), a) + dot(int4_hi(word), b)) * sm.x + dot(a + b, vec4<f32>(1.0)) * sm.y;
+        }
+        case 4u: {
+            let i = e >> 2u;
+            return (dot(int8_codes(w[i]), a) + dot(int8_codes(w[i + 1u]), b)) * int8_scale(e >> 5u, scales_offset);
         }
         case 1u: {
             if (e & 1u) == 0u {

@@ -13,7 +13,8 @@ use crate::model::config::Gemma2Config;
 use crate::quant::DType;
 
 pub const FORMAT_NAME: &str = "gemma-webgpu";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: int4 became affine (a scale and a min per group) and int8 was added.
+pub const FORMAT_VERSION: u32 = 2;
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const DEFAULT_SHARD_BYTES: u64 = 32 << 20;
 
@@ -24,6 +25,7 @@ pub enum StoredType {
     F16,
     Bf16,
     Int4,
+    Int8,
 }
 
 impl From<StoredType> for DType {
@@ -33,6 +35,7 @@ impl From<StoredType> for DType {
             StoredType::F16 => DType::F16,
             StoredType::Bf16 => DType::Bf16,
             StoredType::Int4 => DType::Int4,
+            StoredType::Int8 => DType::Int8,
         }
     }
 }
@@ -44,6 +47,7 @@ impl From<DType> for StoredType {
             DType::F16 => StoredType::F16,
             DType::Bf16 => StoredType::Bf16,
             DType::Int4 => StoredType::Int4,
+            DType::Int8 => StoredType::Int8,
         }
     }
 }
@@ -73,7 +77,7 @@ pub struct TensorEntry {
     /// `[rows, cols]`; a 1-D tensor is `[1, n]`.
     pub shape: [u32; 2],
     pub dtype: StoredType,
-    /// Values per int4 scale (32); absent for other types.
+    /// Values per int4 / int8 group (32); absent for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_size: Option<u32>,
     pub parts: Vec<PartEntry>,

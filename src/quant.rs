@@ -8,22 +8,32 @@
 //! | f32   | rows*cols                      | `word[e]` is the f32 bit pattern                      |
 //! | fp16  | ceil(rows*cols / 2)            | half `e & 1` (0 = low 16 bits) of `word[e >> 1]`      |
 //! | bf16  | ceil(rows*cols / 2)            | same packing; widened by `bits << 16`                 |
-//! | int4  | rows*cols/8 + ceil(groups / 2) | codes, then fp16 scales (see below)                   |
+//! | int4  | rows*cols/8 + groups           | codes, then one (scale, min) word per group           |
+//! | int8  | rows*cols/4 + ceil(groups / 2) | codes, then fp16 scales                               |
 //!
-//! **int4** (`cols % 32 == 0`): symmetric, one scale per group of 32 consecutive
-//! input-dimension values (`g = e / 32`, so a group never crosses a row). Code `q` in 0..=15 is
-//! nibble `e & 7` of `word[e >> 3]` (nibble 0 = bits 0..4) and stands for
-//! `(q - 8) * scale[g]` — the zero point is 8. `scale[g] = max|x| / 7` over the group, rounded
-//! to fp16, so codes 1..=15 are used and 0 (-8) never is; `q = clamp(round(x / scale) + 8, 0, 15)`.
-//! The scales are fp16, packed like an fp16 tensor, starting at word `rows*cols/8`
-//! (`Packed::scales_offset`). Round-trip error per element is at most `scale/2 + |x|·2⁻¹¹`
-//! (half a quantisation step, plus the fp16 rounding of the scale), i.e. about `max|x|/14`.
+//! Both quantized types have one set of parameters per group of 32 consecutive input-dimension
+//! values (`g = e / 32`; `cols % 32 == 0`, so a group never crosses a row). The parameters start
+//! at word `Packed::scales_offset` (the number of code words).
+//!
+//! **int4** (affine): code `q` in 0..=15 is nibble `e & 7` of `word[e >> 3]` (nibble 0 = bits
+//! 0..4) and stands for `q * scale[g] + min[g]`. Word `scales_offset + g` holds `scale` in its low
+//! and `min` in its high 16 bits, both fp16. The quantizer searches the grid (scale, min) that
+//! minimises the group's squared error (least-squares refits of candidate grids, as llama.cpp's
+//! K-quants do), rounds both to fp16 and then picks each code against the rounded grid. A group
+//! already on a 16-level grid that uses codes 0 and 15 (a Q4_K or Q4_1 block) is reproduced up to
+//! the fp16 rounding of its parameters.
+//!
+//! **int8** (symmetric): code `q` in -127..=127 is byte `e & 3` of `word[e >> 2]` (two's
+//! complement) and stands for `q * scale[g]`, `scale = max|x| / 127` rounded to fp16; the scales
+//! are packed like an fp16 tensor from word `scales_offset`. Error per element is at most half a
+//! step (`max|x| / 254`) plus the scale's rounding, so 5- and 6-bit GGUF blocks (Q5_0, Q6_K) and
+//! Q8_0 blocks survive almost unchanged.
 
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
 
-/// Values per int4 scale.
+/// Values per int4 / int8 group (one scale, and for int4 one min, each).
 pub const INT4_GROUP: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -32,6 +42,7 @@ pub enum DType {
     F16,
     Bf16,
     Int4,
+    Int8,
 }
 
 impl DType {
@@ -42,6 +53,7 @@ impl DType {
             DType::F16 => 1.0,
             DType::Bf16 => 2.0,
             DType::Int4 => 3.0,
+            DType::Int8 => 4.0,
         }
     }
 
@@ -51,7 +63,8 @@ impl DType {
         match self {
             DType::F32 => n,
             DType::F16 | DType::Bf16 => n.div_ceil(2),
-            DType::Int4 => n / 8 + (n / INT4_GROUP).div_ceil(2),
+            DType::Int4 => n / 8 + n / INT4_GROUP,
+            DType::Int8 => n / 4 + (n / INT4_GROUP).div_ceil(2),
         }
     }
 
@@ -61,7 +74,23 @@ impl DType {
             DType::F16 => "fp16",
             DType::Bf16 => "bf16",
             DType::Int4 => "int4",
+            DType::Int8 => "int8",
         }
+    }
+
+    /// Word index where a `[rows, cols]` tensor's group parameters start: the number of code
+    /// words (0 for ungrouped types).
+    pub fn scales_offset(self, rows: usize, cols: usize) -> usize {
+        match self {
+            DType::Int4 => rows * cols / 8,
+            DType::Int8 => rows * cols / 4,
+            _ => 0,
+        }
+    }
+
+    /// Whether the type stores codes in groups of `INT4_GROUP` along the input dimension.
+    pub fn is_grouped(self) -> bool {
+        matches!(self, DType::Int4 | DType::Int8)
     }
 }
 
@@ -83,16 +112,84 @@ fn set_half(words: &mut [u32], i: usize, v: u16) {
     words[i >> 1] = (words[i >> 1] & !(0xffff << shift)) | ((v as u32) << shift);
 }
 
+/// The int4 grid for one group: `(scale, min)` rounded to fp16, minimising the squared error
+/// `Σ (q·scale + min − x)²` over candidate grids (least-squares refits of the codes each
+/// candidate gives).
+fn int4_grid(x: &[f32]) -> (f16, f16) {
+    let (lo, hi) = x.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+    if hi <= lo {
+        return (f16::ZERO, f16::from_f32(lo));
+    }
+    let codes = |scale: f32, min: f32| x.iter().map(move |v| ((v - min) / scale).round().clamp(0.0, 15.0));
+    // Candidates are compared as stored: parameters rounded to fp16, codes picked against them.
+    let rounded = |scale: f32, min: f32| (f16::from_f32(scale), f16::from_f32(min));
+    let error = |(scale, min): (f16, f16)| {
+        let (s, m) = (scale.to_f32(), min.to_f32());
+        if s <= 0.0 || !s.is_finite() || !m.is_finite() {
+            return f32::INFINITY;
+        }
+        codes(s, m).zip(x).map(|(q, v)| (q * s + m - v).powi(2)).sum::<f32>()
+    };
+    let n = x.len() as f32;
+    // The min/max grid and the symmetric one (a level at zero, which wins for a group of small
+    // values around one outlier), then steps around (hi - lo) / 15, each refitted by least
+    // squares on the codes it gives.
+    let amax = hi.max(-lo);
+    let mut best = rounded((hi - lo) / 15.0, lo);
+    let mut best_e = error(best);
+    let mut consider = |cand: (f16, f16)| {
+        let e = error(cand);
+        if e < best_e {
+            (best, best_e) = (cand, e);
+        }
+    };
+    consider(rounded(amax / 7.0, -8.0 * amax / 7.0));
+    for i in 0..=24 {
+        let step = (hi - lo) / (13.8 + 0.1 * i as f32);
+        let (mut sq, mut sqq, mut sx, mut sqx) = (0f32, 0f32, 0f32, 0f32);
+        for (q, v) in codes(step, lo).zip(x) {
+            sq += q;
+            sqq += q * q;
+            sx += v;
+            sqx += q * v;
+        }
+        let det = n * sqq - sq * sq;
+        if det > 0.0 {
+            consider(rounded((n * sqx - sq * sx) / det, (sqq * sx - sq * sqx) / det));
+        }
+    }
+    best
+}
+
+/// `int4_grid` of every group, on all cores natively (the search is the slow part of a
+/// conversion: the 270M's embedding has 5 million groups).
+fn int4_grids(data: &[f32]) -> Vec<(f16, f16)> {
+    let serial = |d: &[f32]| d.chunks_exact(INT4_GROUP).map(int4_grid).collect::<Vec<_>>();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let groups = data.len() / INT4_GROUP;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(32);
+        if threads > 1 && groups >= 8192 {
+            let per = groups.div_ceil(threads) * INT4_GROUP;
+            return std::thread::scope(|s| {
+                let jobs: Vec<_> = data.chunks(per).map(|c| (c, s.spawn(move || serial(c)))).collect();
+                jobs.into_iter().flat_map(|(c, h)| h.join().unwrap_or_else(|_| serial(c))).collect()
+            });
+        }
+    }
+    serial(data)
+}
+
 impl Packed {
     /// Pack f32 values `data` (row-major, `rows*cols` long) as `dtype`.
     pub fn pack(dtype: DType, rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
         if data.len() != rows * cols {
             return Err(Error::invalid("pack", format!("{} values for a [{rows}, {cols}] tensor", data.len())));
         }
-        if dtype == DType::Int4 && cols % INT4_GROUP != 0 {
+        if dtype.is_grouped() && cols % INT4_GROUP != 0 {
             return Err(Error::invalid(
                 "pack",
-                format!("int4 needs the input dimension to be a multiple of {INT4_GROUP}; it is {cols}"),
+                format!("{} needs the input dimension to be a multiple of {INT4_GROUP}; it is {cols}", dtype.name()),
             ));
         }
         let mut words = vec![0u32; dtype.words(rows, cols)];
@@ -101,16 +198,28 @@ impl Packed {
             DType::F16 => data.iter().enumerate().for_each(|(i, x)| set_half(&mut words, i, f16::from_f32(*x).to_bits())),
             DType::Bf16 => data.iter().enumerate().for_each(|(i, x)| set_half(&mut words, i, bf16::from_f32(*x).to_bits())),
             DType::Int4 => {
-                let scales_at = 2 * (rows * cols / 8);
+                let params_at = rows * cols / 8;
+                for (g, (group, (scale, min))) in data.chunks_exact(INT4_GROUP).zip(int4_grids(data)).enumerate() {
+                    words[params_at + g] = scale.to_bits() as u32 | ((min.to_bits() as u32) << 16);
+                    let (s, m) = (scale.to_f32(), min.to_f32());
+                    for (j, x) in group.iter().enumerate() {
+                        let q = if s > 0.0 { ((x - m) / s).round().clamp(0.0, 15.0) as u32 } else { 0 };
+                        let e = g * INT4_GROUP + j;
+                        words[e >> 3] |= q << ((e & 7) * 4);
+                    }
+                }
+            }
+            DType::Int8 => {
+                let scales_at = 2 * (rows * cols / 4);
                 for (g, group) in data.chunks_exact(INT4_GROUP).enumerate() {
                     let amax = group.iter().fold(0f32, |m, x| m.max(x.abs()));
-                    let scale = f16::from_f32(amax / 7.0);
+                    let scale = f16::from_f32(amax / 127.0);
                     set_half(&mut words, scales_at + g, scale.to_bits());
                     let s = scale.to_f32();
                     for (j, x) in group.iter().enumerate() {
-                        let q = if s > 0.0 { ((x / s).round() + 8.0).clamp(0.0, 15.0) as u32 } else { 8 };
+                        let q = if s > 0.0 { (x / s).round().clamp(-127.0, 127.0) as i32 } else { 0 };
                         let e = g * INT4_GROUP + j;
-                        words[e >> 3] |= q << ((e & 7) * 4);
+                        words[e >> 2] |= ((q as u8) as u32) << ((e & 3) * 8);
                     }
                 }
             }
@@ -118,12 +227,9 @@ impl Packed {
         Ok(Self { dtype, rows, cols, words })
     }
 
-    /// Word index where the int4 scales start (0 for other types).
+    /// Word index where the group parameters start (0 for ungrouped types).
     pub fn scales_offset(&self) -> usize {
-        match self.dtype {
-            DType::Int4 => self.rows * self.cols / 8,
-            _ => 0,
-        }
+        self.dtype.scales_offset(self.rows, self.cols)
     }
 
     /// Element `(r, c)` widened to f32, exactly as the shaders do it.
@@ -135,8 +241,13 @@ impl Packed {
             DType::Bf16 => bf16::from_bits(get_half(&self.words, e)).to_f32(),
             DType::Int4 => {
                 let q = (self.words[e >> 3] >> ((e & 7) * 4)) & 15;
-                let scale = f16::from_bits(get_half(&self.words, 2 * self.scales_offset() + e / INT4_GROUP));
-                (q as f32 - 8.0) * scale.to_f32()
+                let params = self.words[self.scales_offset() + e / INT4_GROUP];
+                let (scale, min) = (f16::from_bits(params as u16).to_f32(), f16::from_bits((params >> 16) as u16).to_f32());
+                q as f32 * scale + min
+            }
+            DType::Int8 => {
+                let q = (self.words[e >> 2] >> ((e & 3) * 8)) as u8 as i8;
+                q as f32 * f16::from_bits(get_half(&self.words, 2 * self.scales_offset() + e / INT4_GROUP)).to_f32()
             }
         }
     }
@@ -156,6 +267,7 @@ impl Packed {
     pub fn rows_slice(&self, start: usize, end: usize) -> Self {
         let (rows, cols) = (end - start, self.cols);
         let mut words = vec![0u32; self.dtype.words(rows, cols)];
+        let per_row = cols / INT4_GROUP;
         match self.dtype {
             DType::F32 => words.copy_from_slice(&self.words[start * cols..end * cols]),
             DType::F16 | DType::Bf16 => {
@@ -164,8 +276,13 @@ impl Packed {
                 }
             }
             DType::Int4 => {
-                words[..rows * cols / 8].copy_from_slice(&self.words[start * cols / 8..end * cols / 8]);
-                let (src_at, dst_at, per_row) = (2 * self.scales_offset(), 2 * (rows * cols / 8), cols / INT4_GROUP);
+                let (src_at, dst_at) = (self.scales_offset(), rows * cols / 8);
+                words[..dst_at].copy_from_slice(&self.words[start * cols / 8..end * cols / 8]);
+                words[dst_at..].copy_from_slice(&self.words[src_at + start * per_row..src_at + end * per_row]);
+            }
+            DType::Int8 => {
+                words[..rows * cols / 4].copy_from_slice(&self.words[start * cols / 4..end * cols / 4]);
+                let (src_at, dst_at) = (2 * self.scales_offset(), 2 * (rows * cols / 4));
                 for g in 0..rows * per_row {
                     set_half(&mut words, dst_at + g, get_half(&self.words, src_at + start * per_row + g));
                 }
@@ -185,6 +302,7 @@ pub fn row_bytes(dtype: DType, cols: usize) -> u64 {
     match dtype {
         DType::F32 => 4 * cols as u64,
         DType::F16 | DType::Bf16 => 2 * cols as u64 + 4,
-        DType::Int4 => cols as u64 / 2 + 2 * (cols / INT4_GROUP) as u64 + 4,
+        DType::Int4 => cols as u64 / 2 + 4 * (cols / INT4_GROUP) as u64,
+        DType::Int8 => cols as u64 + 2 * (cols / INT4_GROUP) as u64 + 4,
     }
 }

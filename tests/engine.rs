@@ -36,7 +36,7 @@ fn tokens(n: usize) -> Vec<u32> {
 
 #[test]
 fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
-    for dtype in [DType::F32, DType::F16, DType::Int4] {
+    for dtype in [DType::F32, DType::F16, DType::Int4, DType::Int8] {
         let dir = std::env::temp_dir().join(format!("gemma-engine-test-{}-{}", dtype.name(), std::process::id()));
         let manifest = convert::synth(tiny_config(), &dir, dtype, 7, 64 << 10, false).expect("synth");
         assert!(manifest.shards.len() > 1, "small shards should split the model");

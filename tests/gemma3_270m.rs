@@ -176,14 +176,35 @@ fn agreement(quant: convert::Quant) -> (Vec<usize>, f64, f64) {
     (agreed, agreement, mean_kl)
 }
 
-/// fp16 weights (the demo's default) with the default fp16 KV cache stay close to the
-/// reference. (Our int4 re-quantization of the GGUF's 4-8-bit tensors loses much of this small
-/// model's quality: measured with `agreement` on int4 conversions, it is in the README; the
-/// mixed int4/fp16 path is tested on the tiny fixture in tests/gemma3.rs, which is faster.)
+/// fp16 weights with the default fp16 KV cache stay close to the reference.
 #[test]
 fn real_gemma3_fp16_agrees_with_transformers() {
     let (agreed, top1, kl) = agreement(DType::F16.into());
     assert!(agreed.iter().all(|n| *n >= 8), "fp16: greedy agreement {agreed:?}");
     assert!(top1 >= 0.95, "fp16: top-1 agreement {top1}");
     assert!(kl <= 0.02, "fp16: mean KL {kl}");
+}
+
+/// int8 (groups of 32, one fp16 scale) holds the GGUF's 5-, 6- and 8-bit blocks almost
+/// exactly, at half of fp16's size: measured 32/32 greedy tokens on every prompt, 98.9% top-1,
+/// mean KL 0.0005.
+#[test]
+fn real_gemma3_int8_agrees_with_transformers() {
+    let (agreed, top1, kl) = agreement(DType::Int8.into());
+    assert!(agreed.iter().all(|n| *n >= 16), "int8: greedy agreement {agreed:?}");
+    assert!(top1 >= 0.95, "int8: top-1 agreement {top1}");
+    assert!(kl <= 0.01, "int8: mean KL {kl}");
+}
+
+/// The demo's default: int4 layers (affine, groups of 32) with an int8 embedding, as llama.cpp
+/// keeps this file's embedding at 8 bits. Re-quantizing the GGUF's mostly 5-bit layers to
+/// 4 bits costs real quality; the bounds sit just under what was measured (greedy [5, 8, 0]
+/// tokens, 73.6% top-1, mean KL 0.123) so a regression in the int4 path fails here. The
+/// symmetric int4 this replaced measured [0, 0, 0], 58.5% and 0.42.
+#[test]
+fn real_gemma3_int4_agreement_is_bounded() {
+    let (agreed, top1, kl) = agreement(convert::Quant { matrices: DType::Int4, embedding: DType::Int8 });
+    assert!(agreed.iter().sum::<usize>() >= 8, "int4: greedy agreement {agreed:?}");
+    assert!(top1 >= 0.68, "int4: top-1 agreement {top1}");
+    assert!(kl <= 0.16, "int4: mean KL {kl}");
 }

@@ -34,48 +34,100 @@ fn half_types_round_trip_within_their_precision() {
     }
 }
 
-#[test]
-fn int4_round_trip_error_is_within_half_a_step() {
-    let (rows, cols) = (64, 2304);
-    let x = data(rows * cols, 3);
-    let packed = Packed::pack(DType::Int4, rows, cols, &x).unwrap();
-    assert_eq!(packed.words.len(), rows * cols / 8 + rows * cols / INT4_GROUP / 2);
-    let y = packed.unpack();
-    let (mut sq_err, mut sq) = (0f64, 0f64);
-    for (g, (xs, ys)) in x.chunks(INT4_GROUP).zip(y.chunks(INT4_GROUP)).enumerate() {
-        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let step = half::f16::from_f32(amax / 7.0).to_f32();
-        // Half a quantisation step, plus what rounding the scale to fp16 can add at the ends.
-        let bound = 0.5 * step + amax * 2f32.powi(-10);
-        for (j, (a, b)) in xs.iter().zip(ys).enumerate() {
-            let err = (a - b).abs();
-            assert!(err <= bound, "group {g} element {j}: {a} -> {b}, error {err} > bound {bound}");
-            sq_err += (err as f64).powi(2);
-            sq += (*a as f64).powi(2);
-        }
-    }
-    let rel_rms = (sq_err / sq).sqrt();
-    println!("int4 g32 relative RMS error on outlier-heavy data: {rel_rms:.4}");
-    assert!(rel_rms < 0.2, "relative RMS error {rel_rms}");
+/// Squared error of one group on the plain min/max grid, `(max - min) / 15` steps from `min`,
+/// with the same fp16 rounding of the parameters.
+fn min_max_grid_error(xs: &[f32]) -> f64 {
+    let (lo, hi) = xs.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), v| (l.min(*v), h.max(*v)));
+    let (s, m) = (half::f16::from_f32((hi - lo) / 15.0).to_f32(), half::f16::from_f32(lo).to_f32());
+    xs.iter().map(|x| if s > 0.0 { ((x - m) / s).round().clamp(0.0, 15.0) * s + m - x } else { m - x }).map(|e| (e as f64).powi(2)).sum()
 }
 
 #[test]
-fn int4_of_an_all_zero_group_is_zero() {
-    let y = Packed::pack(DType::Int4, 1, 64, &[0.0; 64]).unwrap().unpack();
-    assert!(y.iter().all(|v| *v == 0.0));
+fn int4_searched_grid_never_loses_to_min_max_and_beats_symmetric() {
+    let (rows, cols) = (64, 2304);
+    let x = data(rows * cols, 3);
+    let packed = Packed::pack(DType::Int4, rows, cols, &x).unwrap();
+    assert_eq!(packed.words.len(), rows * cols / 8 + rows * cols / INT4_GROUP);
+    let y = packed.unpack();
+    let (mut sq_err, mut sq, mut min_max, mut symmetric) = (0f64, 0f64, 0f64, 0f64);
+    for (g, (xs, ys)) in x.chunks(INT4_GROUP).zip(y.chunks(INT4_GROUP)).enumerate() {
+        let err: f64 = xs.iter().zip(ys).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let mm = min_max_grid_error(xs);
+        // The old symmetric scheme: 15 levels of max|x| / 7 around zero.
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let step = half::f16::from_f32(amax / 7.0).to_f32();
+        let sym: f64 = xs.iter().map(|v| (((v / step).round().clamp(-8.0, 7.0) * step - v) as f64).powi(2)).sum();
+        // Both are among the search's candidates; fp16 rounding of the parameters may cost a hair.
+        assert!(err <= mm.min(sym) * 1.001 + 1e-12, "group {g}: squared error {err:.3e} > min/max grid's {mm:.3e} or symmetric's {sym:.3e}");
+        symmetric += sym;
+        sq_err += err;
+        min_max += mm;
+        sq += xs.iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    }
+    let rel = |e: f64| (e / sq).sqrt();
+    println!("int4 g32 relative RMS error: searched {:.4}, min/max {:.4}, symmetric {:.4}", rel(sq_err), rel(min_max), rel(symmetric));
+    assert!(rel(sq_err) < 0.9 * rel(symmetric), "searched grid {} is not clearly better than symmetric {}", rel(sq_err), rel(symmetric));
+    assert!(rel(sq_err) < 0.1, "relative RMS error {}", rel(sq_err));
+}
+
+#[test]
+fn int4_reproduces_a_group_already_on_a_sixteen_level_grid() {
+    // A Q4_K / Q4_1-style group: q * 0.01 - 0.07 with codes 0..=15 all used; the searched grid
+    // must find it, up to the fp16 rounding of the scale and min.
+    let (s, m) = (0.01f32, -0.07f32);
+    let xs: Vec<f32> = (0..32).map(|i| ((i * 7) % 16) as f32 * s + m).collect();
+    let ys = Packed::pack(DType::Int4, 1, 32, &xs).unwrap().unpack();
+    for (a, b) in xs.iter().zip(&ys) {
+        assert!((a - b).abs() <= 16.0 * s * 2f32.powi(-11) + m.abs() * 2f32.powi(-11), "{a} -> {b}");
+    }
+}
+
+#[test]
+fn int8_round_trip_error_is_within_half_a_step_and_exact_on_q8_0_blocks() {
+    let (rows, cols) = (16, 640);
+    let x = data(rows * cols, 5);
+    let packed = Packed::pack(DType::Int8, rows, cols, &x).unwrap();
+    assert_eq!(packed.words.len(), rows * cols / 4 + rows * cols / INT4_GROUP / 2);
+    let y = packed.unpack();
+    for (g, (xs, ys)) in x.chunks(INT4_GROUP).zip(y.chunks(INT4_GROUP)).enumerate() {
+        let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let bound = 0.5 * half::f16::from_f32(amax / 127.0).to_f32() + amax * 2f32.powi(-10);
+        for (a, b) in xs.iter().zip(ys) {
+            assert!((a - b).abs() <= bound, "group {g}: {a} -> {b} (bound {bound})");
+        }
+    }
+    // Q8_0 / Q5_0 blocks: an fp16 scale d times integer codes with max |q| = 127 come back
+    // exactly, negative codes included.
+    let d = half::f16::from_f32(0.0123).to_f32();
+    let code = |i: usize| if i % 32 == 5 { -127.0 } else { ((i * 37) % 255) as f32 - 127.0 };
+    let xs: Vec<f32> = (0..64).map(|i| code(i) * d).collect();
+    assert_eq!(Packed::pack(DType::Int8, 2, 32, &xs).unwrap().unpack(), xs);
+}
+
+#[test]
+fn quantized_all_zero_groups_are_zero() {
+    for dtype in [DType::Int4, DType::Int8] {
+        let y = Packed::pack(dtype, 1, 64, &[0.0; 64]).unwrap().unpack();
+        assert!(y.iter().all(|v| *v == 0.0), "{dtype:?}");
+    }
+    // A constant group: scale 0, min the constant.
+    let y = Packed::pack(DType::Int4, 1, 32, &[0.25; 32]).unwrap().unpack();
+    assert!(y.iter().all(|v| *v == 0.25), "{y:?}");
 }
 
 #[test]
 fn int4_rejects_an_input_dimension_not_divisible_by_the_group() {
-    let err = Packed::pack(DType::Int4, 2, 40, &[0.0; 80]).unwrap_err();
-    assert!(err.to_string().contains("multiple of 32"), "{err}");
+    for dtype in [DType::Int4, DType::Int8] {
+        let err = Packed::pack(dtype, 2, 40, &[0.0; 80]).unwrap_err();
+        assert!(err.to_string().contains("multiple of 32") && err.to_string().contains(dtype.name()), "{err}");
+    }
     let err = Packed::pack(DType::F16, 2, 40, &[0.0; 79]).unwrap_err();
     assert!(err.to_string().contains("79 values"), "{err}");
 }
 
 #[test]
 fn row_slices_are_bit_exact_for_every_type() {
-    for (dtype, cols) in [(DType::F32, 33), (DType::F16, 33), (DType::Bf16, 33), (DType::Int4, 96), (DType::Int4, 32)] {
+    for (dtype, cols) in [(DType::F32, 33), (DType::F16, 33), (DType::Bf16, 33), (DType::Int4, 96), (DType::Int4, 32), (DType::Int8, 96), (DType::Int8, 32)] {
         let rows = 11;
         let full = Packed::pack(dtype, rows, cols, &data(rows * cols, 4)).unwrap();
         let all = full.unpack();

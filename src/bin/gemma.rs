@@ -33,8 +33,8 @@ mod cli {
     use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer};
 
     const USAGE: &str = "usage:
-  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|fp16|f32] [--embed int4|fp16|f32] [--shard-mb 32]
-  gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|fp16|f32] [--seed N]
+  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|int8|fp16|f32] [--embed int4|int8|fp16|f32] [--shard-mb 32]
+  gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|int8|fp16|f32] [--seed N]
               [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
                  [--temperature T] [--top-k K] [--top-p P] [--seed S] [--max-context N]
@@ -101,9 +101,10 @@ mod cli {
     fn quant_named(name: &str) -> Res<DType> {
         match name {
             "int4" => Ok(DType::Int4),
+            "int8" => Ok(DType::Int8),
             "fp16" | "f16" => Ok(DType::F16),
             "f32" => Ok(DType::F32),
-            other => Err(format!("'{other}' is not one of int4, fp16, f32")),
+            other => Err(format!("'{other}' is not one of int4, int8, fp16, f32")),
         }
     }
 

@@ -101,7 +101,7 @@ impl ShardWriter {
             name: name.to_string(),
             shape: [packed.rows as u32, packed.cols as u32],
             dtype: packed.dtype.into(),
-            group_size: (packed.dtype == DType::Int4).then_some(INT4_GROUP as u32),
+            group_size: packed.dtype.is_grouped().then_some(INT4_GROUP as u32),
             parts,
         });
         Ok(())

@@ -82,7 +82,7 @@ impl<'a> WeightLoader<'a> {
                 let buffer = self.ctx.storage_from(&format!("{}[{}]", t.name, p.row_start), data)?;
                 self.bytes += buffer.size();
                 let dtype = DType::from(t.dtype);
-                let scales_offset = if dtype == DType::Int4 { (p.rows as usize * t.shape[1] as usize / 8) as u32 } else { 0 };
+                let scales_offset = dtype.scales_offset(p.rows as usize, t.shape[1] as usize) as u32;
                 if let Some(slot) = self.parts.get_mut(&t.name).and_then(|v| v.get_mut(i)) {
                     *slot = Some(WeightPart { buffer, row_start: p.row_start, rows: p.rows, scales_offset });
                 }

@@ -123,7 +123,7 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
     let mut rng = Rng::new(1);
     // (vocab, hidden, part size in rows (0 = whole), scale)
     let cases: &[(usize, usize, usize, f32)] = &[(1000, 2336, 0, 48.0), (1000, 2336, 350, 3584f32.sqrt()), (517, 96, 100, 1.0)];
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4] {
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
         let op = e(Embedding::new(ctx, dtype).await)?;
         for &(v, h, part_rows, scale) in cases {
             let table = e(Packed::pack(dtype, v, h, &rng.vec(v * h, 0.05)))?;
@@ -248,10 +248,10 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
     let name = if decode { "matvec" } else { "matmul" };
     let mut rep = Report::new(name);
     let mut rng = Rng::new(4);
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4] {
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
         let (mm, mv) = if decode { (None, Some(e(MatVec::new(ctx, dtype).await)?)) } else { (Some(e(MatMul::new(ctx, dtype).await)?), None) };
         for &(m, k, n, part_rows) in LINEAR_SHAPES {
-            if dtype == DType::Int4 && k % 32 != 0 {
+            if dtype.is_grouped() && k % 32 != 0 {
                 continue;
             }
             let m = if decode { 1 } else { m };

@@ -24,7 +24,7 @@ const STOP_TIMEOUT = 15_000; // from clicking Stop to 'ready' ("a few seconds"; 
 const TOTAL_TIMEOUT = 90 * 60_000;
 
 const MODEL_URL_PATH = '/www/models/default/';
-const STEP_COUNT = 5;
+const STEP_COUNT = 6;
 
 // ---------------------------------------------------------------------------------------------
 // Preconditions: the package and the model must exist.
@@ -216,6 +216,25 @@ steps.add('chat: the reply streams into the assistant bubble, then completes', a
   const tps = await page.textContent('#tps');
   await page.screenshot({ path: path.join(OUT_DIR, 'demo-reply.png') });
   return `${seen.updates} text updates, ${JSON.stringify(reply.text.slice(0, 60))}${reply.text.length > 60 ? '…' : ''}; ${tps}`;
+});
+
+steps.add('complete mode: the pretrained model continues a sentence in English', async () => {
+  // The default model is Gemma 3 270M *pretrained*: it completes text better than it chats.
+  await page.selectOption('#mode', 'complete');
+  await page.fill('#temperature', '0');
+  await send('The capital of France is', { maxTokens: 24 });
+  const reply = await waitForReplyDone();
+  await waitForState(['ready'], 10_000);
+  await assertNoError('after the completion');
+  assert(!reply.failed && reply.text.length > 0, 'the completion is empty or failed');
+  // Real words, not byte soup: at least four words of three or more Latin letters.
+  const words = reply.text.match(/[A-Za-z]{3,}/g) ?? [];
+  assert(words.length >= 4, `the completion is not English text: ${JSON.stringify(reply.text)}`);
+  const tps = await page.textContent('#tps');
+  await page.screenshot({ path: path.join(OUT_DIR, 'demo-complete.png') });
+  await page.selectOption('#mode', 'chat');
+  await page.fill('#temperature', '0.7');
+  return `${JSON.stringify(reply.text)}; ${tps}`;
 });
 
 steps.add('stop: a long generation stops promptly, and the engine still answers afterwards', async () => {

@@ -1,16 +1,18 @@
-// The real Gemma 3 270M (fp16 conversion, the demo's default) in headless Chromium (WebGPU on SwiftShader here) against Hugging
-// Face transformers' outputs for the same GGUF: tokenizer ids, greedy agreement, top-1
-// agreement and KL over a text (tests/e2e/gemma3.html does the work in the page).
+// The real Gemma 3 270M (the demo's default conversion: int4 layers, int8 embedding) in
+// headless Chromium (WebGPU on SwiftShader here) against Hugging Face transformers' outputs
+// for the same GGUF: tokenizer ids, greedy agreement, top-1 agreement and KL over a text
+// (tests/e2e/gemma3.html does the work in the page).
 //
-//   node tests/e2e/gemma3.test.mjs   (needs pkg/ and www/models/default/ = the int4 270M)
+//   node tests/e2e/gemma3.test.mjs   (needs pkg/ and www/models/default/: scripts/prepare-demo-model.sh)
 
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 import { CHROMIUM_ARGS, CHROMIUM_PATH, VIEWPORT, collectConsole, dumpConsole, printResult } from './harness.mjs';
 
-// Bounds for the demo's default conversion (fp16 weights, fp16 KV cache); the measurements are
-// in the README.
-const BOUNDS = { greedyMin: 8, top1Min: 0.95, klMax: 0.02 };
+// Bounds for the demo's default conversion (int4 layers, int8 embedding, fp16 KV cache): the
+// same as tests/gemma3_270m.rs asserts natively, just under what was measured there (greedy
+// [5, 8, 0] tokens, 73.6% top-1, mean KL 0.123). The README has the measurements.
+const BOUNDS = { greedyTotalMin: 8, top1Min: 0.68, klMax: 0.16 };
 
 const server = await startServer();
 const lines = [];
@@ -33,7 +35,8 @@ try {
     const [same, total] = get('tokenizer strings identical').split('/').map(Number);
     check('tokenizer ids identical to transformers', same === total, `${same}/${total}`);
     const agree = get('greedy tokens identical per prompt (of 32)');
-    check(`greedy agreement >= ${BOUNDS.greedyMin} tokens per prompt`, agree.every((n) => n >= BOUNDS.greedyMin), JSON.stringify(agree));
+    const total = agree.reduce((a, b) => a + b, 0);
+    check(`greedy agreement >= ${BOUNDS.greedyTotalMin} tokens over the prompts`, total >= BOUNDS.greedyTotalMin, JSON.stringify(agree));
     check(`top-1 agreement >= ${BOUNDS.top1Min}`, get('top-1 agreement') >= BOUNDS.top1Min, get('top-1 agreement'));
     check(`mean KL <= ${BOUNDS.klMax}`, get('mean KL') <= BOUNDS.klMax, get('mean KL'));
     check('a greedy chat reply is real English text', /[A-Za-z]{3,}/.test(get('chat reply') ?? ''), JSON.stringify(get('chat reply')));
