@@ -36,7 +36,8 @@ fn int8_scale(g: u32, scales_offset: u32) -> f32 {
 
 // The 4 signed int8 codes of one word (byte 0 first).
 fn int8_codes(word: u32) -> vec4<f32> {
-    return vec4<f32>(vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u) >> vec4<u32>(24u));
+    // WGSL needs the parentheses: `a << b >> c` does not parse in Tint (naga accepts it).
+    return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
 // Element e (= row * cols + col) of the tensor, widened to f32.
