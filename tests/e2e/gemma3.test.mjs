@@ -35,8 +35,8 @@ try {
     const [same, total] = get('tokenizer strings identical').split('/').map(Number);
     check('tokenizer ids identical to transformers', same === total, `${same}/${total}`);
     const agree = get('greedy tokens identical per prompt (of 32)');
-    const total = agree.reduce((a, b) => a + b, 0);
-    check(`greedy agreement >= ${BOUNDS.greedyTotalMin} tokens over the prompts`, total >= BOUNDS.greedyTotalMin, JSON.stringify(agree));
+    const agreedTotal = agree.reduce((a, b) => a + b, 0);
+    check(`greedy agreement >= ${BOUNDS.greedyTotalMin} tokens over the prompts`, agreedTotal >= BOUNDS.greedyTotalMin, JSON.stringify(agree));
     check(`top-1 agreement >= ${BOUNDS.top1Min}`, get('top-1 agreement') >= BOUNDS.top1Min, get('top-1 agreement'));
     check(`mean KL <= ${BOUNDS.klMax}`, get('mean KL') <= BOUNDS.klMax, get('mean KL'));
     check('a greedy chat reply is real English text', /[A-Za-z]{3,}/.test(get('chat reply') ?? ''), JSON.stringify(get('chat reply')));
