@@ -386,10 +386,7 @@ function stopGenerating() {
 function updateEmptyNote() {
   const empty = el.messages.querySelector('.empty');
   if (!empty) return;
-  const base = /models\/default\/?$/.test(loadedUrl ?? (el.modelUrl.value.trim() || 'models/default/'))
-    ? ' The default model (Gemma 3 270M) is pretrained, not chat-tuned: Mode "Complete text" suits it best.'
-    : '';
-  empty.textContent = `${loadedUrl ? 'Say hello.' : 'Load a model, then say hello.'} Enter sends, Shift+Enter starts a new line.${base}`;
+  empty.textContent = `${loadedUrl ? 'Say hello.' : 'Load a model, then say hello.'} Enter sends, Shift+Enter starts a new line.`;
 }
 
 /** Forget the conversation (here and, unless local, the engine's KV cache). */
