@@ -9,10 +9,12 @@ import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 import { CHROMIUM_ARGS, CHROMIUM_PATH, VIEWPORT, collectConsole, dumpConsole, printResult } from './harness.mjs';
 
-// Bounds for the demo's default conversion (int4 layers, int8 embedding, fp16 KV cache): the
-// same as tests/gemma3_270m.rs asserts natively, just under what was measured there (greedy
-// [5, 8, 0] tokens, 73.6% top-1, mean KL 0.123). The README has the measurements.
-const BOUNDS = { greedyTotalMin: 8, top1Min: 0.68, klMax: 0.16 };
+// Bounds for the demo's default conversion (int4 layers, int8 embedding, fp16 KV cache), as
+// tests/gemma3_270m.rs asserts natively, just under what was measured: natively greedy [5, 8, 0]
+// tokens over the three prompts, 73.6% top-1 and mean KL 0.123 over the whole text. The page
+// checks prompts 0 and 2 (measured here: [5, 0], as natively) and the text's first 64 tokens
+// (75.0%, 0.105). The README has the measurements.
+const BOUNDS = { greedyTotalMin: 4, top1Min: 0.68, klMax: 0.16 };
 
 const server = await startServer();
 const lines = [];
