@@ -46,9 +46,7 @@ pub fn rope_scaled(x: &[f32], n_heads: usize, head_dim: usize, theta: f32, facto
 
 /// `y[m, n] = sum_k x[m, k] * w[n, k]`, `w` [n, k] already widened to f32.
 pub fn linear(x: &[f32], w: &[f32], k: usize, n: usize) -> Vec<f32> {
-    x.chunks(k)
-        .flat_map(|row| (0..n).map(move |j| row.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32))
-        .collect()
+    x.chunks(k).flat_map(|row| (0..n).map(move |j| row.iter().zip(&w[j * k..(j + 1) * k]).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32)).collect()
 }
 
 /// PyTorch `gelu(approximate='tanh')`.

@@ -43,7 +43,8 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("header");
     assert!(header.contains("'descr': '<f4'") && header.ends_with('\n') && (10 + hlen) % 64 == 0, "{header}");
-    let shape: Vec<usize> = header.split('(').nth(1).and_then(|s| s.split(')').next()).expect("shape").split(',').filter_map(|d| d.trim().parse().ok()).collect();
+    let shape: Vec<usize> =
+        header.split('(').nth(1).and_then(|s| s.split(')').next()).expect("shape").split(',').filter_map(|d| d.trim().parse().ok()).collect();
     (shape, bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]))
 }
 
@@ -63,7 +64,11 @@ fn convert_logits_generate_and_bench() {
     let text = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6"]);
     assert_eq!(text.split_whitespace().count(), 6, "{text}");
     let sampled = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]);
-    assert_eq!(sampled, ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]), "same seed, same tokens");
+    assert_eq!(
+        sampled,
+        ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]),
+        "same seed, same tokens"
+    );
     let json = ok(&["bench", &d, "--prompt-tokens", "20", "--gen-tokens", "4", "--max-context", "64", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
     assert_eq!(v["submits_per_token"], 1, "{json}");

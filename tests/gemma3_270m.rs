@@ -15,7 +15,9 @@ use gemma_webgpu::quant::DType;
 use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
 fn gguf_path() -> PathBuf {
-    let p = std::env::var_os("GEMMA3_GGUF").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data/gemma-3-270m-q4_k_m.gguf"));
+    let p = std::env::var_os("GEMMA3_GGUF")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data/gemma-3-270m-q4_k_m.gguf"));
     assert!(p.exists(), "{} is missing: run `bash scripts/fetch-gemma3.sh` and set GEMMA3_GGUF to the path it prints", p.display());
     p
 }
@@ -54,7 +56,14 @@ fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
     let out = std::env::temp_dir().join(format!("gemma3-270m-{}-{}-{}", quant.matrices.name(), quant.embedding.name(), std::process::id()));
     let t = std::time::Instant::now();
     let m = convert::convert_gguf(&gguf_path(), &out, quant, 32 << 20, false).expect("convert");
-    println!("converted to {} (embedding {}) in {:.1} s: {} shards, {:.1} MiB", quant.matrices.name(), quant.embedding.name(), t.elapsed().as_secs_f64(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64);
+    println!(
+        "converted to {} (embedding {}) in {:.1} s: {} shards, {:.1} MiB",
+        quant.matrices.name(),
+        quant.embedding.name(),
+        t.elapsed().as_secs_f64(),
+        m.shards.len(),
+        m.total_bytes() as f64 / (1 << 20) as f64
+    );
     out
 }
 
@@ -117,7 +126,10 @@ fn real_gemma3_f32_matches_transformers() {
             let n = p.ids.len() - p.prompt_len;
             let got = support::greedy(&mut gpu, &p.ids[..p.prompt_len], n).await;
             let agree = got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count();
-            println!("prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical", p.ids.len());
+            println!(
+                "prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical",
+                p.ids.len()
+            );
             assert!(worst <= 2e-2, "prompt {i}: logits differ by {worst}");
             assert_eq!(top1, p.ids.len(), "prompt {i}: top-1");
             assert_eq!(agree, n, "prompt {i}: greedy continuation");

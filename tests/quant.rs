@@ -12,7 +12,11 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
             s ^= s >> 27;
             let u = (s.wrapping_mul(0x2545F4914F6CDD1D) >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
             // Mostly small values with occasional outliers, like trained weights.
-            if i % 97 == 0 { u * 8.0 } else { u * 0.1 }
+            if i % 97 == 0 {
+                u * 8.0
+            } else {
+                u * 0.1
+            }
         })
         .collect()
 }

@@ -212,23 +212,35 @@ fn converter_rejects_bad_checkpoints() {
         cfg[key] = value;
         std::fs::write(d.join("config.json"), cfg.to_string()).unwrap();
     };
-    case("unknown model type", &|d| {
-        set_config(d, "model_type", "llama".into());
-        set_config(d, "architectures", serde_json::json!(["LlamaForCausalLM"]));
-    }, "not supported");
+    case(
+        "unknown model type",
+        &|d| {
+            set_config(d, "model_type", "llama".into());
+            set_config(d, "architectures", serde_json::json!(["LlamaForCausalLM"]));
+        },
+        "not supported",
+    );
     case("wrong shape", &|d| set_config(d, "intermediate_size", 96.into()), "shape");
     case("missing tensor", &|d| set_config(d, "num_hidden_layers", 5.into()), "layer_types");
-    case("missing layer", &|d| {
-        set_config(d, "num_hidden_layers", 5.into());
-        set_config(d, "layer_types", serde_json::Value::Null);
-    }, "missing tensor 'model.layers.4.");
+    case(
+        "missing layer",
+        &|d| {
+            set_config(d, "num_hidden_layers", 5.into());
+            set_config(d, "layer_types", serde_json::Value::Null);
+        },
+        "missing tensor 'model.layers.4.",
+    );
     case("missing field", &|d| set_config(d, "head_dim", serde_json::Value::Null), "head_dim");
-    case("truncated safetensors", &|d| {
-        let f = d.join("model.safetensors");
-        let len = std::fs::metadata(&f).unwrap().len();
-        let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
-        file.set_len(len - 1000).unwrap();
-    }, "truncated");
+    case(
+        "truncated safetensors",
+        &|d| {
+            let f = d.join("model.safetensors");
+            let len = std::fs::metadata(&f).unwrap().len();
+            let file = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+            file.set_len(len - 1000).unwrap();
+        },
+        "truncated",
+    );
     case("no weights", &|d| std::fs::remove_file(d.join("model.safetensors")).unwrap(), "neither model.safetensors");
     let _ = std::fs::remove_dir_all(&work);
 }

@@ -8,8 +8,7 @@ use gemma_webgpu::shaders::{self, Shader};
 
 fn parse(shader: &Shader) -> naga::Module {
     let source = shader.source();
-    let module = naga::front::wgsl::parse_str(&source)
-        .unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&source)));
+    let module = naga::front::wgsl::parse_str(&source).unwrap_or_else(|e| panic!("{}: {}", shader.name, e.emit_to_string(&source)));
     // SHADER_FLOAT16_IN_FLOAT32 is naga's name for core WGSL's pack2x16float/unpack2x16float
     // (f16 <-> f32 conversion inside f32 code); it is not the `shader-f16` feature, and no
     // other capability is granted.
@@ -37,12 +36,7 @@ fn kernels_fit_webgpu_default_limits() {
         assert!(x * y * z <= 256 && x <= 256 && y <= 256 && z <= 64, "{}: workgroup {x}x{y}x{z}", shader.name);
         let mut layouter = naga::proc::Layouter::default();
         layouter.update(module.to_ctx()).expect("layout");
-        let shared: u32 = module
-            .global_variables
-            .iter()
-            .filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup)
-            .map(|(_, g)| layouter[g.ty].size)
-            .sum();
+        let shared: u32 = module.global_variables.iter().filter(|(_, g)| g.space == naga::AddressSpace::WorkGroup).map(|(_, g)| layouter[g.ty].size).sum();
         assert!(shared <= 16 * 1024, "{}: {shared} bytes of workgroup memory", shader.name);
         let storage = module.global_variables.iter().filter(|(_, g)| matches!(g.space, naga::AddressSpace::Storage { .. })).count();
         assert!(storage <= 8, "{}: {storage} storage buffers", shader.name);
@@ -51,14 +45,9 @@ fn kernels_fit_webgpu_default_limits() {
 
 fn check_uniform<U: Uniform>(shader: &Shader) {
     let module = parse(shader);
-    let (_, var) = module
-        .global_variables
-        .iter()
-        .find(|(_, g)| g.space == naga::AddressSpace::Uniform)
-        .unwrap_or_else(|| panic!("{}: no uniform", shader.name));
-    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else {
-        panic!("{}: uniform is not a struct", shader.name)
-    };
+    let (_, var) =
+        module.global_variables.iter().find(|(_, g)| g.space == naga::AddressSpace::Uniform).unwrap_or_else(|| panic!("{}: no uniform", shader.name));
+    let naga::TypeInner::Struct { members, span } = &module.types[var.ty].inner else { panic!("{}: uniform is not a struct", shader.name) };
     let wgsl: Vec<(String, usize)> = members.iter().map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize)).collect();
     let rust: Vec<(String, usize)> = U::FIELDS.iter().map(|(n, o)| (n.to_string(), *o)).collect();
     assert_eq!(wgsl, rust, "{}: WGSL Params vs Rust {}", shader.name, std::any::type_name::<U>());

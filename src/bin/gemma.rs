@@ -119,11 +119,7 @@ mod cli {
     async fn load(dir: &Path, args: &Args) -> Res<Gemma2> {
         let manifest = read_manifest(dir).map_err(|e| e.to_string())?;
         let default_ctx = 4096.min(manifest.config.max_position_embeddings);
-        let options = EngineOptions {
-            max_context: args.num("--max-context", default_ctx)?,
-            kv_f32: args.has("--kv-f32"),
-            ..Default::default()
-        };
+        let options = EngineOptions { max_context: args.num("--max-context", default_ctx)?, kv_f32: args.has("--kv-f32"), ..Default::default() };
         Gemma2::load_dir(context().await?, dir, options).await.map_err(|e| e.to_string())
     }
 
@@ -161,8 +157,15 @@ mod cli {
             None => matrices,
         };
         let quant = convert::Quant { matrices, embedding };
-        let m = if is_gguf { convert::convert_gguf(&src, &out, quant, shard, true) } else { convert::convert_hf(&src, &out, quant, shard, true) }.map_err(|e| e.to_string())?;
-        eprintln!("wrote {} ({} shards, {:.1} MiB){}", out.display(), m.shards.len(), m.total_bytes() as f64 / (1 << 20) as f64, if m.tokenizer.is_some() { ", with tokenizer" } else { ", no tokenizer.json found" });
+        let m = if is_gguf { convert::convert_gguf(&src, &out, quant, shard, true) } else { convert::convert_hf(&src, &out, quant, shard, true) }
+            .map_err(|e| e.to_string())?;
+        eprintln!(
+            "wrote {} ({} shards, {:.1} MiB){}",
+            out.display(),
+            m.shards.len(),
+            m.total_bytes() as f64 / (1 << 20) as f64,
+            if m.tokenizer.is_some() { ", with tokenizer" } else { ", no tokenizer.json found" }
+        );
         Ok(())
     }
 

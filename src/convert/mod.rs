@@ -245,7 +245,10 @@ fn check_checkpoint(config: &Gemma2Config, ck: &dyn TensorSource) -> Result<()> 
         let shape = ck.shape(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
         let ok = if *rows == 1 { shape == [*cols as usize] } else { shape == [*rows as usize, *cols as usize] };
         if !ok {
-            return Err(Error::Format(format!("tensor '{name}' has shape {shape:?}, the config implies {:?}", if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] })));
+            return Err(Error::Format(format!(
+                "tensor '{name}' has shape {shape:?}, the config implies {:?}",
+                if *rows == 1 { vec![*cols] } else { vec![*rows, *cols] }
+            )));
         }
     }
     Ok(())

@@ -60,10 +60,7 @@ impl Checkpoint {
         } else {
             let single = dir.join("model.safetensors");
             if !single.exists() {
-                return Err(Error::Format(format!(
-                    "{} has neither model.safetensors nor model.safetensors.index.json",
-                    dir.display()
-                )));
+                return Err(Error::Format(format!("{} has neither model.safetensors nor model.safetensors.index.json", dir.display())));
             }
             ck.add_file(&single)?;
         }
@@ -88,7 +85,10 @@ impl Checkpoint {
     pub fn add_bytes(&mut self, label: &str, bytes: Vec<u8>) -> Result<()> {
         let path = Path::new(label);
         let len = bytes.len() as u64;
-        let header_len = bytes.get(..8).map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])).ok_or_else(|| bad(path, "too short to be a safetensors file"))?;
+        let header_len = bytes
+            .get(..8)
+            .map(|b| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]))
+            .ok_or_else(|| bad(path, "too short to be a safetensors file"))?;
         if header_len > 100 << 20 || 8 + header_len > len {
             return Err(bad(path, format!("header length {header_len} does not fit the {len}-byte file (truncated or not safetensors)")));
         }

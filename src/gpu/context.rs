@@ -71,10 +71,7 @@ impl GpuContext {
     pub async fn new(opts: &ContextOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(instance_descriptor());
         let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
+            .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() })
             .await
             .map_err(|e| Error::NoAdapter { backend: format!("{BACKEND_NAME}: {e}") })?;
 
@@ -123,12 +120,7 @@ impl GpuContext {
         let report = AdapterReport {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
-            driver: [info.driver.as_str(), info.driver_info.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" "),
+            driver: [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(" "),
             device_type: format!("{:?}", info.device_type),
             has_subgroups: features.contains(wgpu::Features::SUBGROUP),
             has_shader_f16: features.contains(wgpu::Features::SHADER_F16),
@@ -154,9 +146,7 @@ impl GpuContext {
     pub(crate) fn poll_wait(&self) -> Result<()> {
         #[cfg(not(target_arch = "wasm32"))]
         {
-            self.device
-                .poll(wgpu::PollType::wait_indefinitely())
-                .map_err(|e| Error::Gpu { during: "waiting for the GPU".into(), reason: e.to_string() })?;
+            self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu { during: "waiting for the GPU".into(), reason: e.to_string() })?;
         }
         Ok(())
     }

@@ -76,11 +76,7 @@ impl GpuContext {
         let elem = std::mem::size_of::<T>() as u64;
         let (offset, bytes) = (first * elem, count * elem);
         if offset + bytes > buffer.size() || offset % 4 != 0 {
-            return Err(Error::Readback(format!(
-                "range {offset}..{} is outside the {}-byte buffer or unaligned",
-                offset + bytes,
-                buffer.size()
-            )));
+            return Err(Error::Readback(format!("range {offset}..{} is outside the {}-byte buffer or unaligned", offset + bytes, buffer.size())));
         }
         if bytes == 0 {
             return Ok(Vec::new());
@@ -110,9 +106,7 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         self.poll_wait()?;
-        rx.await
-            .map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?
-            .map_err(|e| Error::Readback(e.to_string()))?;
+        rx.await.map_err(|_| Error::Readback("the GPU dropped the mapping request (device lost?)".into()))?.map_err(|e| Error::Readback(e.to_string()))?;
         let out = staging.get_mapped_range(0..bytes).map_err(|e| Error::Readback(e.to_string()))?.to_vec();
         staging.unmap();
         Ok(out)
@@ -148,10 +142,8 @@ impl Kernel {
     pub async fn new(ctx: &GpuContext, shader: &Shader, constants: &[(&str, f64)]) -> Result<Self> {
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let source = shader.source();
-        let module = ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(shader.name),
-            source: wgpu::ShaderSource::Wgsl(source.into()),
-        });
+        let module =
+            ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(shader.name),
             layout: None,
@@ -175,11 +167,8 @@ impl Kernel {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let mut entries: Vec<wgpu::BindGroupEntry> = buffers
-            .iter()
-            .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
-            .collect();
+        let mut entries: Vec<wgpu::BindGroupEntry> =
+            buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
         entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
         let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(&self.name),

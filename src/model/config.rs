@@ -177,7 +177,13 @@ impl Gemma2Config {
             return bad("attn_logit_softcapping", "soft-caps must be >= 0".into());
         }
         if !(self.rope_global_factor >= 1.0) || !(self.rope_theta > 0.0) || self.rope_local_theta.is_some_and(|t| !(t > 0.0)) {
-            return bad("rope_parameters", format!("bases must be positive and the scaling factor >= 1 (got {}, {:?}, {})", self.rope_theta, self.rope_local_theta, self.rope_global_factor));
+            return bad(
+                "rope_parameters",
+                format!(
+                    "bases must be positive and the scaling factor >= 1 (got {}, {:?}, {})",
+                    self.rope_theta, self.rope_local_theta, self.rope_global_factor
+                ),
+            );
         }
         if self.bos_token_id >= self.vocab_size || self.eos_token_ids.iter().any(|t| *t >= self.vocab_size) {
             return bad("bos_token_id", format!("special token ids must be < vocab_size {}", self.vocab_size));
@@ -206,7 +212,11 @@ impl Gemma2Config {
 
     /// Attention window of layer `i`: the sliding window for local layers, 0 (global) otherwise.
     pub fn window(&self, layer: usize) -> u32 {
-        if self.sliding_layers[layer] { self.sliding_window } else { 0 }
+        if self.sliding_layers[layer] {
+            self.sliding_window
+        } else {
+            0
+        }
     }
 
     pub fn q_width(&self) -> u32 {

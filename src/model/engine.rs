@@ -13,13 +13,13 @@ use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
-use crate::quant::DType;
 use crate::ops::linear::{LinearBinding, MatMulBinding, MatVecParams};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
-use crate::ops::sample::{Sampling, SamplerBinding};
+use crate::ops::sample::{SamplerBinding, Sampling};
 use crate::ops::softcap::SoftCapBinding;
 use crate::ops::Ops;
+use crate::quant::DType;
 
 /// Load-time options of the engine (the model's own settings live in `Gemma2Config`).
 #[derive(Debug, Clone, Copy)]
@@ -72,22 +72,22 @@ struct LayerBindings {
 /// Activation buffers, sized for `prefill_chunk` rows (decode uses row 0).
 #[derive(Debug)]
 struct Activations {
-    ids: wgpu::Buffer,     // [C] u32; the sampler writes the next token into element 0
-    x: wgpu::Buffer,       // [C, H] residual stream
-    h: wgpu::Buffer,       // [C, H] normed input of a sub-block
-    q: wgpu::Buffer,       // [C, NH*D]
-    k: wgpu::Buffer,       // [C, NKV*D]
-    v: wgpu::Buffer,       // [C, NKV*D]
+    ids: wgpu::Buffer, // [C] u32; the sampler writes the next token into element 0
+    x: wgpu::Buffer,   // [C, H] residual stream
+    h: wgpu::Buffer,   // [C, H] normed input of a sub-block
+    q: wgpu::Buffer,   // [C, NH*D]
+    k: wgpu::Buffer,   // [C, NKV*D]
+    v: wgpu::Buffer,   // [C, NKV*D]
     /// Gemma 3: q and k before their per-head norms (absent otherwise).
     qk_pre: Option<(wgpu::Buffer, wgpu::Buffer)>,
-    attn: wgpu::Buffer,    // [C, NH*D]
-    o: wgpu::Buffer,       // [C, H] attention / MLP branch output
-    gate: wgpu::Buffer,    // [C, I]
-    up: wgpu::Buffer,      // [C, I]
-    act: wgpu::Buffer,     // [C, I]
-    x_last: wgpu::Buffer,  // [H] the last row of x
-    h_last: wgpu::Buffer,  // [H]
-    logits: wgpu::Buffer,  // [V]
+    attn: wgpu::Buffer,          // [C, NH*D]
+    o: wgpu::Buffer,             // [C, H] attention / MLP branch output
+    gate: wgpu::Buffer,          // [C, I]
+    up: wgpu::Buffer,            // [C, I]
+    act: wgpu::Buffer,           // [C, I]
+    x_last: wgpu::Buffer,        // [H] the last row of x
+    h_last: wgpu::Buffer,        // [H]
+    logits: wgpu::Buffer,        // [V]
     token_staging: wgpu::Buffer, // 4 bytes, MAP_READ
 }
 
@@ -145,7 +145,8 @@ impl Gemma2 {
         let ops = Ops::new(&ctx, weights.dtype).await?;
         // Kernels for the other matrix types present (an fp16 embedding with int4 layers).
         let mut other = Vec::new();
-        let all = std::iter::once(&weights.embed_tokens).chain(weights.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]));
+        let all = std::iter::once(&weights.embed_tokens)
+            .chain(weights.layers.iter().flat_map(|l| [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]));
         for w in all {
             if w.dtype != weights.dtype && !other.iter().any(|k: &WeightKernels| k.dtype == w.dtype) {
                 other.push(WeightKernels {
@@ -192,7 +193,8 @@ impl Gemma2 {
                 rope_keys.push(c.rope(l));
             }
         }
-        let ropes = rope_keys.iter().map(|&(theta, factor)| RopeTable::scaled(&ctx, c.head_dim, theta, factor, options.max_context)).collect::<Result<Vec<_>>>()?;
+        let ropes =
+            rope_keys.iter().map(|&(theta, factor)| RopeTable::scaled(&ctx, c.head_dim, theta, factor, options.max_context)).collect::<Result<Vec<_>>>()?;
         let rope_of = |l: usize| rope_keys.iter().position(|k| *k == c.rope(l)).map(|i| &ropes[i]);
         let mut caches = Vec::new();
         for l in 0..c.num_hidden_layers as usize {
@@ -306,7 +308,10 @@ impl Gemma2 {
     pub fn activation_bytes(&self) -> u64 {
         let a = &self.acts;
         let pre = a.qk_pre.as_ref().map_or(0, |(q, k)| q.size() + k.size());
-        pre + [&a.ids, &a.x, &a.h, &a.q, &a.k, &a.v, &a.attn, &a.o, &a.gate, &a.up, &a.act, &a.x_last, &a.h_last, &a.logits].iter().map(|b| b.size()).sum::<u64>()
+        pre + [&a.ids, &a.x, &a.h, &a.q, &a.k, &a.v, &a.attn, &a.o, &a.gate, &a.up, &a.act, &a.x_last, &a.h_last, &a.logits]
+            .iter()
+            .map(|b| b.size())
+            .sum::<u64>()
     }
 
     /// All GPU memory the engine allocated.

@@ -13,11 +13,11 @@ use crate::quant::DType;
 /// One decoder layer's weights (field names follow the checkpoint's module names).
 #[derive(Debug)]
 pub struct LayerWeights {
-    pub input_layernorm: wgpu::Buffer,          // [H] f32
-    pub q_proj: GpuWeight,                      // [NH*D, H]
-    pub k_proj: GpuWeight,                      // [NKV*D, H]
-    pub v_proj: GpuWeight,                      // [NKV*D, H]
-    pub o_proj: GpuWeight,                      // [H, NH*D]
+    pub input_layernorm: wgpu::Buffer, // [H] f32
+    pub q_proj: GpuWeight,             // [NH*D, H]
+    pub k_proj: GpuWeight,             // [NKV*D, H]
+    pub v_proj: GpuWeight,             // [NKV*D, H]
+    pub o_proj: GpuWeight,             // [H, NH*D]
     /// Gemma 3: per-head RMSNorm weights of q and k, [D] f32 each.
     pub qk_norm: Option<(wgpu::Buffer, wgpu::Buffer)>,
     pub post_attention_layernorm: wgpu::Buffer, // [H] f32
@@ -122,7 +122,8 @@ impl<'a> WeightLoader<'a> {
             let p = format!("model.layers.{l}.");
             // Matrices may differ in type (e.g. int4 layers with an fp16 embedding).
             let mut m = |n: &str| -> Result<GpuWeight> { self.take(&(p.clone() + n)) };
-            let (q_proj, k_proj, v_proj, o_proj) = (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
+            let (q_proj, k_proj, v_proj, o_proj) =
+                (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
             let (gate_proj, up_proj, down_proj) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
             let qk_norm = if c.qk_norm {
                 Some((self.take_norm(&(p.clone() + "self_attn.q_norm.weight"))?, self.take_norm(&(p.clone() + "self_attn.k_norm.weight"))?))

@@ -44,11 +44,7 @@ impl Embedding {
             return Err(Error::shape("embedding", format!("table is {} but the kernel was built for {}", table.dtype.name(), self.dtype.name())));
         }
         let max_tokens = words(ids).min(words(out) / table.cols.max(1) as u64);
-        let parts = table
-            .parts
-            .iter()
-            .map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset))
-            .collect();
+        let parts = table.parts.iter().map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset)).collect();
         Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens })
     }
 
@@ -57,7 +53,8 @@ impl Embedding {
     pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &EmbeddingBinding, n_tokens: u32, scale: f32) -> Result<()> {
         check_fits("embedding", "ids/out", n_tokens as u64, b.max_tokens)?;
         for (bound, row_start, rows, scales_offset) in &b.parts {
-            let params = EmbeddingParams { n_tokens, cols: b.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
+            let params =
+                EmbeddingParams { n_tokens, cols: b.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
             bound.dispatch(ctx, pass, &params, grid(n_tokens));
         }
         Ok(())

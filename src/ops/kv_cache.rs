@@ -38,13 +38,7 @@ impl KvCache {
             return Err(Error::invalid("kv cache", format!("width must be even and capacity positive (got {width}, {capacity})")));
         }
         let bytes = capacity as u64 * width as u64 * if f32 { 4 } else { 2 };
-        Ok(Self {
-            k: ctx.storage_zeroed(&format!("{label}.k"), bytes)?,
-            v: ctx.storage_zeroed(&format!("{label}.v"), bytes)?,
-            capacity,
-            width,
-            f32,
-        })
+        Ok(Self { k: ctx.storage_zeroed(&format!("{label}.k"), bytes)?, v: ctx.storage_zeroed(&format!("{label}.v"), bytes)?, capacity, width, f32 })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -68,10 +62,7 @@ pub struct KvWriteBinding {
 
 impl KvWrite {
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self {
-            f16: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 0.0)]).await?,
-            f32: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 1.0)]).await?,
-        })
+        Ok(Self { f16: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 0.0)]).await?, f32: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 1.0)]).await? })
     }
 
     /// `k`, `v`: f32 [T, width], the new rows (K after RoPE).

@@ -60,7 +60,15 @@ impl<P> LinearBinding<P> {
     }
 }
 
-fn bind_parts<P: bytemuck::Pod + PartialEq>(op: &'static str, kernel: &Kernel, dtype: DType, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<P>> {
+fn bind_parts<P: bytemuck::Pod + PartialEq>(
+    op: &'static str,
+    kernel: &Kernel,
+    dtype: DType,
+    ctx: &GpuContext,
+    x: &wgpu::Buffer,
+    w: &GpuWeight,
+    y: &wgpu::Buffer,
+) -> Result<LinearBinding<P>> {
     if w.dtype != dtype {
         return Err(Error::shape(op, format!("weight is {} but the kernel was built for {}", w.dtype.name(), dtype.name())));
     }

@@ -257,7 +257,10 @@ impl Gemma {
     /// `tokenizer.json`): shards stream in with bounded parallelism, each verified (size and
     /// SHA-256) and uploaded to the GPU, and persisted in the browser cache for next time.
     #[wasm_bindgen(unchecked_return_type = "Promise<Gemma>")]
-    pub fn load(#[wasm_bindgen(js_name = modelUrl)] model_url: String, #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>) -> Promise {
+    pub fn load(
+        #[wasm_bindgen(js_name = modelUrl)] model_url: String,
+        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
+    ) -> Promise {
         let opts = match LoadOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED)) {
             Ok(o) => o,
             Err(e) => return reject(e),

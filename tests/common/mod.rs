@@ -106,10 +106,7 @@ fn compare(op: &str, case: &str, got: &[f32], want: &[f32], scale: Option<&[f64]
         let s = scale.map(|s| s[i]).unwrap_or((*w as f64).abs());
         let d = (*g as f64 - *w as f64).abs();
         if !g.is_finite() || d > atol + rtol * s {
-            return Err(format!(
-                "{op} [{case}]: index {i}: expected {w:.7e}, got {g:.7e} (|diff| {d:.3e} > allowed {:.3e})",
-                atol + rtol * s
-            ));
+            return Err(format!("{op} [{case}]: index {i}: expected {w:.7e}, got {g:.7e} (|diff| {d:.3e} > allowed {:.3e})", atol + rtol * s));
         }
         worst = worst.max(d / s.max(atol / rtol.max(1e-30)).max(1e-30));
     }
@@ -383,15 +380,99 @@ struct AttnCase {
 
 const ATTN_CASES: &[AttnCase] = &[
     // Gemma 2 2B-like: GQA 2, D 256, window shorter than the sequence, soft-cap 50 engaged.
-    AttnCase { name: "prefill gqa2 D256 W16", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
-    AttnCase { name: "prefill gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
-    AttnCase { name: "prefill gqa1 D64 global no-cap", n_heads: 4, n_kv_heads: 4, head_dim: 64, window: 0, query_pre_attn_scalar: 64.0, softcap: 0.0, positions: 37, block: 37, capacity: 37, qk_std: 1.0 },
+    AttnCase {
+        name: "prefill gqa2 D256 W16",
+        n_heads: 8,
+        n_kv_heads: 4,
+        head_dim: 256,
+        window: 16,
+        query_pre_attn_scalar: 256.0,
+        softcap: 50.0,
+        positions: 37,
+        block: 37,
+        capacity: 64,
+        qk_std: 4.0,
+    },
+    AttnCase {
+        name: "prefill gqa2 D256 global",
+        n_heads: 8,
+        n_kv_heads: 4,
+        head_dim: 256,
+        window: 0,
+        query_pre_attn_scalar: 256.0,
+        softcap: 50.0,
+        positions: 37,
+        block: 37,
+        capacity: 64,
+        qk_std: 4.0,
+    },
+    AttnCase {
+        name: "prefill gqa1 D64 global no-cap",
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 64,
+        window: 0,
+        query_pre_attn_scalar: 64.0,
+        softcap: 0.0,
+        positions: 37,
+        block: 37,
+        capacity: 37,
+        qk_std: 1.0,
+    },
     // 27B-like scaling (query_pre_attn_scalar 144 != head_dim 128), GQA 3.
-    AttnCase { name: "prefill gqa3 D128 W8 q144", n_heads: 6, n_kv_heads: 2, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.5 },
+    AttnCase {
+        name: "prefill gqa3 D128 W8 q144",
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 128,
+        window: 8,
+        query_pre_attn_scalar: 144.0,
+        softcap: 50.0,
+        positions: 37,
+        block: 37,
+        capacity: 64,
+        qk_std: 4.5,
+    },
     // Chunked prefill then decode through a ring of window + block - 1 slots.
-    AttnCase { name: "ring gqa2 D256 W16 blocks of 5", n_heads: 4, n_kv_heads: 2, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 70, block: 5, capacity: 20, qk_std: 4.0 },
-    AttnCase { name: "decode gqa3 D128 W8 ring", n_heads: 3, n_kv_heads: 1, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 40, block: 1, capacity: 8, qk_std: 4.5 },
-    AttnCase { name: "decode gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 45, block: 1, capacity: 45, qk_std: 4.0 },
+    AttnCase {
+        name: "ring gqa2 D256 W16 blocks of 5",
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 256,
+        window: 16,
+        query_pre_attn_scalar: 256.0,
+        softcap: 50.0,
+        positions: 70,
+        block: 5,
+        capacity: 20,
+        qk_std: 4.0,
+    },
+    AttnCase {
+        name: "decode gqa3 D128 W8 ring",
+        n_heads: 3,
+        n_kv_heads: 1,
+        head_dim: 128,
+        window: 8,
+        query_pre_attn_scalar: 144.0,
+        softcap: 50.0,
+        positions: 40,
+        block: 1,
+        capacity: 8,
+        qk_std: 4.5,
+    },
+    AttnCase {
+        name: "decode gqa2 D256 global",
+        n_heads: 8,
+        n_kv_heads: 4,
+        head_dim: 256,
+        window: 0,
+        query_pre_attn_scalar: 256.0,
+        softcap: 50.0,
+        positions: 45,
+        block: 1,
+        capacity: 45,
+        qk_std: 4.0,
+    },
 ];
 
 pub async fn attention(ctx: &GpuContext) -> TestResult {
@@ -529,7 +610,10 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
                 let after = before + trace.kept[pos].1;
                 let gap = (before - trace.target).abs().min((after - trace.target).abs()) / total;
                 if gap > 1e-5 {
-                    return Err(format!("sample [{case}]: expected id {}, got {got} (draw {:.6} of mass {:.6} is {gap:.2e} from the boundary)", trace.chosen, trace.target, total));
+                    return Err(format!(
+                        "sample [{case}]: expected id {}, got {got} (draw {:.6} of mass {:.6} is {gap:.2e} from the boundary)",
+                        trace.chosen, trace.target, total
+                    ));
                 }
                 mismatched_borderline += 1;
                 rep.add(gap);
