@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::config::Gemma2Config;
+use crate::model::config::ModelConfig;
 use crate::quant::DType;
 
 pub const FORMAT_NAME: &str = "gemma-webgpu";
@@ -87,7 +87,7 @@ pub struct TensorEntry {
 pub struct Manifest {
     pub format: String,
     pub format_version: u32,
-    pub config: Gemma2Config,
+    pub config: ModelConfig,
     /// File name of the tokenizer (`tokenizer.json`), if the model has one.
     #[serde(default)]
     pub tokenizer: Option<String>,
@@ -157,7 +157,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// The tensors a Gemma 2 (or Gemma 3 text) checkpoint must have, with their `[rows, cols]`
 /// shapes (spec §2; Gemma 3 adds the per-head q/k norms).
-pub fn gemma2_tensors(c: &Gemma2Config) -> Vec<(String, [u32; 2])> {
+pub fn tensor_table(c: &ModelConfig) -> Vec<(String, [u32; 2])> {
     let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_width(), c.kv_width());
     let mut out = vec![("model.embed_tokens.weight".to_string(), [c.vocab_size, h])];
     for l in 0..c.num_hidden_layers {

@@ -7,7 +7,7 @@
 use std::rc::Rc;
 
 use crate::error::{Error, Result};
-use crate::model::engine::Gemma2;
+use crate::model::engine::Engine;
 use crate::ops::sample::Sampling;
 use crate::tokenizer::{Message, TextStream, Tokenizer};
 
@@ -103,7 +103,7 @@ pub fn now_seconds() -> f64 {
 
 /// A loaded model with its tokenizer and what its KV cache holds.
 pub struct Session {
-    pub engine: Gemma2,
+    pub engine: Engine,
     pub tokenizer: Rc<Tokenizer>,
     /// The tokens whose K/V are in the cache, in order (`engine.position()` of them).
     cached: Vec<u32>,
@@ -111,7 +111,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(engine: Gemma2, tokenizer: Rc<Tokenizer>) -> Self {
+    pub fn new(engine: Engine, tokenizer: Rc<Tokenizer>) -> Self {
         Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default() }
     }
 

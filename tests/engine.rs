@@ -6,14 +6,14 @@
 mod support;
 use gemma_webgpu::convert;
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
-use gemma_webgpu::model::config::Gemma2Config;
+use gemma_webgpu::model::config::ModelConfig;
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::engine::{Engine, EngineOptions};
 use gemma_webgpu::model::local::{read_manifest, read_shard};
 use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 
-fn tiny_config() -> Gemma2Config {
+fn tiny_config() -> ModelConfig {
     let mut c = convert::preset("2b").expect("preset");
     c.vocab_size = 512;
     c.hidden_size = 64;
@@ -47,7 +47,7 @@ fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
             let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
             // Prefill chunk 8 < sequence: chunked prefill through sliding-window rings.
             let opts = EngineOptions { max_context: 64, prefill_chunk: 8, kv_f32: false };
-            let mut gpu = Gemma2::load_dir(ctx, &dir, opts).await.expect("load");
+            let mut gpu = Engine::load_dir(ctx, &dir, opts).await.expect("load");
             let prefill = gpu.logits(&seq, false).await.expect("prefill logits");
             let err = support::max_abs_diff(&prefill, &want.logits);
             println!("{}: prefill max |GPU - CPU| logit = {err:.2e}", dtype.name());

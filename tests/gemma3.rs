@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use gemma_webgpu::convert::{self, safetensors::Checkpoint};
 use gemma_webgpu::format::Manifest;
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
-use gemma_webgpu::model::config::Gemma2Config;
+use gemma_webgpu::model::config::ModelConfig;
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::engine::{Engine, EngineOptions};
 use gemma_webgpu::model::local::{read_manifest, read_shard};
 use gemma_webgpu::quant::DType;
 
@@ -33,14 +33,14 @@ fn reference() -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
     (ids("input_ids"), ck.read_f32("logits").expect("logits").1, ids("greedy_prompt"), ids("greedy_ids"))
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+async fn engine(dir: &Path, kv_f32: bool) -> Engine {
     let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+    Engine::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
 }
 
 #[test]
 fn gemma3_config_is_read_as_data() {
-    let c = Gemma2Config::from_hf_json(&std::fs::read_to_string(fixture().join("config.json")).expect("config")).expect("parse");
+    let c = ModelConfig::from_hf_json(&std::fs::read_to_string(fixture().join("config.json")).expect("config")).expect("parse");
     assert_eq!(c.model_type, "gemma3_text");
     assert!(c.qk_norm);
     assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (0.0, 0.0), "no soft-caps");
@@ -53,10 +53,10 @@ fn gemma3_config_is_read_as_data() {
         "query_pre_attn_scalar": 16, "sliding_window": 8, "max_position_embeddings": 128,
         "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
         "layer_types": ["sliding_attention", "full_attention"]}"#;
-    let c = Gemma2Config::from_hf_json(old).expect("old form");
+    let c = ModelConfig::from_hf_json(old).expect("old form");
     assert_eq!((c.rope(0), c.rope(1)), ((10_000.0, 1.0), (1_000_000.0, 8.0)));
     let bad = old.replace("\"linear\"", "\"yarn\"");
-    let e = Gemma2Config::from_hf_json(&bad).expect_err("yarn");
+    let e = ModelConfig::from_hf_json(&bad).expect_err("yarn");
     assert!(e.to_string().contains("yarn"), "{e}");
 }
 

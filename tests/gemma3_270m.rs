@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use gemma_webgpu::convert::{self, gguf::Gguf, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
-use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::engine::{Engine, EngineOptions};
 use gemma_webgpu::quant::DType;
 use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
@@ -67,9 +67,9 @@ fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
     out
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+async fn engine(dir: &Path, kv_f32: bool) -> Engine {
     let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 512, prefill_chunk: 128, kv_f32 }).await.expect("load")
+    Engine::load_dir(ctx, dir, EngineOptions { max_context: 512, prefill_chunk: 128, kv_f32 }).await.expect("load")
 }
 
 fn argmax(row: &[f32]) -> u32 {

@@ -336,7 +336,7 @@ fn gemma2_kvs(arch: &'static str) -> Vec<(&'static str, V)> {
 
 /// The tensors of the synthetic model (GGUF names, a mix of encodings) and, by Hugging Face
 /// name, the values the import must produce.
-fn gemma2_tensors(seed: u64) -> (Vec<T>, Vec<(String, Vec<f32>)>) {
+fn tensor_table(seed: u64) -> (Vec<T>, Vec<(String, Vec<f32>)>) {
     let mut r = Rng(seed | 1);
     let (mut ts, mut want) = (Vec::new(), Vec::new());
     let mut add = |(t, v): (T, Vec<f32>), hf: String| {
@@ -378,7 +378,7 @@ fn write_file(dir: &Path, bytes: &[u8]) -> PathBuf {
 }
 
 fn synthetic_gemma2() -> (Vec<u8>, Vec<(String, Vec<f32>)>) {
-    let (ts, want) = gemma2_tensors(42);
+    let (ts, want) = tensor_table(42);
     (write_gguf(&gemma2_kvs("gemma2"), &ts), want)
 }
 
@@ -586,7 +586,7 @@ fn bogus_counts_are_errors_not_allocations() {
 
 #[test]
 fn an_unreadable_tensor_type_is_named() {
-    let (mut ts, _) = gemma2_tensors(7);
+    let (mut ts, _) = tensor_table(7);
     // Q2_K: a real GGML type this importer does not read (84 bytes per 256 values).
     let down = ts.iter_mut().find(|t| t.name == "blk.1.ffn_down.weight").unwrap();
     down.ty = 10;
@@ -600,7 +600,7 @@ fn an_unreadable_tensor_type_is_named() {
     assert!(!out.join("model-00000.bin").exists(), "nothing is written before the check");
 
     // A type id ggml does not define at all.
-    let (mut ts, _) = gemma2_tensors(7);
+    let (mut ts, _) = tensor_table(7);
     ts.iter_mut().find(|t| t.name == "output_norm.weight").unwrap().ty = 99;
     let g = Gguf::from_bytes(write_gguf(&gemma2_kvs("gemma2"), &ts)).expect("parse");
     let e = err_of(g.read_hf_f32("model.norm.weight"));
@@ -616,7 +616,7 @@ fn other_architectures_and_untied_heads_are_refused() {
     let e = err_of(g.hf_config_json());
     assert!(e.contains("'llama'") && e.contains("Gemma 2 and Gemma 3"), "{e}");
 
-    let (mut ts, _) = gemma2_tensors(3);
+    let (mut ts, _) = tensor_table(3);
     let (head, _) = matrix(&mut Rng(5), "output.weight", vocab().len(), H, Enc::Q8_0);
     ts.push(head);
     let dir = tmp("untied");

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use gemma_webgpu::convert::{self, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::engine::{Engine, EngineOptions};
 use gemma_webgpu::model::local::{read_manifest, read_shard};
 use gemma_webgpu::quant::DType;
 
@@ -56,10 +56,10 @@ fn argmax_rows(logits: &[f32], v: usize) -> Vec<usize> {
     logits.chunks(v).map(support::argmax).collect()
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Gemma2 {
+async fn engine(dir: &Path, kv_f32: bool) -> Engine {
     let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
     // A prefill chunk shorter than the sequence and the window rings of the local layers.
-    Gemma2::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+    Engine::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
 }
 
 /// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and

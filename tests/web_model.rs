@@ -8,7 +8,7 @@ mod support;
 use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+use gemma_webgpu::model::engine::{Engine, EngineOptions};
 use gemma_webgpu::model::weights::{verify_shard, WeightLoader};
 use gemma_webgpu::quant::DType;
 use wasm_bindgen_test::*;
@@ -42,7 +42,7 @@ fn e<T>(r: gemma_webgpu::Result<T>) -> T {
 }
 
 /// Convert in memory, verify and upload every shard, build the engine.
-async fn load(f: &Fixture, quant: DType, kv_f32: bool) -> (Gemma2, CpuModel) {
+async fn load(f: &Fixture, quant: DType, kv_f32: bool) -> (Engine, CpuModel) {
     let mut ck = Checkpoint::default();
     e(ck.add_bytes("model.safetensors", f.weights.to_vec()));
     let (manifest, shards) = e(convert_in_memory(f.config, &ck, quant, 128 << 10));
@@ -55,7 +55,7 @@ async fn load(f: &Fixture, quant: DType, kv_f32: bool) -> (Gemma2, CpuModel) {
     let weights = e(loader.finish());
     let cpu = e(CpuModel::from_manifest(&manifest, &|i| Ok(shards[i].clone())));
     let options = EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 };
-    (e(Gemma2::new(ctx, manifest.config.clone(), weights, options).await), cpu)
+    (e(Engine::new(ctx, manifest.config.clone(), weights, options).await), cpu)
 }
 
 fn reference(f: &Fixture) -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {

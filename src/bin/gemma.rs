@@ -25,8 +25,8 @@ mod cli {
     use gemma_webgpu::convert;
     use gemma_webgpu::format::DEFAULT_SHARD_BYTES;
     use gemma_webgpu::gpu::{ContextOptions, GpuContext};
-    use gemma_webgpu::model::config::Gemma2Config;
-    use gemma_webgpu::model::engine::{EngineOptions, Gemma2};
+    use gemma_webgpu::model::config::ModelConfig;
+    use gemma_webgpu::model::engine::{Engine, EngineOptions};
     use gemma_webgpu::model::local::read_manifest;
     use gemma_webgpu::ops::sample::Sampling;
     use gemma_webgpu::quant::DType;
@@ -116,11 +116,11 @@ mod cli {
         GpuContext::new(&ContextOptions::default()).await.map_err(|e| e.to_string())
     }
 
-    async fn load(dir: &Path, args: &Args) -> Res<Gemma2> {
+    async fn load(dir: &Path, args: &Args) -> Res<Engine> {
         let manifest = read_manifest(dir).map_err(|e| e.to_string())?;
         let default_ctx = 4096.min(manifest.config.max_position_embeddings);
         let options = EngineOptions { max_context: args.num("--max-context", default_ctx)?, kv_f32: args.has("--kv-f32"), ..Default::default() };
-        Gemma2::load_dir(context().await?, dir, options).await.map_err(|e| e.to_string())
+        Engine::load_dir(context().await?, dir, options).await.map_err(|e| e.to_string())
     }
 
     pub fn run(raw: Vec<String>) -> Res<()> {
@@ -175,7 +175,7 @@ mod cli {
         let preset = args.get("--preset").ok_or_else(|| format!("synth needs --preset\n{USAGE}"))?;
         let config = if preset.ends_with(".json") {
             let text = std::fs::read_to_string(preset).map_err(|e| format!("{preset}: {e}"))?;
-            Gemma2Config::from_hf_json(&text).map_err(|e| e.to_string())?
+            ModelConfig::from_hf_json(&text).map_err(|e| e.to_string())?
         } else {
             convert::preset(preset).map_err(|e| e.to_string())?
         };

@@ -9,7 +9,7 @@
 //!   is the same). llama.cpp stores Gemma's norm weights as `1 + w`; we subtract the 1 again,
 //!   because our format (like Hugging Face) stores `w` and the engine applies `1 + w`.
 //! - **metadata** (`gemma2.block_count`, …), turned into a Hugging Face `config.json`
-//!   (`Gguf::hf_config_json`) for `Gemma2Config::from_hf_json`.
+//!   (`Gguf::hf_config_json`) for `ModelConfig::from_hf_json`.
 //! - **the SentencePiece vocabulary** (`tokenizer.ggml.*`), turned into a `tokenizer.json`
 //!   (`Gguf::tokenizer_json`) that matches what transformers builds from the same file.
 //!
@@ -732,7 +732,7 @@ impl Gguf {
     }
 
     /// A Hugging Face `config.json` for the model (`gemma2`, or `gemma3` as transformers 5's
-    /// `gemma3_text`), for `Gemma2Config::from_hf_json`.
+    /// `gemma3_text`), for `ModelConfig::from_hf_json`.
     pub fn hf_config_json(&self) -> Result<String> {
         let arch = self.architecture()?.to_string();
         let (model_type, class, big_layers) = match arch.as_str() {

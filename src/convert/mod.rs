@@ -16,7 +16,7 @@ use sha2::Digest;
 use crate::error::{Error, Result};
 use crate::format::{self, Manifest, PartEntry, ShardEntry, TensorEntry};
 use crate::gpu::weights::rows_per_part;
-use crate::model::config::Gemma2Config;
+use crate::model::config::ModelConfig;
 use crate::quant::{DType, Packed, INT4_GROUP};
 
 /// Where shard bytes go.
@@ -107,7 +107,7 @@ impl ShardWriter {
         Ok(())
     }
 
-    fn manifest(&mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
+    fn manifest(&mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<Manifest> {
         self.close_shard();
         let manifest = Manifest {
             format: format::FORMAT_NAME.into(),
@@ -122,7 +122,7 @@ impl ShardWriter {
     }
 
     /// Write `manifest.json` (directory output) and return the manifest.
-    pub fn finish(mut self, config: Gemma2Config, tokenizer: Option<String>) -> Result<Manifest> {
+    pub fn finish(mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<Manifest> {
         let manifest = self.manifest(config, tokenizer)?;
         if let Sink::Dir(dir) = &self.sink {
             std::fs::write(dir.join(format::MANIFEST_FILE), manifest.to_json()).map_err(|e| Error::Format(format!("writing manifest: {e}")))?;
@@ -131,7 +131,7 @@ impl ShardWriter {
     }
 
     /// The manifest and the shards' bytes, for in-memory output.
-    pub fn finish_in_memory(mut self, config: Gemma2Config) -> Result<(Manifest, Vec<Vec<u8>>)> {
+    pub fn finish_in_memory(mut self, config: ModelConfig) -> Result<(Manifest, Vec<Vec<u8>>)> {
         let manifest = self.manifest(config, None)?;
         match self.sink {
             Sink::Memory(shards) => Ok((manifest, shards)),
@@ -197,7 +197,7 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
     let quant = quant.into();
     let cfg_path = hf_dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Format(format!("{}: {e}", cfg_path.display())))?;
-    let config = Gemma2Config::from_hf_json(&cfg_text)?;
+    let config = ModelConfig::from_hf_json(&cfg_text)?;
     let ck = safetensors::Checkpoint::open_dir(hf_dir)?;
     check_checkpoint(&config, &ck)?;
     let mut w = ShardWriter::new(out, shard_bytes)?;
@@ -213,11 +213,11 @@ pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
     let quant = quant.into();
     let g = gguf::Gguf::open(path)?;
     g.check_tied_embeddings()?;
-    let config = Gemma2Config::from_hf_json(&g.hf_config_json()?)?;
+    let config = ModelConfig::from_hf_json(&g.hf_config_json()?)?;
     // Build the tokenizer and check every tensor before writing anything.
     let tokenizer = g.tokenizer_json()?;
     check_checkpoint(&config, &g)?;
-    for (name, _) in format::gemma2_tensors(&config) {
+    for (name, _) in format::tensor_table(&config) {
         g.check_readable(&name)?;
     }
     let mut w = ShardWriter::new(out, shard_bytes)?;
@@ -230,7 +230,7 @@ pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
 /// manifest and shard bytes, without touching a file system.
 pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant: impl Into<Quant>, shard_bytes: u64) -> Result<(Manifest, Vec<Vec<u8>>)> {
     let quant = quant.into();
-    let config = Gemma2Config::from_hf_json(config_json)?;
+    let config = ModelConfig::from_hf_json(config_json)?;
     check_checkpoint(&config, ck)?;
     let mut w = ShardWriter::in_memory(shard_bytes);
     write_tensors(&config, ck, &mut w, quant, false)?;
@@ -238,8 +238,8 @@ pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant:
 }
 
 /// Every tensor the config implies is present with the right shape (checked before writing).
-fn check_checkpoint(config: &Gemma2Config, ck: &dyn TensorSource) -> Result<()> {
-    let expected = format::gemma2_tensors(config);
+fn check_checkpoint(config: &ModelConfig, ck: &dyn TensorSource) -> Result<()> {
+    let expected = format::tensor_table(config);
     // Check everything before writing anything.
     for (name, [rows, cols]) in &expected {
         let shape = ck.shape(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
@@ -255,8 +255,8 @@ fn check_checkpoint(config: &Gemma2Config, ck: &dyn TensorSource) -> Result<()> 
 }
 
 /// Read, pack and append every tensor, one at a time.
-fn write_tensors(config: &Gemma2Config, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
-    let expected = format::gemma2_tensors(config);
+fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
+    let expected = format::tensor_table(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (_, values) = ck.read_f32(name)?;
         let packed = Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?;
@@ -331,7 +331,7 @@ pub fn register_turn_tokens(tokenizer_json: &str) -> Result<String> {
 }
 
 /// The shapes of the released Gemma 2 models (spec §1.1).
-pub fn preset(name: &str) -> Result<Gemma2Config> {
+pub fn preset(name: &str) -> Result<ModelConfig> {
     let (h, i, l, nh, nkv, d, qpas) = match name {
         "2b" => (2304, 9216, 26, 8, 4, 256, 256.0),
         "9b" => (3584, 14336, 42, 16, 8, 256, 256.0),
@@ -341,7 +341,7 @@ pub fn preset(name: &str) -> Result<Gemma2Config> {
         "demo" => (256, 1024, 4, 4, 2, 64, 64.0),
         other => return Err(Error::invalid("preset", format!("'{other}' is not one of 2b, 9b, 27b, demo (or pass a config.json path)"))),
     };
-    Ok(Gemma2Config {
+    Ok(ModelConfig {
         vocab_size: 256000,
         hidden_size: h,
         intermediate_size: i,
@@ -368,10 +368,10 @@ pub fn preset(name: &str) -> Result<Gemma2Config> {
 
 /// Write a model of `config`'s shape with seeded random weights (std 0.02 matrices, small norm
 /// offsets), for benchmarks and memory tests without real weights.
-pub fn synth(config: Gemma2Config, out: &Path, quant: impl Into<Quant>, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let quant = quant.into();
     config.validate()?;
-    let tensors = format::gemma2_tensors(&config);
+    let tensors = format::tensor_table(&config);
     let mut w = ShardWriter::new(out, shard_bytes)?;
     let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     for (done, (name, [rows, cols])) in tensors.iter().enumerate() {

@@ -7,7 +7,7 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Gemma2Config {
+pub struct ModelConfig {
     pub vocab_size: u32,
     pub hidden_size: u32,
     pub intermediate_size: u32,
@@ -79,7 +79,7 @@ fn float_or(cfg: &Value, name: &'static str, default: f32) -> Result<f32> {
     }
 }
 
-impl Gemma2Config {
+impl ModelConfig {
     /// Parse and validate a Hugging Face Gemma 2 or Gemma 3 (text) `config.json`.
     pub fn from_hf_json(text: &str) -> Result<Self> {
         let cfg: Value = serde_json::from_str(text).map_err(|e| Error::Config { field: "config.json", detail: format!("not valid JSON: {e}") })?;

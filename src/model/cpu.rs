@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::format::{self, Manifest};
-use crate::model::config::Gemma2Config;
+use crate::model::config::ModelConfig;
 use crate::quant::{DType, Packed};
 use crate::reference as r;
 
 pub struct CpuModel {
-    pub config: Gemma2Config,
+    pub config: ModelConfig,
     tensors: HashMap<String, Vec<f32>>,
 }
 
@@ -39,7 +39,7 @@ impl CpuModel {
             }
             tensors.insert(t.name.clone(), values);
         }
-        for (name, _) in format::gemma2_tensors(&manifest.config) {
+        for (name, _) in format::tensor_table(&manifest.config) {
             if !tensors.contains_key(&name) {
                 return Err(Error::Format(format!("the model has no tensor '{name}'")));
             }

@@ -7,7 +7,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::GpuContext;
-use crate::model::config::Gemma2Config;
+use crate::model::config::ModelConfig;
 use crate::model::weights::Weights;
 use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
@@ -21,7 +21,7 @@ use crate::ops::softcap::SoftCapBinding;
 use crate::ops::Ops;
 use crate::quant::DType;
 
-/// Load-time options of the engine (the model's own settings live in `Gemma2Config`).
+/// Load-time options of the engine (the model's own settings live in `ModelConfig`).
 #[derive(Debug, Clone, Copy)]
 pub struct EngineOptions {
     /// KV-cache length; prompts plus generated tokens must fit. Default 4096, at most the
@@ -108,9 +108,9 @@ pub struct StepStats {
     pub readback_bytes: u64,
 }
 
-pub struct Gemma2 {
+pub struct Engine {
     pub ctx: GpuContext,
-    pub config: Gemma2Config,
+    pub config: ModelConfig,
     pub options: EngineOptions,
     ops: Ops,
     weights: Weights,
@@ -132,8 +132,8 @@ fn f32s(n: u32) -> u64 {
     n as u64 * 4
 }
 
-impl Gemma2 {
-    pub async fn new(ctx: GpuContext, config: Gemma2Config, weights: Weights, options: EngineOptions) -> Result<Self> {
+impl Engine {
+    pub async fn new(ctx: GpuContext, config: ModelConfig, weights: Weights, options: EngineOptions) -> Result<Self> {
         let c = &config;
         if options.max_context == 0 || options.max_context > c.max_position_embeddings {
             return Err(Error::invalid(

@@ -5,7 +5,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::format::{Manifest, MANIFEST_FILE};
 use crate::gpu::GpuContext;
-use crate::model::engine::{EngineOptions, Gemma2};
+use crate::model::engine::{Engine, EngineOptions};
 use crate::model::weights::{verify_shard, WeightLoader};
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
@@ -23,7 +23,7 @@ pub fn read_shard(dir: &Path, manifest: &Manifest, index: usize) -> Result<Vec<u
     Ok(bytes)
 }
 
-impl Gemma2 {
+impl Engine {
     /// Load a converted model directory onto `ctx`'s device.
     pub async fn load_dir(ctx: GpuContext, dir: &Path, options: EngineOptions) -> Result<Self> {
         let manifest = read_manifest(dir)?;
@@ -32,6 +32,6 @@ impl Gemma2 {
             loader.add_shard(i, &read_shard(dir, &manifest, i)?)?;
         }
         let weights = loader.finish()?;
-        Gemma2::new(ctx.clone(), manifest.config.clone(), weights, options).await
+        Engine::new(ctx.clone(), manifest.config.clone(), weights, options).await
     }
 }

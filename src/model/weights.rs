@@ -109,7 +109,7 @@ impl<'a> WeightLoader<'a> {
     /// Assemble the model once every shard has been added.
     pub fn finish(mut self) -> Result<Weights> {
         let c = &self.manifest.config;
-        let expected = format::gemma2_tensors(c);
+        let expected = format::tensor_table(c);
         for (name, shape) in &expected {
             let t = self.manifest.tensor(name)?;
             if t.shape != *shape {

@@ -16,7 +16,7 @@ use super::js::{self, await_promise, describe, is_abort};
 use crate::error::{Error, Result};
 use crate::format::{self, Manifest, MANIFEST_FILE};
 use crate::gpu::{ContextOptions, GpuContext};
-use crate::model::engine::{EngineOptions, Gemma2};
+use crate::model::engine::{Engine, EngineOptions};
 use crate::model::weights::{verify_shard, WeightLoader};
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -205,7 +205,7 @@ impl Loader<'_> {
         self.check_abort()?;
 
         self.progress.report("compile", "", None);
-        let engine = Gemma2::new(ctx, config, weights, EngineOptions { max_context, kv_f32: self.opts.kv_f32, ..Default::default() }).await?;
+        let engine = Engine::new(ctx, config, weights, EngineOptions { max_context, kv_f32: self.opts.kv_f32, ..Default::default() }).await?;
         self.finish_cache(total, manifest.shards.len() as u32).await;
         self.progress.report("ready", "", None);
         Ok(Session::new(engine, Rc::new(tokenizer)))

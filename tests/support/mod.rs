@@ -2,7 +2,7 @@
 //! loop through the engine. Each test binary uses some of them.
 #![allow(dead_code)]
 
-use gemma_webgpu::model::engine::Gemma2;
+use gemma_webgpu::model::engine::Engine;
 use gemma_webgpu::ops::sample::Sampling;
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -16,7 +16,7 @@ pub fn argmax(row: &[f32]) -> usize {
 }
 
 /// `n` greedy tokens after `prompt`, from an empty cache: prefill, then one decode per token.
-pub async fn greedy(gpu: &mut Gemma2, prompt: &[u32], n: usize) -> Vec<u32> {
+pub async fn greedy(gpu: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     gpu.reset();
     let mut out = vec![gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill")];
     while out.len() < n {
