@@ -154,35 +154,3 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// The tensors a Gemma 2 (or Gemma 3 text) checkpoint must have, with their `[rows, cols]`
-/// shapes (spec §2; Gemma 3 adds the per-head q/k norms).
-pub fn tensor_table(c: &ModelConfig) -> Vec<(String, [u32; 2])> {
-    let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.q_width(), c.kv_width());
-    let mut out = vec![("model.embed_tokens.weight".to_string(), [c.vocab_size, h])];
-    for l in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{l}.");
-        out.push((p.clone() + "input_layernorm.weight", [1, h]));
-        out.push((p.clone() + "self_attn.q_proj.weight", [q, h]));
-        out.push((p.clone() + "self_attn.k_proj.weight", [kv, h]));
-        out.push((p.clone() + "self_attn.v_proj.weight", [kv, h]));
-        out.push((p.clone() + "self_attn.o_proj.weight", [h, q]));
-        if c.qk_norm {
-            out.push((p.clone() + "self_attn.q_norm.weight", [1, c.head_dim]));
-            out.push((p.clone() + "self_attn.k_norm.weight", [1, c.head_dim]));
-        }
-        out.push((p.clone() + "post_attention_layernorm.weight", [1, h]));
-        out.push((p.clone() + "pre_feedforward_layernorm.weight", [1, h]));
-        out.push((p.clone() + "mlp.gate_proj.weight", [i, h]));
-        out.push((p.clone() + "mlp.up_proj.weight", [i, h]));
-        out.push((p.clone() + "mlp.down_proj.weight", [h, i]));
-        out.push((p + "post_feedforward_layernorm.weight", [1, h]));
-    }
-    out.push(("model.norm.weight".to_string(), [1, h]));
-    out
-}
-
-/// Norms stay f32; matrices take the requested type.
-pub fn is_norm(name: &str) -> bool {
-    name.ends_with("norm.weight")
-}

@@ -383,40 +383,6 @@ impl<R: Read> HeaderReader<'_, R> {
     }
 }
 
-/// The Hugging Face name of a GGUF tensor of a Gemma 2 / Gemma 3 file (llama.cpp's
-/// `gguf-py/gguf/constants.py` names), or `None` for a name without one. `output.weight` (an
-/// untied LM head) maps to `lm_head.weight`.
-pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    match gguf_name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = gguf_name.strip_prefix("blk.")?;
-    let (layer, suffix) = rest.split_once('.')?;
-    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let hf = match suffix {
-        "attn_q.weight" => "self_attn.q_proj.weight",
-        "attn_k.weight" => "self_attn.k_proj.weight",
-        "attn_v.weight" => "self_attn.v_proj.weight",
-        "attn_output.weight" => "self_attn.o_proj.weight",
-        "attn_q_norm.weight" => "self_attn.q_norm.weight",
-        "attn_k_norm.weight" => "self_attn.k_norm.weight",
-        "ffn_gate.weight" => "mlp.gate_proj.weight",
-        "ffn_up.weight" => "mlp.up_proj.weight",
-        "ffn_down.weight" => "mlp.down_proj.weight",
-        "attn_norm.weight" => "input_layernorm.weight",
-        "post_attention_norm.weight" => "post_attention_layernorm.weight",
-        "ffn_norm.weight" => "pre_feedforward_layernorm.weight",
-        "post_ffw_norm.weight" => "post_feedforward_layernorm.weight",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}"))
-}
-
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 const TOKEN_UNKNOWN: i64 = 2;
 const TOKEN_CONTROL: i64 = 3;
@@ -555,7 +521,7 @@ impl Gguf {
 
     /// The tensor whose Hugging Face name is `hf_name`.
     fn tensor_by_hf_name(&self, hf_name: &str) -> Option<&GgufTensor> {
-        self.tensors.iter().find(|t| hf_tensor_name(&t.name).as_deref() == Some(hf_name))
+        self.tensors.iter().find(|t| crate::model::tensors::from_gguf(&t.name).as_deref() == Some(hf_name))
     }
 
     /// The raw bytes of a tensor's data.
@@ -1270,14 +1236,6 @@ mod tests {
         b.extend([0x21u8; 16]);
         let y = dequantize(GgmlType::Q5_1, &b).unwrap();
         assert_eq!((y[0], y[16], y[31]), (1.5, 2.5, 18.5));
-    }
-
-    #[test]
-    fn names_map_to_hugging_face() {
-        assert_eq!(hf_tensor_name("blk.12.ffn_norm.weight").as_deref(), Some("model.layers.12.pre_feedforward_layernorm.weight"));
-        assert_eq!(hf_tensor_name("blk.0.attn_k_norm.weight").as_deref(), Some("model.layers.0.self_attn.k_norm.weight"));
-        assert_eq!(hf_tensor_name("blk.x.attn_q.weight"), None);
-        assert_eq!(hf_tensor_name("rope_freqs.weight"), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Manifest, PartEntry, ShardEntry, TensorEntry};
 use crate::gpu::weights::rows_per_part;
 use crate::model::config::ModelConfig;
+use crate::model::tensors;
 use crate::quant::{DType, Packed, INT4_GROUP};
 
 /// Where shard bytes go.
@@ -142,7 +143,7 @@ impl ShardWriter {
 
 /// Storage type of a tensor: norms stay f32, matrices take `quant`.
 fn storage_for(name: &str, quant: Quant) -> DType {
-    if format::is_norm(name) {
+    if tensors::is_norm(name) {
         DType::F32
     } else if name == "model.embed_tokens.weight" {
         quant.embedding
@@ -217,7 +218,7 @@ pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
     // Build the tokenizer and check every tensor before writing anything.
     let tokenizer = g.tokenizer_json()?;
     check_checkpoint(&config, &g)?;
-    for (name, _) in format::tensor_table(&config) {
+    for (name, _) in tensors::table(&config) {
         g.check_readable(&name)?;
     }
     let mut w = ShardWriter::new(out, shard_bytes)?;
@@ -239,7 +240,7 @@ pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant:
 
 /// Every tensor the config implies is present with the right shape (checked before writing).
 fn check_checkpoint(config: &ModelConfig, ck: &dyn TensorSource) -> Result<()> {
-    let expected = format::tensor_table(config);
+    let expected = tensors::table(config);
     // Check everything before writing anything.
     for (name, [rows, cols]) in &expected {
         let shape = ck.shape(name).ok_or_else(|| Error::Format(format!("the checkpoint is missing tensor '{name}'")))?;
@@ -256,7 +257,7 @@ fn check_checkpoint(config: &ModelConfig, ck: &dyn TensorSource) -> Result<()> {
 
 /// Read, pack and append every tensor, one at a time.
 fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
-    let expected = format::tensor_table(config);
+    let expected = tensors::table(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (_, values) = ck.read_f32(name)?;
         let packed = Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?;
@@ -371,11 +372,11 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
 pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let quant = quant.into();
     config.validate()?;
-    let tensors = format::tensor_table(&config);
+    let tensors = tensors::table(&config);
     let mut w = ShardWriter::new(out, shard_bytes)?;
     let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     for (done, (name, [rows, cols])) in tensors.iter().enumerate() {
-        let std = if format::is_norm(name) { 0.1 } else { 0.02 };
+        let std = if tensors::is_norm(name) { 0.1 } else { 0.02 };
         let values: Vec<f32> = (0..*rows as usize * *cols as usize)
             .map(|_| {
                 state ^= state << 13;

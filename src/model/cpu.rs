@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::format::{self, Manifest};
+use crate::format::Manifest;
 use crate::model::config::ModelConfig;
+use crate::model::tensors;
 use crate::quant::{DType, Packed};
 use crate::reference as r;
 
@@ -39,7 +40,7 @@ impl CpuModel {
             }
             tensors.insert(t.name.clone(), values);
         }
-        for (name, _) in format::tensor_table(&manifest.config) {
+        for (name, _) in tensors::table(&manifest.config) {
             if !tensors.contains_key(&name) {
                 return Err(Error::Format(format!("the model has no tensor '{name}'")));
             }

@@ -5,4 +5,5 @@ pub mod cpu;
 pub mod engine;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod local;
+pub mod tensors;
 pub mod weights;

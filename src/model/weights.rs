@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::format::{self, Manifest};
 use crate::gpu::weights::{GpuWeight, WeightPart};
 use crate::gpu::GpuContext;
+use crate::model::tensors::{self, LayerTensor as T};
 use crate::quant::DType;
 
 /// One decoder layer's weights (field names follow the checkpoint's module names).
@@ -109,43 +110,34 @@ impl<'a> WeightLoader<'a> {
     /// Assemble the model once every shard has been added.
     pub fn finish(mut self) -> Result<Weights> {
         let c = &self.manifest.config;
-        let expected = format::tensor_table(c);
+        let expected = tensors::table(c);
         for (name, shape) in &expected {
             let t = self.manifest.tensor(name)?;
             if t.shape != *shape {
                 return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {shape:?}", t.shape)));
             }
         }
-        let embed_tokens = self.take("model.embed_tokens.weight")?;
+        let embed_tokens = self.take(tensors::EMBED)?;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{l}.");
             // Matrices may differ in type (e.g. int4 layers with an fp16 embedding).
-            let mut m = |n: &str| -> Result<GpuWeight> { self.take(&(p.clone() + n)) };
-            let (q_proj, k_proj, v_proj, o_proj) =
-                (m("self_attn.q_proj.weight")?, m("self_attn.k_proj.weight")?, m("self_attn.v_proj.weight")?, m("self_attn.o_proj.weight")?);
-            let (gate_proj, up_proj, down_proj) = (m("mlp.gate_proj.weight")?, m("mlp.up_proj.weight")?, m("mlp.down_proj.weight")?);
-            let qk_norm = if c.qk_norm {
-                Some((self.take_norm(&(p.clone() + "self_attn.q_norm.weight"))?, self.take_norm(&(p.clone() + "self_attn.k_norm.weight"))?))
-            } else {
-                None
-            };
+            let qk_norm = if c.qk_norm { Some((self.take_norm(&T::QNorm.name(l))?, self.take_norm(&T::KNorm.name(l))?)) } else { None };
             layers.push(LayerWeights {
-                input_layernorm: self.take_norm(&(p.clone() + "input_layernorm.weight"))?,
-                q_proj,
-                k_proj,
-                v_proj,
-                o_proj,
+                input_layernorm: self.take_norm(&T::InputNorm.name(l))?,
+                q_proj: self.take(&T::QProj.name(l))?,
+                k_proj: self.take(&T::KProj.name(l))?,
+                v_proj: self.take(&T::VProj.name(l))?,
                 qk_norm,
-                post_attention_layernorm: self.take_norm(&(p.clone() + "post_attention_layernorm.weight"))?,
-                pre_feedforward_layernorm: self.take_norm(&(p.clone() + "pre_feedforward_layernorm.weight"))?,
-                gate_proj,
-                up_proj,
-                down_proj,
-                post_feedforward_layernorm: self.take_norm(&(p.clone() + "post_feedforward_layernorm.weight"))?,
+                o_proj: self.take(&T::OProj.name(l))?,
+                post_attention_layernorm: self.take_norm(&T::PostAttentionNorm.name(l))?,
+                pre_feedforward_layernorm: self.take_norm(&T::PreFeedforwardNorm.name(l))?,
+                gate_proj: self.take(&T::GateProj.name(l))?,
+                up_proj: self.take(&T::UpProj.name(l))?,
+                down_proj: self.take(&T::DownProj.name(l))?,
+                post_feedforward_layernorm: self.take_norm(&T::PostFeedforwardNorm.name(l))?,
             });
         }
-        let norm = self.take_norm("model.norm.weight")?;
+        let norm = self.take_norm(tensors::FINAL_NORM)?;
         let dtype = layers.first().map_or(embed_tokens.dtype, |l| l.q_proj.dtype);
         Ok(Weights { embed_tokens, layers, norm, dtype, bytes: self.bytes })
     }
