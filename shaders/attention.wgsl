@@ -1,5 +1,6 @@
-// attention.wgsl: Gemma 2 attention for a block of queries (prefill) or one query (decode),
-// reading K and V from the fp16 cache written by kv_cache.wgsl. One workgroup per
+// attention.wgsl: Gemma attention (docs/model.md §3.3; launcher and host-side checks in
+// src/ops/attention.rs) for a block of queries (prefill) or one query (decode), reading K and V
+// from the cache written by kv_cache.wgsl (fp16, or f32 with KV_F32). One workgroup per
 // (query head, query token); keys are walked in tiles of KT with an online softmax in f32.
 //
 // For query i (absolute position q_pos_start + t), query head n, kv head g = n / (NH / NKV):
@@ -41,7 +42,8 @@ var<workgroup> probs: array<f32, KT>;
 var<workgroup> slots: array<u32, KT>;
 
 // Loops below are unrolled by hand where they run per key: llvmpipe counts every loop
-// iteration of an invocation against one shared budget of 65535 (see shaders/README.md), and
+// iteration of an invocation against one shared budget of 65535 (README.md, "A note on
+// lavapipe"), and
 // a tile costs about 130 iterations, which allows about 31k keys.
 
 // u32 words per cached value pair, as a shift: fp16 packs 2 values per word, f32 uses 2 words.

@@ -6,7 +6,7 @@ fn tanh_clamped(x: f32) -> f32 {
     return tanh(clamp(x, -15.0, 15.0));
 }
 
-// c * tanh(x / c): Gemma's logit soft-cap.
+// c * tanh(x / c): Gemma 2's logit soft-cap (attention and final logits).
 fn softcap(x: f32, c: f32) -> f32 {
     return c * tanh_clamped(x / c);
 }

@@ -7,7 +7,7 @@ struct Params {
     row_start: u32,     // first vocabulary row held by this part
     rows: u32,          // rows held by this part
     scales_offset: u32, // int4 / int8 only: word offset of the group parameters in `w`
-    scale: f32,         // Gemma: sqrt(H) rounded to the activation dtype
+    scale: f32,         // Gemma: sqrt(H) in f32, the activation dtype (docs/model.md §3.1)
     _pad0: u32,
     _pad1: u32,
 }

@@ -1,4 +1,4 @@
-// softcap.wgsl: x[i] = cap * tanh(x[i] / cap) in place (Gemma's final-logit soft-cap).
+// softcap.wgsl: x[i] = cap * tanh(x[i] / cap) in place (Gemma 2's final-logit soft-cap).
 
 struct Params {
     n: u32,

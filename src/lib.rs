@@ -1,11 +1,18 @@
-//! gemma-webgpu: Gemma 2 inference on WebGPU, in the browser (wasm32) and natively (wgpu).
+//! gemma-webgpu: Gemma 2 and Gemma 3 (text) inference on WebGPU, in the browser (wasm32) and
+//! natively (wgpu).
 //!
 //! Layers, bottom up:
 //! - [`gpu`]: device, buffers, read-back, compiled kernels, split weights. No model knowledge.
 //! - [`shaders`]: the WGSL sources (`shaders/*.wgsl`), one file per kernel family.
 //! - [`ops`]: one launcher per kernel family; shape checks, binding, dispatch.
-//! - [`quant`]: the packed weight codecs (f32, fp16, bf16, int4) the kernels read.
+//! - [`quant`]: the packed weight codecs (f32, fp16, bf16, int4, int8) the kernels read.
 //! - [`reference`]: CPU twins of every kernel, used by the tests.
+//! - [`model`]: the config, tensor names, GPU weights, the forward pass (`Engine`) and its CPU
+//!   twin, as `docs/model.md` describes them.
+//! - [`format`](mod@format), [`convert`]: the model format (`docs/format.md`) and the
+//!   converter from Hugging Face checkpoints and GGUF files.
+//! - [`tokenizer`], [`session`]: text and token ids, the chat template, generation.
+//! - `web` (wasm32 only): the JavaScript bindings.
 
 pub mod convert;
 pub mod error;

@@ -1,5 +1,5 @@
-//! Slow, obvious CPU twins of every kernel, written from the spec (`gemma2-spec.md` §3, §7)
-//! rather than from the shaders. Tests compare GPU results with these; accumulation is f64.
+//! Slow, obvious CPU twins of every kernel, written from the model spec (`docs/model.md` §3,
+//! §5) rather than from the shaders. Tests compare GPU results with these; accumulation is f64.
 
 /// `out[t] = table[ids[t]] * scale`; `table` is [V, cols] (already widened to f32).
 pub fn embedding(table: &[f32], cols: usize, ids: &[u32], scale: f32) -> Vec<f32> {
@@ -63,7 +63,7 @@ pub fn softcap(x: f32, cap: f32) -> f32 {
     (cap as f64 * (x as f64 / cap as f64).tanh()) as f32
 }
 
-/// Attention straight from spec §3.4–3.5 with an explicit mask matrix. `k`, `v` hold every
+/// Attention straight from `docs/model.md` §3.3 ("Attention") with an explicit mask matrix. `k`, `v` hold every
 /// position `0..kv_len` ([kv_len, n_kv_heads * head_dim], not a ring); `q` holds queries at
 /// positions `q_pos_start..`. Scores are soft-capped, then masked (-inf), then softmaxed.
 #[allow(clippy::too_many_arguments)]

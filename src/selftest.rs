@@ -1,6 +1,7 @@
-//! A quick check that the kernels compute what their CPU twins do on this adapter: an int4
-//! matrix-vector product the size of one Gemma 2 2B MLP row block, and the soft-cap. Used by
-//! the demo page and `gemma`'s future `selftest`; the thorough tests live in `tests/`.
+//! A quick check that a kernel computes what its CPU twin does on this adapter: an int4
+//! matrix-vector product of 1024 rows with K = 2304 (Gemma 2 2B's hidden size), against
+//! `reference::linear`. Used by the demo page's adapter check (`kernelSelfTest` in `web`);
+//! the thorough tests live in `tests/`.
 
 use crate::error::Result;
 use crate::gpu::weights::GpuWeight;
@@ -28,7 +29,7 @@ pub async fn run() -> Result<String> {
     let op = MatVec::new(&ctx, DType::Int4).await?;
     let bound = op.bind(&ctx, &xb, &weight, &yb)?;
     let mut dispatched = Ok(());
-    run_pass(&ctx, "selftest", |p| dispatched = op.dispatch(&ctx, p, &bound)).await?;
+    run_pass(&ctx, "selftest", |rec| dispatched = bound.dispatch(rec)).await?;
     dispatched?;
     let got = ctx.read_back::<f32>(&yb, 0, n as u64).await?;
     let want = reference::linear(&x, &packed.unpack(), k, n);

@@ -101,17 +101,20 @@ pub fn now_seconds() -> f64 {
     }
 }
 
-/// A loaded model with its tokenizer and what its KV cache holds.
+/// A loaded model with its tokenizer and what its KV cache holds: the one generation loop,
+/// behind the JS API and the `gemma generate` CLI alike.
 pub struct Session {
     pub engine: Engine,
-    pub tokenizer: Rc<Tokenizer>,
+    /// `None` for a model without `tokenizer.json` (then only token ids go in, and ids come out
+    /// as text, one `"{id} "` per token).
+    pub tokenizer: Option<Rc<Tokenizer>>,
     /// The tokens whose K/V are in the cache, in order (`engine.position()` of them).
     cached: Vec<u32>,
     pub stats: GenerateStats,
 }
 
 impl Session {
-    pub fn new(engine: Engine, tokenizer: Rc<Tokenizer>) -> Self {
+    pub fn new(engine: Engine, tokenizer: Option<Rc<Tokenizer>>) -> Self {
         Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default() }
     }
 
@@ -126,11 +129,19 @@ impl Session {
         self.engine.position()
     }
 
-    /// Tokens that end a reply: the config's EOS ids and `<end_of_turn>`.
-    fn end_tokens(&self) -> Vec<u32> {
+    /// Tokens that end a generation: the config's EOS ids, `<end_of_turn>`, and
+    /// `<start_of_turn>` (a model opening a new turn has finished its own; left to run, it
+    /// writes the next speaker's name into the reply).
+    pub fn end_tokens(&self) -> Vec<u32> {
         let mut ids = self.engine.config.eos_token_ids.clone();
-        ids.extend(self.tokenizer.end_of_turn());
+        if let Some(t) = &self.tokenizer {
+            ids.extend(t.end_of_turn().into_iter().chain(t.start_of_turn()));
+        }
         ids
+    }
+
+    fn tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_deref().ok_or_else(|| Error::Format("this model has no tokenizer.json; pass token ids instead of text".into()))
     }
 
     /// Logits for every position of `ids` from an empty context (for evaluation):
@@ -147,7 +158,7 @@ impl Session {
     }
 
     fn check_fits(&self, n: usize) -> Result<()> {
-        let max = self.engine.options.max_context;
+        let max = self.engine.max_context();
         if n as u64 > max as u64 {
             return Err(Error::ContextOverflow { needed: n as u64, max_context: max, cached: 0 });
         }
@@ -156,13 +167,13 @@ impl Session {
 
     /// Generate a continuation of `prompt` (text, BOS added).
     pub async fn generate(&mut self, prompt: &str, params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
-        let ids = self.tokenizer.encode(prompt)?;
+        let ids = self.tokenizer()?.encode(prompt)?;
         self.generate_ids(&ids, params, on_text, aborted).await
     }
 
     /// Reply to a conversation rendered with the chat template.
     pub async fn chat(&mut self, messages: &[Message], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
-        let ids = self.tokenizer.chat_prompt(messages)?;
+        let ids = self.tokenizer()?.chat_prompt(messages)?;
         self.generate_ids(&ids, params, on_text, aborted).await
     }
 
@@ -203,7 +214,11 @@ impl Session {
                     break Finish::Eos;
                 }
                 stats.decode_tokens += 1;
-                if text.push(&stream.push(&self.tokenizer, next)?, on_text) {
+                let piece = match &self.tokenizer {
+                    Some(t) => stream.push(t, next)?,
+                    None => format!("{next} "),
+                };
+                if text.push(&piece, on_text) {
                     break Finish::Stop;
                 }
                 if stats.decode_tokens >= params.max_tokens {
@@ -212,7 +227,7 @@ impl Session {
                 if aborted() {
                     break Finish::Abort;
                 }
-                if self.engine.position() >= self.engine.options.max_context {
+                if self.engine.position() >= self.engine.max_context() {
                     break Finish::Context;
                 }
                 next = self.step(&[next], &params.sampling).await?;

@@ -1,5 +1,5 @@
 //! Text <-> token ids with the model's `tokenizer.json` (the `tokenizers` crate, which also
-//! compiles to wasm32), Gemma's chat template (spec §5), and streaming detokenization that
+//! compiles to wasm32), Gemma's chat template (`docs/model.md` §4), and streaming detokenization that
 //! only emits whole UTF-8 characters.
 
 use crate::error::{Error, Result};
@@ -8,6 +8,7 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: u32,
     end_of_turn: Option<u32>,
+    start_of_turn: Option<u32>,
 }
 
 /// One chat message. `role` is `user`, `assistant` (rendered `model`) or `system` (folded into
@@ -21,14 +22,20 @@ pub struct Message {
 impl Tokenizer {
     pub fn from_json(json: &[u8], bos: u32) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
-        let end_of_turn = inner.token_to_id("<end_of_turn>");
-        Ok(Self { inner, bos, end_of_turn })
+        let (end_of_turn, start_of_turn) = (inner.token_to_id("<end_of_turn>"), inner.token_to_id("<start_of_turn>"));
+        Ok(Self { inner, bos, end_of_turn, start_of_turn })
     }
 
     /// The id of `<end_of_turn>` (107 in Gemma 2, 106 in Gemma 3), where the vocabulary has it:
     /// a chat reply ends there.
     pub fn end_of_turn(&self) -> Option<u32> {
         self.end_of_turn
+    }
+
+    /// The id of `<start_of_turn>`, where the vocabulary has it: a model that opens a new turn
+    /// has finished its own.
+    pub fn start_of_turn(&self) -> Option<u32> {
+        self.start_of_turn
     }
 
     /// Entries in the vocabulary, added tokens included.

@@ -5,11 +5,8 @@
 
 mod support;
 use gemma_webgpu::convert;
-use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::config::ModelConfig;
-use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{Engine, EngineOptions};
-use gemma_webgpu::model::local::{read_manifest, read_shard};
+use gemma_webgpu::model::engine::KvType;
 use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
 
@@ -37,17 +34,14 @@ fn tokens(n: usize) -> Vec<u32> {
 #[test]
 fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
     for dtype in [DType::F32, DType::F16, DType::Int4, DType::Int8] {
-        let dir = std::env::temp_dir().join(format!("gemma-engine-test-{}-{}", dtype.name(), std::process::id()));
+        let dir = support::temp_dir(&format!("engine-{}", dtype.name()));
         let manifest = convert::synth(tiny_config(), &dir, dtype, 7, 64 << 10, false).expect("synth");
         assert!(manifest.shards.len() > 1, "small shards should split the model");
-        let cpu = CpuModel::from_manifest(&read_manifest(&dir).unwrap(), &|i| read_shard(&dir, &manifest, i)).expect("cpu model");
         let seq = tokens(21);
-        let want = cpu.forward(&seq, true);
+        let want = support::cpu_twin(&dir).forward(&seq, KvType::F16);
+        // Prefill chunk 8 < sequence: chunked prefill through sliding-window rings.
+        let mut gpu = support::engine(&dir, 64, 8, KvType::F16);
         pollster::block_on(async {
-            let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-            // Prefill chunk 8 < sequence: chunked prefill through sliding-window rings.
-            let opts = EngineOptions { max_context: 64, prefill_chunk: 8, kv_f32: false };
-            let mut gpu = Engine::load_dir(ctx, &dir, opts).await.expect("load");
             let prefill = gpu.logits(&seq, false).await.expect("prefill logits");
             let err = support::max_abs_diff(&prefill, &want.logits);
             println!("{}: prefill max |GPU - CPU| logit = {err:.2e}", dtype.name());

@@ -7,40 +7,31 @@
 mod support;
 use std::path::{Path, PathBuf};
 
-use gemma_webgpu::convert::{self, safetensors::Checkpoint};
+use gemma_webgpu::convert;
 use gemma_webgpu::format::Manifest;
-use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::config::ModelConfig;
-use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{Engine, EngineOptions};
-use gemma_webgpu::model::local::{read_manifest, read_shard};
+use gemma_webgpu::model::engine::{Engine, KvType};
 use gemma_webgpu::quant::DType;
+use support::{cpu_twin, fixture};
 
-fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-gemma3")
-}
+const FIXTURE: &str = "tiny-gemma3";
 
-fn convert_to(quant: impl Into<convert::Quant>, tag: &str) -> (PathBuf, Manifest) {
-    let out = std::env::temp_dir().join(format!("gemma3-{tag}-{}", std::process::id()));
-    let m = convert::convert_hf(&fixture(), &out, quant, 96 << 10, false).expect("convert");
-    (out, m)
+fn convert_to(quant: impl Into<convert::Quant>) -> (PathBuf, Manifest) {
+    support::convert_to(FIXTURE, quant, 96 << 10)
 }
 
 fn reference() -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
-    let mut ck = Checkpoint::default();
-    ck.add_file(&fixture().join("reference.safetensors")).expect("reference");
-    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
-    (ids("input_ids"), ck.read_f32("logits").expect("logits").1, ids("greedy_prompt"), ids("greedy_ids"))
+    let r = support::reference(FIXTURE);
+    (r.ids("input_ids"), r.f32("logits"), r.ids("greedy_prompt"), r.ids("greedy_ids"))
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Engine {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-    Engine::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+fn engine(dir: &Path, kv: KvType) -> Engine {
+    support::engine(dir, 64, 16, kv)
 }
 
 #[test]
 fn gemma3_config_is_read_as_data() {
-    let c = ModelConfig::from_hf_json(&std::fs::read_to_string(fixture().join("config.json")).expect("config")).expect("parse");
+    let c = ModelConfig::from_hf_json(&std::fs::read_to_string(fixture(FIXTURE).join("config.json")).expect("config")).expect("parse");
     assert_eq!(c.model_type, "gemma3_text");
     assert!(c.qk_norm);
     assert_eq!((c.attn_logit_softcapping, c.final_logit_softcapping), (0.0, 0.0), "no soft-caps");
@@ -63,18 +54,18 @@ fn gemma3_config_is_read_as_data() {
 #[test]
 fn gemma3_matches_hugging_face() {
     let (ids, want, prompt, greedy) = reference();
-    for (quant, kv_f32, tol) in [(DType::F32, true, 1e-3f32), (DType::F32, false, 0.5), (DType::F16, true, 0.5)] {
-        let (dir, _) = convert_to(quant, &format!("{}-{kv_f32}", quant.name()));
-        let mut gpu = pollster::block_on(engine(&dir, kv_f32));
+    for (quant, kv, tol) in [(DType::F32, KvType::F32, 1e-3f32), (DType::F32, KvType::F16, 0.5), (DType::F16, KvType::F32, 0.5)] {
+        let (dir, _) = convert_to(quant);
+        let mut gpu = engine(&dir, kv);
         pollster::block_on(async {
             let prefill = gpu.logits(&ids, false).await.expect("prefill");
             gpu.reset();
             let decode = gpu.logits(&ids, true).await.expect("decode");
             let (ep, ed) = (support::max_abs_diff(&prefill, &want), support::max_abs_diff(&decode, &want));
-            let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
-            println!("tiny-gemma3 {} weights, {kv}: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", quant.name());
-            assert!(ep <= tol && ed <= tol, "{} {kv}: {ep} / {ed} > {tol}", quant.name());
-            if quant == DType::F32 && kv_f32 {
+            let kv_name = format!("{kv:?} KV");
+            println!("tiny-gemma3 {} weights, {kv_name}: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", quant.name());
+            assert!(ep <= tol && ed <= tol, "{} {kv_name}: {ep} / {ed} > {tol}", quant.name());
+            if quant == DType::F32 && kv == KvType::F32 {
                 let max = want.iter().fold(0f32, |m, x| m.max(x.abs()));
                 assert!(max > 30.0, "the fixture's logits ({max}) would have been capped by Gemma 2's 30: no cap is applied");
                 assert_eq!(support::greedy(&mut gpu, &prompt, greedy.len()).await, greedy, "greedy continuation");
@@ -87,12 +78,11 @@ fn gemma3_matches_hugging_face() {
 #[test]
 fn gemma3_int4_matches_its_cpu_twin() {
     let (ids, want, _, _) = reference();
-    let (dir, _) = convert_to(DType::Int4, "int4");
-    let manifest = read_manifest(&dir).expect("manifest");
-    let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("twin");
-    let mut gpu = pollster::block_on(engine(&dir, true));
+    let (dir, _) = convert_to(DType::Int4);
+    let cpu = cpu_twin(&dir);
+    let mut gpu = engine(&dir, KvType::F32);
     let got = pollster::block_on(gpu.logits(&ids, false)).expect("logits");
-    let twin = cpu.forward(&ids, false).logits;
+    let twin = cpu.forward(&ids, KvType::F32).logits;
     let err = support::max_abs_diff(&got, &twin);
     // The twin itself is the HF model up to int4 rounding: how far that moves the logits.
     println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", support::max_abs_diff(&twin, &want));
@@ -105,15 +95,14 @@ fn gemma3_int4_matches_its_cpu_twin() {
 #[test]
 fn mixed_int4_layers_and_fp16_embedding_match_their_cpu_twin() {
     let (ids, _, _, _) = reference();
-    let (dir, m) = convert_to(convert::Quant { matrices: DType::Int4, embedding: DType::F16 }, "mixed");
+    let (dir, m) = convert_to(convert::Quant { matrices: DType::Int4, embedding: DType::F16 });
     let types: Vec<_> = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"].iter().map(|n| m.tensor(n).expect("tensor").dtype).collect();
     assert_eq!(types, vec![gemma_webgpu::format::StoredType::F16, gemma_webgpu::format::StoredType::Int4]);
-    let manifest = read_manifest(&dir).expect("manifest");
-    let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("twin");
-    let mut gpu = pollster::block_on(engine(&dir, true));
-    let err = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &cpu.forward(&ids, false).logits);
+    let cpu = cpu_twin(&dir);
+    let mut gpu = engine(&dir, KvType::F32);
+    let err = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &cpu.forward(&ids, KvType::F32).logits);
     gpu.reset();
-    let dec = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, false).logits);
+    let dec = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, KvType::F32).logits);
     println!("tiny-gemma3 int4 layers + fp16 embedding: max |GPU - CPU twin| prefill {err:.2e}, decode {dec:.2e}");
     assert!(err <= 2e-3 && dec <= 2e-3, "{err} / {dec}");
     let _ = std::fs::remove_dir_all(&dir);

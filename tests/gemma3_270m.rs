@@ -8,9 +8,8 @@
 mod support;
 use std::path::{Path, PathBuf};
 
-use gemma_webgpu::convert::{self, gguf::Gguf, safetensors::Checkpoint};
-use gemma_webgpu::gpu::{ContextOptions, GpuContext};
-use gemma_webgpu::model::engine::{Engine, EngineOptions};
+use gemma_webgpu::convert::{self, gguf::Gguf};
+use gemma_webgpu::model::engine::{Engine, KvType};
 use gemma_webgpu::quant::DType;
 use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
@@ -23,7 +22,7 @@ fn gguf_path() -> PathBuf {
 }
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gemma3-270m")
+    support::fixture("gemma3-270m")
 }
 
 struct Prompt {
@@ -37,18 +36,16 @@ const K_PROMPT: usize = 64;
 const K_TEXT: usize = 128;
 
 fn reference() -> (Vec<Prompt>, Vec<u32>, Vec<u32>, Vec<f32>) {
-    let mut ck = Checkpoint::default();
-    ck.add_file(&fixture().join("reference.safetensors")).expect("reference");
-    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
+    let r = support::reference("gemma3-270m");
     let prompts = (0..3)
         .map(|i| Prompt {
-            ids: ids(&format!("p{i}.ids")),
-            prompt_len: ids(&format!("p{i}.prompt_len"))[0] as usize,
-            top_ids: ids(&format!("p{i}.top_ids")),
-            top_logits: ck.read_f32(&format!("p{i}.top_logits")).expect("top").1,
+            ids: r.ids(&format!("p{i}.ids")),
+            prompt_len: r.ids(&format!("p{i}.prompt_len"))[0] as usize,
+            top_ids: r.ids(&format!("p{i}.top_ids")),
+            top_logits: r.f32(&format!("p{i}.top_logits")),
         })
         .collect();
-    (prompts, ids("text.ids"), ids("text.top_ids"), ck.read_f32("text.top_logp").expect("logp").1)
+    (prompts, r.ids("text.ids"), r.ids("text.top_ids"), r.f32("text.top_logp"))
 }
 
 fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
@@ -67,9 +64,8 @@ fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
     out
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Engine {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-    Engine::load_dir(ctx, dir, EngineOptions { max_context: 512, prefill_chunk: 128, kv_f32 }).await.expect("load")
+fn engine(dir: &Path, kv: KvType) -> Engine {
+    support::engine(dir, 512, 128, kv)
 }
 
 fn argmax(row: &[f32]) -> u32 {
@@ -108,7 +104,7 @@ fn real_gemma3_tokenizer_matches_transformers() {
 #[test]
 fn real_gemma3_f32_matches_transformers() {
     let dir = convert_to(DType::F32);
-    let mut gpu = pollster::block_on(engine(&dir, true));
+    let mut gpu = engine(&dir, KvType::F32);
     let v = gpu.config.vocab_size as usize;
     let (prompts, ..) = reference();
     for (i, p) in prompts.iter().enumerate() {
@@ -141,7 +137,7 @@ fn real_gemma3_f32_matches_transformers() {
 /// Greedy agreement per prompt, top-1 agreement and mean KL over the text, for a conversion.
 fn agreement(quant: convert::Quant) -> (Vec<usize>, f64, f64) {
     let dir = convert_to(quant);
-    let mut gpu = pollster::block_on(engine(&dir, false));
+    let mut gpu = engine(&dir, KvType::F16);
     let v = gpu.config.vocab_size as usize;
     let (prompts, text, top_ids, top_logp) = reference();
     let mut agreed = Vec::new();

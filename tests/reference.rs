@@ -6,14 +6,14 @@
 #![cfg(not(target_arch = "wasm32"))]
 
 mod support;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use gemma_webgpu::convert::{self, safetensors::Checkpoint};
-use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+use gemma_webgpu::convert;
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{Engine, EngineOptions};
-use gemma_webgpu::model::local::{read_manifest, read_shard};
+use gemma_webgpu::model::engine::KvType;
+use gemma_webgpu::model::load::{read_manifest, read_shard};
 use gemma_webgpu::quant::DType;
+use support::{cpu_twin, fixture};
 
 const FIXTURES: &[&str] = &["tiny-f32", "tiny-bf16-gqa3"];
 
@@ -25,41 +25,28 @@ struct Reference {
     greedy_ids: Vec<u32>,
 }
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
 fn reference(name: &str, n_layers: usize) -> Reference {
-    let mut ck = Checkpoint::default();
-    ck.add_file(&fixture(name).join("reference.safetensors")).expect("reference file");
-    let ids = |t: &str| ck.read_i32(t).expect(t).into_iter().map(|v| v as u32).collect::<Vec<_>>();
-    let f = |t: &str| ck.read_f32(t).expect(t).1;
+    let r = support::reference(name);
     Reference {
-        ids: ids("input_ids"),
-        logits: f("logits"),
-        layers: (0..n_layers).map(|l| f(&format!("hidden.layer{l}"))).collect(),
-        greedy_prompt: ids("greedy_prompt"),
-        greedy_ids: ids("greedy_ids"),
+        ids: r.ids("input_ids"),
+        logits: r.f32("logits"),
+        layers: (0..n_layers).map(|l| r.f32(&format!("hidden.layer{l}"))).collect(),
+        greedy_prompt: r.ids("greedy_prompt"),
+        greedy_ids: r.ids("greedy_ids"),
     }
 }
 
-fn convert_to(name: &str, quant: DType) -> PathBuf {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let out = std::env::temp_dir().join(format!("gemma-ref-{name}-{}-{}-{n}", quant.name(), std::process::id()));
-    // Small shards, so models span several of them as real ones do.
-    convert::convert_hf(&fixture(name), &out, quant, 128 << 10, false).expect("convert");
-    out
+fn convert_to(name: &str, quant: DType) -> std::path::PathBuf {
+    support::convert_to(name, quant, 128 << 10).0
 }
 
 fn argmax_rows(logits: &[f32], v: usize) -> Vec<usize> {
     logits.chunks(v).map(support::argmax).collect()
 }
 
-async fn engine(dir: &Path, kv_f32: bool) -> Engine {
-    let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
-    // A prefill chunk shorter than the sequence and the window rings of the local layers.
-    Engine::load_dir(ctx, dir, EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 }).await.expect("load")
+/// A prefill chunk shorter than the sequence and the window rings of the local layers.
+fn engine(dir: &Path, kv: KvType) -> gemma_webgpu::model::engine::Engine {
+    support::engine(dir, 64, 16, kv)
 }
 
 /// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and
@@ -70,9 +57,11 @@ async fn engine(dir: &Path, kv_f32: bool) -> Engine {
 #[test]
 fn converted_models_match_hugging_face() {
     for name in FIXTURES {
-        for (quant, kv_f32, tol, greedy_exact) in [(DType::F32, true, 1e-3f32, true), (DType::F16, true, 0.5, false), (DType::F32, false, 0.5, false)] {
+        for (quant, kv, tol, greedy_exact) in
+            [(DType::F32, KvType::F32, 1e-3f32, true), (DType::F16, KvType::F32, 0.5, false), (DType::F32, KvType::F16, 0.5, false)]
+        {
             let dir = convert_to(name, quant);
-            let mut gpu = pollster::block_on(engine(&dir, kv_f32));
+            let mut gpu = engine(&dir, kv);
             let r = reference(name, gpu.config.num_hidden_layers as usize);
             let v = gpu.config.vocab_size as usize;
             pollster::block_on(async {
@@ -82,7 +71,7 @@ fn converted_models_match_hugging_face() {
                 let decode = gpu.logits(&r.ids, true).await.expect("decode");
                 let (e_pre, e_dec) = (support::max_abs_diff(&prefill, &r.logits), support::max_abs_diff(&decode, &r.logits));
                 let top1 = argmax_rows(&prefill, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
-                let kv = if kv_f32 { "f32 KV" } else { "fp16 KV" };
+                let kv = format!("{kv:?} KV");
                 println!("{name} {} weights, {kv}: max |logit - HF| prefill {e_pre:.2e}, decode {e_dec:.2e}; top-1 {top1}/{}", quant.name(), r.ids.len());
                 assert!(e_pre <= tol && e_dec <= tol, "{name} {} {kv}: logits differ from HF by {e_pre} / {e_dec} (> {tol})", quant.name());
                 assert!(top1 + 1 >= r.ids.len(), "{name} {} {kv}: top-1 agreement {top1}/{}", quant.name(), r.ids.len());
@@ -110,10 +99,9 @@ fn converted_models_match_hugging_face() {
 fn every_layer_matches_hugging_face() {
     for name in FIXTURES {
         let dir = convert_to(name, DType::F32);
-        let manifest = read_manifest(&dir).expect("manifest");
-        let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
-        let r = reference(name, manifest.config.num_hidden_layers as usize);
-        let out = cpu.forward(&r.ids, false);
+        let cpu = cpu_twin(&dir);
+        let r = reference(name, cpu.config.num_hidden_layers as usize);
+        let out = cpu.forward(&r.ids, KvType::F32);
         for (l, (ours, theirs)) in out.layers.iter().zip(&r.layers).enumerate() {
             let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = support::max_abs_diff(ours, theirs);
@@ -134,15 +122,15 @@ fn int4_matches_its_dequantized_twin_and_stays_near_the_reference() {
     assert!(err.to_string().contains("multiple of 32"), "{err}");
     for name in ["tiny-f32"] {
         let dir = convert_to(name, DType::Int4);
+        let cpu = cpu_twin(&dir);
         let manifest = read_manifest(&dir).expect("manifest");
-        let cpu = CpuModel::from_manifest(&manifest, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
         // An f32 cache here: with fp16 K/V, a value that rounds differently on the two sides
         // (their f32 sums differ in the last bit) is amplified by these fixtures' large
         // attention logits; the fp16 cache is covered by tests/engine.rs and the test above.
-        let mut gpu = pollster::block_on(engine(&dir, true));
+        let mut gpu = engine(&dir, KvType::F32);
         let r = reference(name, manifest.config.num_hidden_layers as usize);
         let v = manifest.config.vocab_size as usize;
-        let twin = cpu.forward(&r.ids, false).logits;
+        let twin = cpu.forward(&r.ids, KvType::F32).logits;
         let got = pollster::block_on(gpu.logits(&r.ids, false)).expect("logits");
         let err = support::max_abs_diff(&got, &twin);
         let vs_ref = support::max_abs_diff(&got, &r.logits);
@@ -180,7 +168,7 @@ fn sliding_window_is_pinned_by_the_reference() {
         let mut m = manifest.clone();
         m.config = config;
         let cpu = CpuModel::from_manifest(&m, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
-        let err = support::max_abs_diff(&cpu.forward(&r.ids, false).logits, &r.logits);
+        let err = support::max_abs_diff(&cpu.forward(&r.ids, KvType::F32).logits, &r.logits);
         println!("{what}: max |logit - HF| {err:.2e}");
         if should_match {
             assert!(err <= 1e-3, "{what}: {err}");

@@ -8,8 +8,8 @@ mod support;
 use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
 use gemma_webgpu::gpu::{ContextOptions, GpuContext};
 use gemma_webgpu::model::cpu::CpuModel;
-use gemma_webgpu::model::engine::{Engine, EngineOptions};
-use gemma_webgpu::model::weights::{verify_shard, WeightLoader};
+use gemma_webgpu::model::engine::{Engine, EngineOptions, KvType};
+use gemma_webgpu::model::load::{load, InMemory};
 use gemma_webgpu::quant::DType;
 use wasm_bindgen_test::*;
 
@@ -41,34 +41,26 @@ fn e<T>(r: gemma_webgpu::Result<T>) -> T {
     r.unwrap_or_else(|err| panic!("{err}"))
 }
 
-/// Convert in memory, verify and upload every shard, build the engine.
-async fn load(f: &Fixture, quant: DType, kv_f32: bool) -> (Engine, CpuModel) {
+/// Convert in memory, then load through the one load path (`model::load`).
+async fn load_model(f: &Fixture, quant: DType, kv: KvType) -> (Engine, CpuModel) {
     let mut ck = Checkpoint::default();
     e(ck.add_bytes("model.safetensors", f.weights.to_vec()));
     let (manifest, shards) = e(convert_in_memory(f.config, &ck, quant, 128 << 10));
     let ctx = e(GpuContext::new(&ContextOptions::default()).await);
-    let mut loader = WeightLoader::new(&ctx, &manifest);
-    for (i, shard) in shards.iter().enumerate() {
-        e(verify_shard(&manifest, i, shard));
-        e(loader.add_shard(i, shard));
-    }
-    let weights = e(loader.finish());
     let cpu = e(CpuModel::from_manifest(&manifest, &|i| Ok(shards[i].clone())));
-    let options = EngineOptions { max_context: 64, prefill_chunk: 16, kv_f32 };
-    (e(Engine::new(ctx, manifest.config.clone(), weights, options).await), cpu)
+    let engine = e(load(ctx, &manifest, &InMemory { manifest: &manifest, shards: &shards }, EngineOptions::with_context(64, 16, kv)).await);
+    (engine, cpu)
 }
 
 fn reference(f: &Fixture) -> (Vec<u32>, Vec<f32>, Vec<u32>, Vec<u32>) {
-    let mut ck = Checkpoint::default();
-    e(ck.add_bytes("reference.safetensors", f.reference.to_vec()));
-    let ids = |t: &str| e(ck.read_i32(t)).into_iter().map(|v| v as u32).collect::<Vec<_>>();
-    (ids("input_ids"), e(ck.read_f32("logits")).1, ids("greedy_prompt"), ids("greedy_ids"))
+    let r = support::Reference::from_bytes(f.reference);
+    (r.ids("input_ids"), r.f32("logits"), r.ids("greedy_prompt"), r.ids("greedy_ids"))
 }
 
 #[wasm_bindgen_test]
 async fn engine_matches_hugging_face_in_the_browser() {
     for f in FIXTURES {
-        let (mut gpu, _) = load(f, DType::F32, true).await;
+        let (mut gpu, _) = load_model(f, DType::F32, KvType::F32).await;
         let (ids, logits, prompt, greedy) = reference(f);
         let prefill = e(gpu.logits(&ids, false).await);
         gpu.reset();
@@ -84,14 +76,14 @@ async fn engine_matches_hugging_face_in_the_browser() {
 async fn int4_and_fp16_kv_match_their_cpu_twins_in_the_browser() {
     let f = &FIXTURES[0];
     let (ids, _, _, _) = reference(f);
-    let (mut gpu, cpu) = load(f, DType::Int4, true).await;
-    let err = support::max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, false).logits);
+    let (mut gpu, cpu) = load_model(f, DType::Int4, KvType::F32).await;
+    let err = support::max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, KvType::F32).logits);
     console_log!("{}: int4 weights: max |GPU - CPU twin| {err:.2e}", f.name);
     assert!(err <= 2e-3, "int4: {err}");
     // The default fp16 cache, on shorter input (rounding flips amplify over long ones).
-    let (mut gpu, cpu) = load(f, DType::F16, false).await;
+    let (mut gpu, cpu) = load_model(f, DType::F16, KvType::F16).await;
     let short = &ids[..12];
-    let err = support::max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, true).logits);
+    let err = support::max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, KvType::F16).logits);
     console_log!("{}: fp16 weights, fp16 KV: max |GPU - CPU twin| {err:.2e}", f.name);
     assert!(err <= 5e-3, "fp16 KV: {err}");
 }

@@ -26,18 +26,23 @@ mod cli {
     use gemma_webgpu::format::DEFAULT_SHARD_BYTES;
     use gemma_webgpu::gpu::{ContextOptions, GpuContext};
     use gemma_webgpu::model::config::ModelConfig;
-    use gemma_webgpu::model::engine::{Engine, EngineOptions};
-    use gemma_webgpu::model::local::read_manifest;
+    use std::rc::Rc;
+
+    use gemma_webgpu::format::Manifest;
+    use gemma_webgpu::model::engine::{Engine, EngineOptions, KvType};
+    use gemma_webgpu::model::load::{self, read_manifest};
     use gemma_webgpu::ops::sample::Sampling;
     use gemma_webgpu::quant::DType;
-    use gemma_webgpu::tokenizer::{Message, TextStream, Tokenizer};
+    use gemma_webgpu::session::{Finish, GenerateParams, Session};
+    use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
     const USAGE: &str = "usage:
   gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|int8|fp16|f32] [--embed int4|int8|fp16|f32] [--shard-mb 32]
   gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|int8|fp16|f32] [--seed N]
               [--tokenizer tokenizer.json]
-  gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens N]
-                 [--temperature T] [--top-k K] [--top-p P] [--seed S] [--max-context N]
+  gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens 256]
+                 [--temperature 0.7] [--top-k 64] [--top-p 0.95] [--seed 0] [--stop TEXT]...
+                 [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
   gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json]";
 
@@ -71,6 +76,10 @@ mod cli {
         }
         fn has(&self, flag: &str) -> bool {
             self.options.iter().any(|(f, _)| f == flag)
+        }
+        /// Every value given for a repeatable option.
+        fn all(&self, flag: &str) -> Vec<String> {
+            self.options.iter().filter(|(f, _)| f == flag).filter_map(|(_, v)| v.clone()).collect()
         }
         fn get(&self, flag: &str) -> Option<&str> {
             self.options.iter().rev().find(|(f, _)| f == flag).and_then(|(_, v)| v.as_deref())
@@ -116,11 +125,19 @@ mod cli {
         GpuContext::new(&ContextOptions::default()).await.map_err(|e| e.to_string())
     }
 
-    async fn load(dir: &Path, args: &Args) -> Res<Engine> {
+    /// The engine for `dir`, with `--max-context` and `--kv-f32` (defaults: `EngineOptions`).
+    async fn load(dir: &Path, manifest: &Manifest, args: &Args) -> Res<Engine> {
+        let max_context = match args.get("--max-context") {
+            Some(_) => Some(args.num("--max-context", 0)?),
+            None => None,
+        };
+        let options = EngineOptions { max_context, kv: KvType::f32_if(args.has("--kv-f32")), ..Default::default() };
+        load::load(context().await?, manifest, &load::Dir { dir, manifest }, options).await.map_err(|e| e.to_string())
+    }
+
+    async fn load_dir(dir: &Path, args: &Args) -> Res<Engine> {
         let manifest = read_manifest(dir).map_err(|e| e.to_string())?;
-        let default_ctx = 4096.min(manifest.config.max_position_embeddings);
-        let options = EngineOptions { max_context: args.num("--max-context", default_ctx)?, kv_f32: args.has("--kv-f32"), ..Default::default() };
-        Engine::load_dir(context().await?, dir, options).await.map_err(|e| e.to_string())
+        load(dir, &manifest, args).await
     }
 
     pub fn run(raw: Vec<String>) -> Res<()> {
@@ -188,64 +205,64 @@ mod cli {
         Ok(())
     }
 
+    /// Generation runs on `Session`, as in the browser: the same end tokens (EOS,
+    /// `<end_of_turn>`, `<start_of_turn>`), stop strings, defaults and whole-character streaming.
     async fn cmd_generate(args: &Args) -> Res<()> {
-        args.check_known(&["--prompt", "--tokens", "--chat", "--max-tokens", "--temperature", "--top-k", "--top-p", "--seed", "--max-context", "--kv-f32"])?;
+        args.check_known(&[
+            "--prompt",
+            "--tokens",
+            "--chat",
+            "--max-tokens",
+            "--temperature",
+            "--top-k",
+            "--top-p",
+            "--seed",
+            "--stop",
+            "--max-context",
+            "--kv-f32",
+        ])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let manifest = read_manifest(&dir).map_err(|e| e.to_string())?;
         let tokenizer = match &manifest.tokenizer {
             Some(file) => {
                 let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-                Some(Tokenizer::from_json(&bytes, manifest.config.bos_token_id).map_err(|e| e.to_string())?)
+                Some(Rc::new(Tokenizer::from_json(&bytes, manifest.config.bos_token_id).map_err(|e| e.to_string())?))
             }
             None => None,
         };
-        let chat = args.has("--chat");
-        let prompt: Vec<u32> = match (args.get("--prompt"), args.get("--tokens"), &tokenizer) {
-            (Some(_), _, None) => return Err("this model has no tokenizer.json; pass --tokens instead of --prompt".into()),
-            (Some(text), _, Some(tok)) if chat => tok.chat_prompt(&[Message { role: "user".into(), content: text.into() }]).map_err(|e| e.to_string())?,
-            (Some(text), _, Some(tok)) => tok.encode(text).map_err(|e| e.to_string())?,
-            (None, Some(ids), _) => parse_tokens(ids)?,
-            (None, None, _) => return Err(format!("generate needs --prompt or --tokens\n{USAGE}")),
+        let d = GenerateParams::default();
+        let params = GenerateParams {
+            max_tokens: args.num("--max-tokens", d.max_tokens)?,
+            sampling: Sampling {
+                temperature: args.num("--temperature", d.sampling.temperature)?,
+                top_k: args.num("--top-k", d.sampling.top_k)?,
+                top_p: args.num("--top-p", d.sampling.top_p)?,
+                seed: args.num("--seed", d.sampling.seed)?,
+            },
+            stop: args.all("--stop"),
         };
-        let sampling = Sampling {
-            temperature: args.num("--temperature", 0.0)?,
-            top_k: args.num("--top-k", 0)?,
-            top_p: args.num("--top-p", 1.0)?,
-            seed: args.num("--seed", 0)?,
-        };
-        let max_tokens: usize = args.num("--max-tokens", 128)?;
-        let mut stop = manifest.config.eos_token_ids.clone();
-        if chat {
-            stop.extend(tokenizer.as_ref().and_then(Tokenizer::end_of_turn));
-        }
-        let mut gpu = load(&dir, args).await?;
-        let mut stream = TextStream::default();
+        let engine = load(&dir, &manifest, args).await?;
+        let mut session = Session::new(engine, tokenizer);
         let mut out = std::io::stdout();
-        let mut next = gpu.step(&prompt, &sampling).await.map_err(|e| e.to_string())?;
-        let started = Instant::now();
-        let mut generated = 0;
-        while generated < max_tokens && !stop.contains(&next) {
-            generated += 1;
-            match &tokenizer {
-                Some(tok) => {
-                    let _ = write!(out, "{}", stream.push(tok, next).map_err(|e| e.to_string())?);
-                }
-                None => {
-                    let _ = write!(out, "{next} ");
-                }
-            }
+        let mut on_text = |piece: &str| {
+            let _ = write!(out, "{piece}");
             let _ = out.flush();
-            if generated == max_tokens {
-                break;
-            }
-            if gpu.position() >= gpu.options.max_context {
-                eprintln!("\n[stopped: the {}-token context is full; use --max-context to allow more]", gpu.options.max_context);
-                break;
-            }
-            next = gpu.step(&[next], &sampling).await.map_err(|e| e.to_string())?;
+        };
+        let never = || false;
+        let s = &mut session;
+        match (args.get("--prompt"), args.get("--tokens")) {
+            (Some(text), _) if args.has("--chat") => s.chat(&[Message { role: "user".into(), content: text.into() }], &params, &mut on_text, &never).await,
+            (Some(text), _) => s.generate(text, &params, &mut on_text, &never).await,
+            (None, Some(ids)) => s.generate_ids(&parse_tokens(ids)?, &params, &mut on_text, &never).await,
+            (None, None) => return Err(format!("generate needs --prompt or --tokens\n{USAGE}")),
         }
-        let _ = writeln!(out);
-        eprintln!("[{generated} tokens, {:.2} tok/s]", generated as f64 / started.elapsed().as_secs_f64().max(1e-9));
+        .map_err(|e| e.to_string())?;
+        println!();
+        let st = session.stats;
+        eprintln!("[{} tokens at {:.2} tok/s; ended by {}]", st.decode_tokens, st.decode_tokens_per_second(), st.finish.name());
+        if st.finish == Finish::Context {
+            eprintln!("[the {}-token context is full; use --max-context to allow more]", session.engine.max_context());
+        }
         Ok(())
     }
 
@@ -269,7 +286,7 @@ mod cli {
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let tokens = parse_tokens(args.get("--tokens").ok_or_else(|| format!("logits needs --tokens\n{USAGE}"))?)?;
         let out = PathBuf::from(args.get("--out").ok_or_else(|| format!("logits needs --out FILE.npy\n{USAGE}"))?);
-        let mut gpu = load(&dir, args).await?;
+        let mut gpu = load_dir(&dir, args).await?;
         let logits = gpu.logits(&tokens, args.has("--decode")).await.map_err(|e| e.to_string())?;
         write_npy(&out, tokens.len(), gpu.config.vocab_size as usize, &logits)?;
         eprintln!("wrote {} [{} x {}]", out.display(), tokens.len(), gpu.config.vocab_size);
@@ -281,7 +298,7 @@ mod cli {
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
         let t0 = Instant::now();
-        let mut gpu = load(&dir, args).await?;
+        let mut gpu = load_dir(&dir, args).await?;
         let load_s = t0.elapsed().as_secs_f64();
         let v = gpu.config.vocab_size;
         let prompt: Vec<u32> = std::iter::once(gpu.config.bos_token_id).chain((1..n_prompt as u32).map(|i| (i * 7919 + 11) % (v - 3) + 3)).collect();
@@ -310,7 +327,7 @@ mod cli {
             ("gpu_memory_mib", format!("{:.1}", gpu.gpu_bytes() as f64 / (1 << 20) as f64)),
             ("weights_mib", format!("{:.1}", gpu.weight_bytes() as f64 / (1 << 20) as f64)),
             ("kv_cache_mib", format!("{:.1}", gpu.kv_cache_bytes() as f64 / (1 << 20) as f64)),
-            ("max_context", format!("{}", gpu.options.max_context)),
+            ("max_context", format!("{}", gpu.max_context())),
             ("submits_per_token", format!("{}", s.submits)),
             ("dispatches_per_token", format!("{}", s.dispatches)),
             ("readback_bytes_per_token", format!("{}", s.readback_bytes)),

@@ -193,7 +193,8 @@ impl TensorSource for safetensors::Checkpoint {
     }
 }
 
-/// Convert a Hugging Face Gemma 2 checkpoint directory into our format in `out`.
+/// Convert a Hugging Face Gemma 2 or Gemma 3 (text) checkpoint directory into our format in
+/// `out`.
 pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let quant = quant.into();
     let cfg_path = hf_dir.join("config.json");
@@ -331,7 +332,7 @@ pub fn register_turn_tokens(tokenizer_json: &str) -> Result<String> {
     serde_json::to_string(&tok).map_err(|e| Error::Format(format!("tokenizer.json: {e}")))
 }
 
-/// The shapes of the released Gemma 2 models (spec §1.1).
+/// The shapes of the released Gemma 2 models (`docs/model.md` §1.2), plus `demo`.
 pub fn preset(name: &str) -> Result<ModelConfig> {
     let (h, i, l, nh, nkv, d, qpas) = match name {
         "2b" => (2304, 9216, 26, 8, 4, 256, 256.0),

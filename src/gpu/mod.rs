@@ -193,25 +193,41 @@ pub struct Bound<P> {
 }
 
 impl<P: Pod + PartialEq> Bound<P> {
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, params: &P, groups: [u32; 3]) {
+    /// Set the params (if they changed) and record one dispatch of `groups` workgroups.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, params: &P, groups: [u32; 3]) {
         let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if last.as_ref() != Some(params) {
-            ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+            rec.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
             *last = Some(*params);
         }
         drop(last);
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.group, &[]);
-        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        rec.pass.set_pipeline(&self.pipeline);
+        rec.pass.set_bind_group(0, &self.group, &[]);
+        rec.pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        rec.dispatches += 1;
+    }
+}
+
+/// One compute pass being recorded, with the count of what went into it: every bound kernel
+/// dispatches through it, so the engine never counts dispatches by hand.
+pub struct Recorder<'a> {
+    pub ctx: &'a GpuContext,
+    pass: wgpu::ComputePass<'a>,
+    /// Dispatches recorded so far (each is a pipeline barrier on WebGPU).
+    pub dispatches: u32,
+}
+
+impl<'a> Recorder<'a> {
+    /// Begin a compute pass on `enc`; it ends when the recorder is dropped.
+    pub fn begin(ctx: &'a GpuContext, enc: &'a mut wgpu::CommandEncoder, label: &str) -> Self {
+        let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        Self { ctx, pass, dispatches: 0 }
     }
 }
 
 /// Convenience for tests and one-off calls: run `f` in one compute pass and submit it.
-pub async fn run_pass(ctx: &GpuContext, label: &str, f: impl FnOnce(&mut wgpu::ComputePass<'_>)) -> Result<()> {
+pub async fn run_pass(ctx: &GpuContext, label: &str, f: impl FnOnce(&mut Recorder<'_>)) -> Result<()> {
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-    {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-        f(&mut pass);
-    }
+    f(&mut Recorder::begin(ctx, &mut enc, label));
     ctx.submit_checked(label, enc).await
 }

@@ -14,7 +14,8 @@ pub struct WeightPart {
     /// First row of the whole tensor held by this part.
     pub row_start: u32,
     pub rows: u32,
-    /// Word offset of the int4 scales inside `buffer` (0 for other types).
+    /// Word offset of the group parameters inside `buffer`: int4 (scale, min) words or int8
+    /// fp16 scales (0 for f32, f16 and bf16).
     pub scales_offset: u32,
 }
 

@@ -1,6 +1,6 @@
 //! The model's configuration, read from a Hugging Face `config.json` (field names as there)
-//! and validated once. Per-layer behaviour (sliding or global attention) is data here, not
-//! branches in the forward pass. Spec: `gemma2-spec.md` §1.
+//! and validated once. Per-layer behaviour (sliding or global attention, RoPE base and
+//! scaling) is data here, not branches in the forward pass. Described in `docs/model.md` §1.
 
 use serde_json::Value;
 
@@ -25,7 +25,8 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub max_position_embeddings: u32,
     pub bos_token_id: u32,
-    /// Generation stops on any of these (the chat turn end, 107, is added by the chat code).
+    /// Generation stops on any of these (`Session::end_tokens` adds the tokenizer's
+    /// `<end_of_turn>` and `<start_of_turn>`: 107/106 in Gemma 2, 106/105 in Gemma 3).
     pub eos_token_ids: Vec<u32>,
     /// Per layer: `true` = sliding-window (local) attention, `false` = global.
     pub sliding_layers: Vec<bool>,
@@ -122,7 +123,8 @@ impl ModelConfig {
                     })
                     .collect::<Result<Vec<_>>>()?
             }
-            // HF v4 and gemma_pytorch: even layers are local, odd are global (spec §1.2).
+            // HF v4 and gemma_pytorch: even layers are local, odd are global (Gemma 2's
+            // pattern; `docs/model.md` §1.3).
             None => (0..n_layers).map(|i| i % 2 == 0).collect(),
         };
         let eos_token_ids = match cfg.get("eos_token_id") {

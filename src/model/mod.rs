@@ -1,9 +1,13 @@
-//! The Gemma 2 model: configuration, weights on the GPU, and the forward pass.
+//! The model: its configuration and tensor names, weights on the GPU, the activations, one
+//! decoder layer's bindings, the engine that runs the forward pass, the one load path, and the
+//! CPU twin of the whole pass. `docs/model.md` is the spec they implement.
 
+pub mod activations;
 pub mod config;
 pub mod cpu;
 pub mod engine;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod local;
+pub mod layer;
+pub mod load;
+pub mod options;
 pub mod tensors;
 pub mod weights;

@@ -1,6 +1,6 @@
-//! Every weight's name and shape, built in one place (`docs/model.md`, "Tensors"). Names are the
+//! Every weight's name and shape, built in one place (`docs/model.md` §2). Names are the
 //! Hugging Face checkpoint's (`model.layers.3.mlp.down_proj.weight`), which our manifests keep;
-//! the GGUF importer maps llama.cpp's names onto the same table (`gguf` below).
+//! the GGUF importer maps llama.cpp's names onto the same table (`from_gguf` below).
 
 use crate::model::config::ModelConfig;
 

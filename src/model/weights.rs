@@ -29,6 +29,13 @@ pub struct LayerWeights {
     pub post_feedforward_layernorm: wgpu::Buffer,
 }
 
+impl LayerWeights {
+    /// The seven matrices, in forward-pass order.
+    pub fn matrices(&self) -> impl Iterator<Item = &GpuWeight> {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj].into_iter()
+    }
+}
+
 #[derive(Debug)]
 pub struct Weights {
     /// [V, H]; also the LM head (tied).

@@ -3,10 +3,11 @@
 use super::kv_cache::KvCache;
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{Bound, GpuContext, Kernel};
+use crate::gpu::{Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
-/// Largest head dimension the kernel supports (Gemma 2: 256 for 2B/9B, 128 for 27B).
+/// Largest head dimension the kernel supports (Gemma 2 and Gemma 3 use 256, their 27B
+/// models 128).
 pub const MAX_HEAD_DIM: u32 = 256;
 
 uniform! {
@@ -76,10 +77,12 @@ impl Attention {
             width: cache.width,
         }
     }
+}
 
+impl AttentionBinding {
     /// Attend queries `q_pos_start..q_pos_start + n_queries` to keys `0..=` their own position,
     /// all of which must already be in the cache.
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &AttentionBinding, s: &AttentionShape) -> Result<()> {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, s: &AttentionShape) -> Result<()> {
         let op = "attention";
         if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM || s.head_dim % 8 != 0 {
             return Err(Error::shape(op, format!("head_dim must be a multiple of 8 and at most {MAX_HEAD_DIM}, got {}", s.head_dim)));
@@ -87,23 +90,23 @@ impl Attention {
         if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
             return Err(Error::shape(op, format!("{} query heads do not group evenly over {} kv heads", s.n_heads, s.n_kv_heads)));
         }
-        if s.n_kv_heads * s.head_dim != b.width {
-            return Err(Error::shape(op, format!("cache rows hold {} values, the call needs {} kv heads x {}", b.width, s.n_kv_heads, s.head_dim)));
+        if s.n_kv_heads * s.head_dim != self.width {
+            return Err(Error::shape(op, format!("cache rows hold {} values, the call needs {} kv heads x {}", self.width, s.n_kv_heads, s.head_dim)));
         }
         let q_elems = s.n_queries as u64 * s.n_heads as u64 * s.head_dim as u64;
-        check_fits(op, "q", q_elems, b.q_len)?;
-        check_fits(op, "out", q_elems, b.out_len)?;
+        check_fits(op, "q", q_elems, self.q_len)?;
+        check_fits(op, "out", q_elems, self.out_len)?;
         // The oldest key the first query sees must not have been overwritten in the ring by
         // the newest key of this call.
         let end = s.q_pos_start as u64 + s.n_queries as u64;
         let first_needed = if s.window > 0 { (s.q_pos_start as u64 + 1).saturating_sub(s.window as u64) } else { 0 };
-        if end - first_needed > b.capacity as u64 {
+        if end - first_needed > self.capacity as u64 {
             return Err(Error::shape(
                 op,
                 format!(
                     "keys {first_needed}..{end} are needed but the cache keeps only the last {} positions; \
                      process fewer queries per call or allocate a larger cache",
-                    b.capacity
+                    self.capacity
                 ),
             ));
         }
@@ -115,12 +118,12 @@ impl Attention {
             n_kv_heads: s.n_kv_heads,
             head_dim: s.head_dim,
             window: s.window,
-            capacity: b.capacity,
+            capacity: self.capacity,
             scale: s.scale,
             softcap: s.softcap,
             ..Default::default()
         };
-        b.bound.dispatch(ctx, pass, &params, [s.n_heads, gy, 1]);
+        self.bound.dispatch(rec, &params, [s.n_heads, gy, 1]);
         Ok(())
     }
 }

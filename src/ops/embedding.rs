@@ -3,7 +3,7 @@
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::weights::GpuWeight;
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::quant::DType;
 use crate::shaders;
 
@@ -47,15 +47,17 @@ impl Embedding {
         let parts = table.parts.iter().map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset)).collect();
         Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens })
     }
+}
 
+impl EmbeddingBinding {
     /// Gather `n_tokens` rows. Ids must be < V (the caller validates them on the CPU: ids out
     /// of range leave their output row untouched).
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &EmbeddingBinding, n_tokens: u32, scale: f32) -> Result<()> {
-        check_fits("embedding", "ids/out", n_tokens as u64, b.max_tokens)?;
-        for (bound, row_start, rows, scales_offset) in &b.parts {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n_tokens: u32, scale: f32) -> Result<()> {
+        check_fits("embedding", "ids/out", n_tokens as u64, self.max_tokens)?;
+        for (bound, row_start, rows, scales_offset) in &self.parts {
             let params =
-                EmbeddingParams { n_tokens, cols: b.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
-            bound.dispatch(ctx, pass, &params, grid(n_tokens));
+                EmbeddingParams { n_tokens, cols: self.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
+            bound.dispatch(rec, &params, grid(n_tokens));
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::Result;
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -33,10 +33,12 @@ impl GeGlu {
     pub fn bind(&self, ctx: &GpuContext, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer) -> GeGluBinding {
         GeGluBinding { bound: self.kernel.bind(ctx, &[gate, up, out]), len: words(gate).min(words(up)).min(words(out)) }
     }
+}
 
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &GeGluBinding, n: u32) -> Result<()> {
-        check_fits("geglu", "gate/up/out", n as u64, b.len)?;
-        b.bound.dispatch(ctx, pass, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(256)));
+impl GeGluBinding {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32) -> Result<()> {
+        check_fits("geglu", "gate/up/out", n as u64, self.len)?;
+        self.bound.dispatch(rec, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(256)));
         Ok(())
     }
 }

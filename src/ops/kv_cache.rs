@@ -5,7 +5,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -74,16 +74,18 @@ impl KvWrite {
             capacity: cache.capacity,
         }
     }
+}
 
+impl KvWriteBinding {
     /// Write `n_tokens` rows for positions `pos_start..`. At most `capacity` rows per call, so
     /// no two rows of one call land in the same slot.
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &KvWriteBinding, n_tokens: u32, pos_start: u32) -> Result<()> {
-        check_fits("kv_write", "k/v", n_tokens as u64 * b.width as u64, b.src_len)?;
-        if n_tokens > b.capacity {
-            return Err(Error::shape("kv_write", format!("{n_tokens} rows would overwrite each other in a {}-slot ring", b.capacity)));
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n_tokens: u32, pos_start: u32) -> Result<()> {
+        check_fits("kv_write", "k/v", n_tokens as u64 * self.width as u64, self.src_len)?;
+        if n_tokens > self.capacity {
+            return Err(Error::shape("kv_write", format!("{n_tokens} rows would overwrite each other in a {}-slot ring", self.capacity)));
         }
-        let params = KvWriteParams { n_tokens, width: b.width, pos_start, capacity: b.capacity };
-        b.bound.dispatch(ctx, pass, &params, grid((n_tokens * b.width / 2).div_ceil(256)));
+        let params = KvWriteParams { n_tokens, width: self.width, pos_start, capacity: self.capacity };
+        self.bound.dispatch(rec, &params, grid((n_tokens * self.width / 2).div_ceil(256)));
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::weights::GpuWeight;
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::quant::DType;
 use crate::shaders;
 
@@ -95,6 +95,34 @@ impl MatMulBinding {
     pub fn parts(&self) -> usize {
         self.large.parts()
     }
+
+    /// `m` rows of `x` times the weight: one dispatch per weight part.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
+        let (b, tile_m) = if m <= MATMUL_SMALL_M { (&self.small, 16) } else { (&self.large, MATMUL_TILE) };
+        check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
+        let gy = check_groups("matmul", "row tiles", m.div_ceil(tile_m) as u64)?;
+        for (bound, row_start, rows, scales_offset) in &b.parts {
+            let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
+            let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
+            bound.dispatch(rec, &params, [gx, gy.max(1), 1]);
+        }
+        Ok(())
+    }
+}
+
+/// A weight bound to the matrix-vector kernel.
+pub type MatVecBinding = LinearBinding<MatVecParams>;
+
+impl MatVecBinding {
+    /// One row of `x` times the weight: one dispatch per weight part.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>) -> Result<()> {
+        check_fits("matvec", "x/y", 1, self.max_m)?;
+        for (bound, row_start, rows, scales_offset) in &self.parts {
+            let params = MatVecParams { k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start };
+            bound.dispatch(rec, &params, grid(rows.div_ceil(self.rows_per_group)));
+        }
+        Ok(())
+    }
 }
 
 impl MatMul {
@@ -113,18 +141,6 @@ impl MatMul {
             large: bind_parts("matmul", &self.large, self.dtype, ctx, x, w, y)?,
             small: bind_parts("matmul", &self.small, self.dtype, ctx, x, w, y)?,
         })
-    }
-
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &MatMulBinding, m: u32) -> Result<()> {
-        let (b, tile_m) = if m <= MATMUL_SMALL_M { (&b.small, 16) } else { (&b.large, MATMUL_TILE) };
-        check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
-        let gy = check_groups("matmul", "row tiles", m.div_ceil(tile_m) as u64)?;
-        for (bound, row_start, rows, scales_offset) in &b.parts {
-            let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
-            let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
-            bound.dispatch(ctx, pass, &params, [gx, gy.max(1), 1]);
-        }
-        Ok(())
     }
 }
 
@@ -146,25 +162,16 @@ impl MatVec {
     }
 
     /// `x`: f32 [K]; `y`: f32 [N].
-    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<LinearBinding<MatVecParams>> {
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatVecBinding> {
         self.bind_variant(ctx, x, w, y, w.cols < MATVEC_NARROW_K)
     }
 
     /// `bind` with the variant chosen by the caller (tests reach the wide kernel's folded grid
     /// with a short row this way).
-    pub fn bind_variant(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, narrow: bool) -> Result<LinearBinding<MatVecParams>> {
+    pub fn bind_variant(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, narrow: bool) -> Result<MatVecBinding> {
         let (kernel, rows) = if narrow { (&self.narrow, MATVEC_ROWS_NARROW) } else { (&self.wide, MATVEC_ROWS) };
         let mut b = bind_parts("matvec", kernel, self.dtype, ctx, x, w, y)?;
         b.rows_per_group = rows;
         Ok(b)
-    }
-
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &LinearBinding<MatVecParams>) -> Result<()> {
-        check_fits("matvec", "x/y", 1, b.max_m)?;
-        for (bound, row_start, rows, scales_offset) in &b.parts {
-            let params = MatVecParams { k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start };
-            bound.dispatch(ctx, pass, &params, grid(rows.div_ceil(b.rows_per_group)));
-        }
-        Ok(())
     }
 }

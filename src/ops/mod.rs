@@ -55,12 +55,31 @@ pub(crate) fn check_groups(op: &'static str, what: &str, groups: u64) -> Result<
     Ok(groups as u32)
 }
 
-/// All op pipelines for one weight type, compiled once.
+/// The kernels that read a weight, for one storage type.
 #[derive(Debug)]
-pub struct Ops {
+pub struct WeightKernels {
+    pub dtype: crate::quant::DType,
     pub embedding: embedding::Embedding,
     pub matmul: linear::MatMul,
     pub matvec: linear::MatVec,
+}
+
+impl WeightKernels {
+    pub async fn new(ctx: &crate::gpu::GpuContext, dtype: crate::quant::DType) -> Result<Self> {
+        Ok(Self {
+            dtype,
+            embedding: embedding::Embedding::new(ctx, dtype).await?,
+            matmul: linear::MatMul::new(ctx, dtype).await?,
+            matvec: linear::MatVec::new(ctx, dtype).await?,
+        })
+    }
+}
+
+/// Every op pipeline a model needs, compiled once: the weight-reading kernels for each
+/// storage type present (e.g. int4 layers and an int8 embedding), and one of each other op.
+#[derive(Debug)]
+pub struct Ops {
+    pub weights: Vec<WeightKernels>,
     pub rmsnorm: rmsnorm::RmsNorm,
     pub rope: rope::Rope,
     pub geglu: geglu::GeGlu,
@@ -71,11 +90,15 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn new(ctx: &crate::gpu::GpuContext, dtype: crate::quant::DType) -> Result<Self> {
+    pub async fn new(ctx: &crate::gpu::GpuContext, dtypes: &[crate::quant::DType]) -> Result<Self> {
+        let mut weights: Vec<WeightKernels> = Vec::new();
+        for &d in dtypes {
+            if !weights.iter().any(|k| k.dtype == d) {
+                weights.push(WeightKernels::new(ctx, d).await?);
+            }
+        }
         Ok(Self {
-            embedding: embedding::Embedding::new(ctx, dtype).await?,
-            matmul: linear::MatMul::new(ctx, dtype).await?,
-            matvec: linear::MatVec::new(ctx, dtype).await?,
+            weights,
             rmsnorm: rmsnorm::RmsNorm::new(ctx).await?,
             rope: rope::Rope::new(ctx).await?,
             geglu: geglu::GeGlu::new(ctx).await?,
@@ -84,5 +107,10 @@ impl Ops {
             attention: attention::Attention::new(ctx).await?,
             sample: sample::Sampler::new(ctx).await?,
         })
+    }
+
+    /// The weight kernels for `dtype` (compiled by `new` if it was listed).
+    pub fn for_weight(&self, dtype: crate::quant::DType) -> Result<&WeightKernels> {
+        self.weights.iter().find(|k| k.dtype == dtype).ok_or_else(|| Error::shape("ops", format!("no kernels were compiled for {} weights", dtype.name())))
     }
 }

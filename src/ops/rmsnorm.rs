@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::Result;
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -42,13 +42,15 @@ impl RmsNorm {
         let kernel = if add_to_out { &self.add } else { &self.plain };
         RmsNormBinding { bound: kernel.bind(ctx, &[x, weight, out]), x_len: words(x), w_len: words(weight), out_len: words(out) }
     }
+}
 
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &RmsNormBinding, rows: u32, cols: u32, eps: f32) -> Result<()> {
+impl RmsNormBinding {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, rows: u32, cols: u32, eps: f32) -> Result<()> {
         let n = rows as u64 * cols as u64;
-        check_fits("rmsnorm", "x", n, b.x_len)?;
-        check_fits("rmsnorm", "out", n, b.out_len)?;
-        check_fits("rmsnorm", "weight", cols as u64, b.w_len)?;
-        b.bound.dispatch(ctx, pass, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows));
+        check_fits("rmsnorm", "x", n, self.x_len)?;
+        check_fits("rmsnorm", "out", n, self.out_len)?;
+        check_fits("rmsnorm", "weight", cols as u64, self.w_len)?;
+        self.bound.dispatch(rec, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows));
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -80,14 +80,16 @@ impl Rope {
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, table: &RopeTable) -> RopeBinding {
         RopeBinding { bound: self.kernel.bind(ctx, &[x, &table.buffer]), x_len: words(x), head_dim: table.head_dim, positions: table.positions }
     }
+}
 
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &RopeBinding, n_tokens: u32, n_heads: u32, pos_start: u32) -> Result<()> {
-        check_fits("rope", "x", n_tokens as u64 * n_heads as u64 * b.head_dim as u64, b.x_len)?;
-        if pos_start as u64 + n_tokens as u64 > b.positions as u64 {
-            return Err(Error::shape("rope", format!("positions {pos_start}..{} exceed the table's {}", pos_start + n_tokens, b.positions)));
+impl RopeBinding {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n_tokens: u32, n_heads: u32, pos_start: u32) -> Result<()> {
+        check_fits("rope", "x", n_tokens as u64 * n_heads as u64 * self.head_dim as u64, self.x_len)?;
+        if pos_start as u64 + n_tokens as u64 > self.positions as u64 {
+            return Err(Error::shape("rope", format!("positions {pos_start}..{} exceed the table's {}", pos_start + n_tokens, self.positions)));
         }
-        let items = n_tokens * n_heads * (b.head_dim / 2);
-        b.bound.dispatch(ctx, pass, &RopeParams { n_tokens, n_heads, head_dim: b.head_dim, pos_start }, grid(items.div_ceil(64)));
+        let items = n_tokens * n_heads * (self.head_dim / 2);
+        self.bound.dispatch(rec, &RopeParams { n_tokens, n_heads, head_dim: self.head_dim, pos_start }, grid(items.div_ceil(64)));
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{Bound, GpuContext, Kernel};
+use crate::gpu::{Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -63,16 +63,18 @@ impl Sampler {
     pub fn bind(&self, ctx: &GpuContext, logits: &wgpu::Buffer, result: &wgpu::Buffer) -> SamplerBinding {
         SamplerBinding { bound: self.kernel.bind(ctx, &[logits, result]), len: words(logits) }
     }
+}
 
+impl SamplerBinding {
     /// `counter` distinguishes successive draws with one seed (e.g. the decode step).
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &SamplerBinding, n: u32, s: &Sampling, counter: u32) -> Result<()> {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32, s: &Sampling, counter: u32) -> Result<()> {
         s.validate()?;
         if n == 0 {
             return Err(Error::shape("sample", "no logits to sample from"));
         }
-        check_fits("sample", "logits", n as u64, b.len)?;
+        check_fits("sample", "logits", n as u64, self.len)?;
         let params = SampleParams { n, top_k: s.top_k, seed: s.seed, counter, temperature: s.temperature, top_p: s.top_p, ..Default::default() };
-        b.bound.dispatch(ctx, pass, &params, [1, 1, 1]);
+        self.bound.dispatch(rec, &params, [1, 1, 1]);
         Ok(())
     }
 }

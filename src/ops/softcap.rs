@@ -1,8 +1,9 @@
-//! Soft-cap in place: `x = cap * tanh(x / cap)` (Gemma's final logits use cap 30).
+//! Soft-cap in place: `x = cap * tanh(x / cap)` (Gemma 2's final logits use cap 30; Gemma 3
+//! has no final cap and skips this op).
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::shaders;
 
 uniform! {
@@ -33,13 +34,15 @@ impl SoftCap {
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer) -> SoftCapBinding {
         SoftCapBinding { bound: self.kernel.bind(ctx, &[x]), len: words(x) }
     }
+}
 
-    pub fn dispatch(&self, ctx: &GpuContext, pass: &mut wgpu::ComputePass<'_>, b: &SoftCapBinding, n: u32, cap: f32) -> Result<()> {
-        check_fits("softcap", "x", n as u64, b.len)?;
+impl SoftCapBinding {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32, cap: f32) -> Result<()> {
+        check_fits("softcap", "x", n as u64, self.len)?;
         if !(cap > 0.0) {
             return Err(Error::shape("softcap", format!("cap must be positive, got {cap}")));
         }
-        b.bound.dispatch(ctx, pass, &SoftCapParams { n, cap, ..Default::default() }, grid(n.div_ceil(256)));
+        self.bound.dispatch(rec, &SoftCapParams { n, cap, ..Default::default() }, grid(n.div_ceil(256)));
         Ok(())
     }
 }

@@ -268,14 +268,15 @@ impl Gemma {
         future_to_promise(async move {
             let session = loader::load(&model_url, &opts).await.map_err(js_error)?;
             let e = &session.engine;
+            let tokenizer = session.tokenizer.clone().ok_or_else(|| js_error(Error::Format("this model has no tokenizer.json".into())))?;
             let shared = Shared {
-                tokenizer: session.tokenizer.clone(),
+                tokenizer,
                 lock: Rc::new(AsyncLock::default()),
                 reset_pending: Cell::new(false),
                 disposed: Cell::new(false),
                 stats: Cell::new(GenerateStats::default()),
                 context_tokens: Cell::new(0),
-                max_context: e.options.max_context,
+                max_context: e.max_context(),
                 memory: (e.gpu_bytes(), e.weight_bytes(), e.kv_cache_bytes()),
                 adapter: e.ctx.report.to_string(),
                 session: RefCell::new(Some(session)),

@@ -16,8 +16,9 @@ use super::js::{self, await_promise, describe, is_abort};
 use crate::error::{Error, Result};
 use crate::format::{self, Manifest, MANIFEST_FILE};
 use crate::gpu::{ContextOptions, GpuContext};
-use crate::model::engine::{Engine, EngineOptions};
-use crate::model::weights::{verify_shard, WeightLoader};
+use crate::model::engine::{EngineOptions, KvType};
+use crate::model::load::{self, LoadPhase, ShardSource};
+use crate::model::weights::verify_shard;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
 
@@ -172,6 +173,8 @@ impl Loader<'_> {
             }
         }
 
+        // Bad options fail before anything is downloaded.
+        EngineOptions { max_context: self.opts.max_context, ..Default::default() }.resolve(&manifest.config)?;
         // The GPU first: no point downloading a model the adapter cannot hold.
         let largest = manifest.tensors.iter().flat_map(|t| t.parts.iter().map(|p| p.length)).max().unwrap_or(0);
         let ctx =
@@ -179,36 +182,12 @@ impl Loader<'_> {
                 .await?;
 
         let tokenizer = self.tokenizer(&manifest).await?;
-        let config = manifest.config.clone();
-        let max_context = self.opts.max_context.unwrap_or(4096.min(config.max_position_embeddings));
-        if max_context == 0 || max_context > config.max_position_embeddings {
-            return Err(Error::invalid("maxContext", format!("must be from 1 to the model's {} positions, got {max_context}", config.max_position_embeddings)));
-        }
-
-        let loader = RefCell::new(WeightLoader::new(&ctx, &manifest));
-        let next = Cell::new(0usize);
-        let worker = || async {
-            loop {
-                let i = next.get();
-                if i >= manifest.shards.len() {
-                    return Ok::<_, Error>(());
-                }
-                next.set(i + 1);
-                let bytes = self.shard(&manifest, i).await?;
-                self.check_abort()?;
-                self.progress.report("upload", &manifest.shards[i].file, None);
-                loader.borrow_mut().add_shard(i, &bytes)?;
-            }
-        };
-        futures_util::future::try_join_all((0..self.opts.concurrency).map(|_| worker())).await?;
-        let weights = loader.into_inner().finish()?;
+        let options = EngineOptions { max_context: self.opts.max_context, kv: KvType::f32_if(self.opts.kv_f32), ..Default::default() };
+        let engine = load::load(ctx, &manifest, &Shards { loader: self, manifest: &manifest }, options).await?;
         self.check_abort()?;
-
-        self.progress.report("compile", "", None);
-        let engine = Engine::new(ctx, config, weights, EngineOptions { max_context, kv_f32: self.opts.kv_f32, ..Default::default() }).await?;
         self.finish_cache(total, manifest.shards.len() as u32).await;
         self.progress.report("ready", "", None);
-        Ok(Session::new(engine, Rc::new(tokenizer)))
+        Ok(Session::new(engine, Some(Rc::new(tokenizer))))
     }
 
     fn cache(&self) -> Option<ModelCache> {
@@ -397,6 +376,32 @@ impl Loader<'_> {
             }
         }
         Ok(out)
+    }
+}
+
+/// The shards of the model being loaded, for `model::load`: from the cache or the network,
+/// verified, with progress and abort between them.
+struct Shards<'a, 'l> {
+    loader: &'a Loader<'l>,
+    manifest: &'a Manifest,
+}
+
+impl ShardSource for Shards<'_, '_> {
+    async fn shard(&self, index: usize) -> Result<Vec<u8>> {
+        let bytes = self.loader.shard(self.manifest, index).await?;
+        self.loader.check_abort()?;
+        Ok(bytes)
+    }
+
+    fn concurrency(&self) -> usize {
+        self.loader.opts.concurrency
+    }
+
+    fn progress(&self, phase: LoadPhase) {
+        match phase {
+            LoadPhase::Upload(i) => self.loader.progress.report("upload", self.manifest.shards.get(i).map_or("", |s| s.file.as_str()), None),
+            LoadPhase::Compile => self.loader.progress.report("compile", "", None),
+        }
     }
 }
 

@@ -47,8 +47,9 @@ pub async fn adapter_report() -> Result<String, JsValue> {
     Ok(ctx.report.to_string())
 }
 
-/// Run a few kernels on random data and compare them with their CPU twins; returns one line
-/// per kernel. The demo page shows this until the model engine lands.
+/// Run the int4 matrix-vector kernel on random data and compare it with its CPU twin
+/// (`selftest::run`); returns the adapter report and one result line (the demo page's
+/// adapter check).
 #[wasm_bindgen(js_name = kernelSelfTest)]
 pub async fn kernel_self_test() -> Result<String, JsValue> {
     crate::selftest::run().await.map_err(js_error)

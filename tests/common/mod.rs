@@ -135,7 +135,7 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
             ids[2] = part_rows.max(1) as u32; // first row of the second part
             let (ids_b, out) = (buf_u32(ctx, &ids)?, zeros(ctx, ids.len() * h)?);
             let bound = e(op.bind(ctx, &ids_b, &w, &out))?;
-            e(run_pass(ctx, "embedding", |p| op.dispatch(ctx, p, &bound, ids.len() as u32, scale).expect("shape checked")).await)?;
+            e(run_pass(ctx, "embedding", |p| bound.dispatch(p, ids.len() as u32, scale).expect("shape checked")).await)?;
             let got = read(ctx, &out, ids.len() * h).await?;
             let want = reference::embedding(&table.unpack(), h, &ids, scale);
             let case = format!("{} V={v} H={h} parts={}", dtype.name(), w.parts.len());
@@ -157,7 +157,7 @@ pub async fn rmsnorm(ctx: &GpuContext) -> TestResult {
             let (xb, wb) = (buf(ctx, &x)?, buf(ctx, &w)?);
             let out = if add { buf(ctx, &residual)? } else { zeros(ctx, rows * cols)? };
             let bound = op.bind(ctx, &xb, &wb, &out, add);
-            e(run_pass(ctx, "rmsnorm", |p| op.dispatch(ctx, p, &bound, rows as u32, cols as u32, 1e-6).expect("shape checked")).await)?;
+            e(run_pass(ctx, "rmsnorm", |p| bound.dispatch(p, rows as u32, cols as u32, 1e-6).expect("shape checked")).await)?;
             let got = read(ctx, &out, rows * cols).await?;
             let mut want = reference::rmsnorm(&x, &w, 1e-6);
             let mut scale: Vec<f64> = want.iter().map(|v| v.abs() as f64).collect();
@@ -183,7 +183,7 @@ pub async fn rope(ctx: &GpuContext) -> TestResult {
         let x = rng.vec(t * heads * d, 1.0);
         let xb = buf(ctx, &x)?;
         let bound = op.bind(ctx, &xb, &table);
-        e(run_pass(ctx, "rope", |p| op.dispatch(ctx, p, &bound, t as u32, heads as u32, pos_start as u32).expect("shape checked")).await)?;
+        e(run_pass(ctx, "rope", |p| bound.dispatch(p, t as u32, heads as u32, pos_start as u32).expect("shape checked")).await)?;
         let got = read(ctx, &xb, x.len()).await?;
         let want = reference::rope(&x, heads, d, theta, pos_start);
         // Error relative to the pair's magnitude (a rotation preserves it).
@@ -233,7 +233,7 @@ pub async fn matvec(ctx: &GpuContext) -> TestResult {
     let x = rng.vec(k, 1.0);
     let (wg, xb, yb) = (e(GpuWeight::upload(ctx, "w", &w, 0))?, buf(ctx, &x)?, zeros(ctx, n)?);
     let bound = e(op.bind_variant(ctx, &xb, &wg, &yb, false))?;
-    e(run_pass(ctx, "matvec", |p| op.dispatch(ctx, p, &bound).expect("shape checked")).await)?;
+    e(run_pass(ctx, "matvec", |p| bound.dispatch(p).expect("shape checked")).await)?;
     let got = read(ctx, &yb, n).await?;
     let wf = w.unpack();
     let want = reference::linear(&x, &wf, k, n);
@@ -259,10 +259,10 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
             let (xb, yb) = (buf(ctx, &x)?, zeros(ctx, m * n)?);
             if let Some(op) = &mm {
                 let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
-                e(run_pass(ctx, name, |p| op.dispatch(ctx, p, &bound, m as u32).expect("shape checked")).await)?;
+                e(run_pass(ctx, name, |p| bound.dispatch(p, m as u32).expect("shape checked")).await)?;
             } else if let Some(op) = &mv {
                 let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
-                e(run_pass(ctx, name, |p| op.dispatch(ctx, p, &bound).expect("shape checked")).await)?;
+                e(run_pass(ctx, name, |p| bound.dispatch(p).expect("shape checked")).await)?;
             }
             let got = read(ctx, &yb, m * n).await?;
             let wf = w.unpack();
@@ -289,7 +289,7 @@ pub async fn geglu(ctx: &GpuContext) -> TestResult {
         }
         let (gb, ub, ob) = (buf(ctx, &gate)?, buf(ctx, &up)?, zeros(ctx, n)?);
         let bound = op.bind(ctx, &gb, &ub, &ob);
-        e(run_pass(ctx, "geglu", |p| op.dispatch(ctx, p, &bound, n as u32).expect("shape checked")).await)?;
+        e(run_pass(ctx, "geglu", |p| bound.dispatch(p, n as u32).expect("shape checked")).await)?;
         let got = read(ctx, &ob, n).await?;
         let want = reference::geglu(&gate, &up);
         let scale: Vec<f64> = gate.iter().zip(&up).map(|(g, u)| (g.abs() * u.abs()) as f64).collect();
@@ -309,7 +309,7 @@ pub async fn softcap(ctx: &GpuContext) -> TestResult {
         x[2] = 0.0;
         let xb = buf(ctx, &x)?;
         let bound = op.bind(ctx, &xb);
-        e(run_pass(ctx, "softcap", |p| op.dispatch(ctx, p, &bound, n as u32, cap).expect("shape checked")).await)?;
+        e(run_pass(ctx, "softcap", |p| bound.dispatch(p, n as u32, cap).expect("shape checked")).await)?;
         let got = read(ctx, &xb, n).await?;
         let want: Vec<f32> = x.iter().map(|v| reference::softcap(*v, cap)).collect();
         let scale = vec![cap as f64; n];
@@ -336,7 +336,7 @@ pub async fn kv_cache(ctx: &GpuContext) -> TestResult {
             let (k, v) = (rng.vec(t * width, 3.0), rng.vec(t * width, 3.0));
             let (kb, vb) = (buf(ctx, &k)?, buf(ctx, &v)?);
             let bound = op.bind(ctx, &kb, &vb, &cache);
-            e(run_pass(ctx, "kv_write", |p| op.dispatch(ctx, p, &bound, t as u32, (c * t) as u32).expect("shape checked")).await)?;
+            e(run_pass(ctx, "kv_write", |p| bound.dispatch(p, t as u32, (c * t) as u32).expect("shape checked")).await)?;
             all_k.extend(k);
             all_v.extend(v);
         }
@@ -507,7 +507,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             };
             let mut failed = None;
             e(run_pass(ctx, "attention", |p| {
-                if let Err(err) = kvw.dispatch(ctx, p, &kv_bound, t as u32, start as u32).and_then(|_| attn.dispatch(ctx, p, &bound, &shape)) {
+                if let Err(err) = kv_bound.dispatch(p, t as u32, start as u32).and_then(|_| bound.dispatch(p, &shape)) {
                     failed = Some(err.to_string());
                 }
             })
@@ -540,7 +540,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
     let cache = e(KvCache::new(ctx, "cache", ctx_len as u32, kw as u32))?;
     let (kb, vb, qb, ob) = (buf(ctx, &k)?, buf(ctx, &v)?, buf(ctx, &q)?, zeros(ctx, q.len())?);
     let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
-    e(run_pass(ctx, "kv_write", |p| kvw.dispatch(ctx, p, &kv_bound, ctx_len as u32, 0).expect("shape checked")).await)?;
+    e(run_pass(ctx, "kv_write", |p| kv_bound.dispatch(p, ctx_len as u32, 0).expect("shape checked")).await)?;
     let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
     for window in [0usize, 4096] {
         let bound = attn.bind(ctx, &qb, &cache, &ob);
@@ -554,7 +554,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             scale: 1.0 / 16.0,
             softcap: 50.0,
         };
-        e(run_pass(ctx, "attention", |p| attn.dispatch(ctx, p, &bound, &shape).expect("shape checked")).await)?;
+        e(run_pass(ctx, "attention", |p| bound.dispatch(p, &shape).expect("shape checked")).await)?;
         let got = read(ctx, &ob, q.len()).await?;
         let want = reference::attention(&q, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - 1, window, 1.0 / 16.0, 50.0);
         rep.add(compare("attention", &format!("decode at position 8191, window {window}"), &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
@@ -592,7 +592,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         let draws = if n > 10_000 { 2 } else { 6 };
         for s in &settings {
             for counter in 0..draws {
-                e(run_pass(ctx, "sample", |p| op.dispatch(ctx, p, &bound, n as u32, s, counter).expect("shape checked")).await)?;
+                e(run_pass(ctx, "sample", |p| bound.dispatch(p, n as u32, s, counter).expect("shape checked")).await)?;
                 let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
                 let trace = reference::sample(&logits, s.temperature, s.top_k, s.top_p, s.seed, counter);
                 let case = format!("n={n} {s:?} counter={counter}");
@@ -631,7 +631,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..16 {
         let s = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed };
-        e(run_pass(ctx, "sample", |p| op.dispatch(ctx, p, &bound, n as u32, &s, 0).expect("shape checked")).await)?;
+        e(run_pass(ctx, "sample", |p| bound.dispatch(p, n as u32, &s, 0).expect("shape checked")).await)?;
         let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
         if got != reference::sample(&flat, 1.0, 0, 1.0, seed, 0).chosen {
             return Err(format!("sample [uniform n=64 seed={seed}]: got {got}, expected {}", reference::sample(&flat, 1.0, 0, 1.0, seed, 0).chosen));
@@ -677,9 +677,9 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     let kv_bound = kvw.bind(ctx, &kb, &kb, &cache);
     let mut results = Vec::new();
     e(run_pass(ctx, "errors", |p| {
-        results.push(attn.dispatch(ctx, p, &bound, &shape));
-        results.push(kvw.dispatch(ctx, p, &kv_bound, 9, 0));
-        results.push(attn.dispatch(ctx, p, &bound, &AttentionShape { head_dim: 12, ..shape }));
+        results.push(bound.dispatch(p, &shape));
+        results.push(kv_bound.dispatch(p, 9, 0));
+        results.push(bound.dispatch(p, &AttentionShape { head_dim: 12, ..shape }));
     })
     .await)?;
     let mut results = results.into_iter();

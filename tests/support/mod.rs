@@ -1,7 +1,9 @@
-//! Helpers shared by the whole-model tests (native and in Chromium): comparisons and a greedy
-//! loop through the engine. Each test binary uses some of them.
+//! Helpers shared by the whole-model tests (native and in Chromium): fixtures, conversion, the
+//! engine and its CPU twin, the reference files the tools/ scripts record, comparisons and a
+//! greedy loop. Each test binary uses some of them.
 #![allow(dead_code)]
 
+use gemma_webgpu::convert::safetensors::Checkpoint;
 use gemma_webgpu::model::engine::Engine;
 use gemma_webgpu::ops::sample::Sampling;
 
@@ -24,4 +26,83 @@ pub async fn greedy(gpu: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
         out.push(gpu.step(&[last], &Sampling::GREEDY).await.expect("decode"));
     }
     out
+}
+
+/// A reference file recorded by `tools/make_*.py` (safetensors of ids and f32 tensors).
+pub struct Reference(Checkpoint);
+
+impl Reference {
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        let mut ck = Checkpoint::default();
+        ck.add_bytes("reference.safetensors", bytes.to_vec()).expect("reference file");
+        Self(ck)
+    }
+
+    /// Token ids (stored as i32).
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        self.0.read_i32(name).unwrap_or_else(|e| panic!("{name}: {e}")).into_iter().map(|v| v as u32).collect()
+    }
+
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        self.0.read_f32(name).unwrap_or_else(|e| panic!("{name}: {e}")).1
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::*;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use gemma_webgpu::convert::{self, Quant};
+    use gemma_webgpu::format::Manifest;
+    use gemma_webgpu::gpu::{ContextOptions, GpuContext};
+    use gemma_webgpu::model::cpu::CpuModel;
+    use gemma_webgpu::model::engine::{Engine, EngineOptions, KvType};
+    use gemma_webgpu::model::load::{read_manifest, read_shard};
+
+    use super::Reference;
+
+    /// `tests/fixtures/<name>`.
+    pub fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    }
+
+    /// A fresh directory under the system's temporary directory (unique per call and process).
+    pub fn temp_dir(tag: &str) -> PathBuf {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let d = std::env::temp_dir().join(format!("gemma-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    /// Convert the Hugging Face fixture `name` into a fresh directory, with small shards (so
+    /// models span several of them, as real ones do).
+    pub fn convert_to(name: &str, quant: impl Into<Quant>, shard_bytes: u64) -> (PathBuf, Manifest) {
+        let quant = quant.into();
+        let out = temp_dir(&format!("{name}-{}-{}", quant.matrices.name(), quant.embedding.name()));
+        let m = convert::convert_hf(&fixture(name), &out, quant, shard_bytes, false).expect("convert");
+        (out, m)
+    }
+
+    /// The fixture's recorded reference.
+    pub fn reference(name: &str) -> Reference {
+        Reference::from_bytes(&std::fs::read(fixture(name).join("reference.safetensors")).expect("reference file"))
+    }
+
+    /// The engine on the native adapter (no adapter is a failure, never a skip).
+    pub fn engine(dir: &Path, max_context: u32, prefill_chunk: u32, kv: KvType) -> Engine {
+        pollster::block_on(async {
+            let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
+            Engine::load_dir(ctx, dir, EngineOptions::with_context(max_context, prefill_chunk, kv)).await.expect("load")
+        })
+    }
+
+    /// The CPU twin of the model in `dir`.
+    pub fn cpu_twin(dir: &Path) -> CpuModel {
+        let manifest = read_manifest(dir).expect("manifest");
+        CpuModel::from_manifest(&manifest, &|i| read_shard(dir, &manifest, i)).expect("cpu twin")
+    }
 }

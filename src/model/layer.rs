@@ -1,0 +1,216 @@
+//! One decoder layer and the head on the GPU: the kernels bound to a layer's weights, its KV
+//! cache and the activations once at load (`bind`), and recorded per step (`record`) in the
+//! order of `docs/model.md` §3, under the same step names as the CPU twin's
+//! `CpuModel::layer` / `CpuModel::head`.
+
+use crate::error::{Error, Result};
+use crate::gpu::weights::GpuWeight;
+use crate::gpu::{GpuContext, Recorder};
+use crate::model::activations::Activations;
+use crate::model::config::ModelConfig;
+use crate::model::weights::{LayerWeights, Weights};
+use crate::ops::attention::{AttentionBinding, AttentionShape};
+use crate::ops::embedding::EmbeddingBinding;
+use crate::ops::geglu::GeGluBinding;
+use crate::ops::kv_cache::{KvCache, KvWriteBinding};
+use crate::ops::linear::{MatMulBinding, MatVecBinding};
+use crate::ops::rmsnorm::RmsNormBinding;
+use crate::ops::rope::{RopeBinding, RopeTable};
+use crate::ops::sample::{SamplerBinding, Sampling};
+use crate::ops::softcap::SoftCapBinding;
+use crate::ops::Ops;
+
+/// A weight bound both ways: tiled matmul for a block of rows (prefill), matrix-vector for
+/// one row (decode).
+#[derive(Debug)]
+pub struct Linear {
+    prefill: MatMulBinding,
+    decode: MatVecBinding,
+}
+
+impl Linear {
+    fn bind(ctx: &GpuContext, ops: &Ops, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<Self> {
+        let k = ops.for_weight(w.dtype)?;
+        Ok(Self { prefill: k.matmul.bind(ctx, x, w, y)?, decode: k.matvec.bind(ctx, x, w, y)? })
+    }
+
+    /// `t` rows of the input through the weight.
+    fn dispatch(&self, rec: &mut Recorder<'_>, t: u32) -> Result<()> {
+        if t == 1 {
+            self.decode.dispatch(rec)
+        } else {
+            self.prefill.dispatch(rec, t)
+        }
+    }
+}
+
+/// One decoder layer's kernels, bound; fields in forward-pass order.
+#[derive(Debug)]
+pub struct LayerBindings {
+    input_norm: RmsNormBinding,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    /// Gemma 3: q and k normed per head, from `q_pre`/`k_pre` into `q`/`k`.
+    qk_norm: Option<(RmsNormBinding, RmsNormBinding)>,
+    rope_q: RopeBinding,
+    rope_k: RopeBinding,
+    kv_write: KvWriteBinding,
+    attention: AttentionBinding,
+    o_proj: Linear,
+    post_attention_norm: RmsNormBinding,
+    pre_feedforward_norm: RmsNormBinding,
+    gate_proj: Linear,
+    up_proj: Linear,
+    geglu: GeGluBinding,
+    down_proj: Linear,
+    post_feedforward_norm: RmsNormBinding,
+    /// This layer's attention window (0 = global), from the config.
+    window: u32,
+}
+
+impl LayerBindings {
+    /// Bind layer `l`'s weights, cache and RoPE table to the activations.
+    pub fn bind(ctx: &GpuContext, ops: &Ops, c: &ModelConfig, l: usize, a: &Activations, w: &LayerWeights, cache: &KvCache, rope: &RopeTable) -> Result<Self> {
+        // With per-head q/k norms the projections write q_pre/k_pre and the norms q/k.
+        let (q_out, k_out) = if c.qk_norm { (&a.q_pre, &a.k_pre) } else { (&a.q, &a.k) };
+        let qk_norm = match &w.qk_norm {
+            Some((qn, kn)) if c.qk_norm => Some((ops.rmsnorm.bind(ctx, &a.q_pre, qn, &a.q, false), ops.rmsnorm.bind(ctx, &a.k_pre, kn, &a.k, false))),
+            None if !c.qk_norm => None,
+            _ => return Err(Error::Format(format!("layer {l}: q/k norm weights do not match the config's qk_norm"))),
+        };
+        let linear = |x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer| Linear::bind(ctx, ops, x, w, y);
+        Ok(Self {
+            input_norm: ops.rmsnorm.bind(ctx, &a.x, &w.input_layernorm, &a.h, false),
+            q_proj: linear(&a.h, &w.q_proj, q_out)?,
+            k_proj: linear(&a.h, &w.k_proj, k_out)?,
+            v_proj: linear(&a.h, &w.v_proj, &a.v)?,
+            qk_norm,
+            rope_q: ops.rope.bind(ctx, &a.q, rope),
+            rope_k: ops.rope.bind(ctx, &a.k, rope),
+            kv_write: ops.kv_write.bind(ctx, &a.k, &a.v, cache),
+            attention: ops.attention.bind(ctx, &a.q, cache, &a.attn),
+            o_proj: linear(&a.attn, &w.o_proj, &a.o)?,
+            post_attention_norm: ops.rmsnorm.bind(ctx, &a.o, &w.post_attention_layernorm, &a.x, true),
+            pre_feedforward_norm: ops.rmsnorm.bind(ctx, &a.x, &w.pre_feedforward_layernorm, &a.h, false),
+            gate_proj: linear(&a.h, &w.gate_proj, &a.gate)?,
+            up_proj: linear(&a.h, &w.up_proj, &a.up)?,
+            geglu: ops.geglu.bind(ctx, &a.gate, &a.up, &a.act),
+            down_proj: linear(&a.act, &w.down_proj, &a.o)?,
+            post_feedforward_norm: ops.rmsnorm.bind(ctx, &a.o, &w.post_feedforward_layernorm, &a.x, true),
+            window: c.window(l),
+        })
+    }
+
+    /// Record this layer for `t` rows at positions `pos..pos + t` (`docs/model.md` §3.3):
+    /// pre-norm, attention, post-norm added to the residual; the same around the MLP.
+    pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, t: u32, pos: u32) -> Result<()> {
+        let (h, d, eps) = (c.hidden_size, c.head_dim, c.rms_norm_eps);
+        let (nh, nkv) = (c.num_attention_heads, c.num_key_value_heads);
+        self.input_norm.dispatch(rec, t, h, eps)?; // h = norm(x)
+        self.q_proj.dispatch(rec, t)?;
+        self.k_proj.dispatch(rec, t)?;
+        self.v_proj.dispatch(rec, t)?;
+        if let Some((q_norm, k_norm)) = &self.qk_norm {
+            q_norm.dispatch(rec, t * nh, d, eps)?;
+            k_norm.dispatch(rec, t * nkv, d, eps)?;
+        }
+        self.rope_q.dispatch(rec, t, nh, pos)?;
+        self.rope_k.dispatch(rec, t, nkv, pos)?;
+        self.kv_write.dispatch(rec, t, pos)?;
+        let shape = AttentionShape {
+            n_queries: t,
+            q_pos_start: pos,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: d,
+            window: self.window,
+            scale: c.attn_scale(),
+            softcap: c.attn_logit_softcapping,
+        };
+        self.attention.dispatch(rec, &shape)?;
+        self.o_proj.dispatch(rec, t)?;
+        self.post_attention_norm.dispatch(rec, t, h, eps)?; // x += norm(o)
+        self.pre_feedforward_norm.dispatch(rec, t, h, eps)?; // h = norm(x)
+        self.gate_proj.dispatch(rec, t)?;
+        self.up_proj.dispatch(rec, t)?;
+        self.geglu.dispatch(rec, t * c.intermediate_size)?;
+        self.down_proj.dispatch(rec, t)?;
+        self.post_feedforward_norm.dispatch(rec, t, h, eps) // x += norm(o)
+    }
+}
+
+/// The embedding before the layers, and the head after them: final norm, LM head (the tied
+/// embedding), final soft-cap, sampler.
+#[derive(Debug)]
+pub struct HeadBindings {
+    embed: EmbeddingBinding,
+    final_norm: RmsNormBinding,
+    lm_head: MatVecBinding,
+    final_softcap: SoftCapBinding,
+    sampler: SamplerBinding,
+}
+
+impl HeadBindings {
+    pub fn bind(ctx: &GpuContext, ops: &Ops, a: &Activations, w: &Weights) -> Result<Self> {
+        let k = ops.for_weight(w.embed_tokens.dtype)?;
+        Ok(Self {
+            embed: k.embedding.bind(ctx, &a.ids, &w.embed_tokens, &a.x)?,
+            final_norm: ops.rmsnorm.bind(ctx, &a.x_last, &w.norm, &a.h_last, false),
+            lm_head: k.matvec.bind(ctx, &a.h_last, &w.embed_tokens, &a.logits)?,
+            final_softcap: ops.softcap.bind(ctx, &a.logits),
+            sampler: ops.sample.bind(ctx, &a.logits, &a.ids),
+        })
+    }
+
+    /// x = embedding(ids) * sqrt(H) for `t` tokens.
+    pub fn record_embed(&self, rec: &mut Recorder<'_>, c: &ModelConfig, t: u32) -> Result<()> {
+        self.embed.dispatch(rec, t, c.embed_scale())
+    }
+
+    /// Logits of `x_last` (final norm, LM head, final soft-cap), then, with `sample`, the next
+    /// token drawn into `ids[0]` (`counter` tells successive draws of one seed apart).
+    pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sample: Option<(&Sampling, u32)>) -> Result<()> {
+        self.final_norm.dispatch(rec, 1, c.hidden_size, c.rms_norm_eps)?;
+        self.lm_head.dispatch(rec)?;
+        if c.final_logit_softcapping > 0.0 {
+            self.final_softcap.dispatch(rec, c.vocab_size, c.final_logit_softcapping)?;
+        }
+        match sample {
+            Some((sampling, counter)) => self.sampler.dispatch(rec, c.vocab_size, sampling, counter),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One KV cache per layer. A sliding layer keeps a ring of `window + chunk - 1` positions:
+/// enough for the oldest key the first query of a prefill chunk still sees.
+pub fn allocate_caches(ctx: &GpuContext, c: &ModelConfig, max_context: u32, chunk: u32, kv_f32: bool) -> Result<Vec<KvCache>> {
+    (0..c.num_hidden_layers as usize)
+        .map(|l| {
+            let window = c.window(l);
+            let capacity = if window > 0 { max_context.min(window + chunk - 1) } else { max_context };
+            KvCache::with_type(ctx, &format!("kv{l}"), capacity, c.kv_width(), kv_f32)
+        })
+        .collect()
+}
+
+/// One RoPE table per distinct (base, factor) among the layers (Gemma 3 has two), and which
+/// table each layer uses.
+pub fn rope_tables(ctx: &GpuContext, c: &ModelConfig, max_context: u32) -> Result<(Vec<RopeTable>, Vec<usize>)> {
+    let mut keys: Vec<(f32, f32)> = Vec::new();
+    let mut of_layer = Vec::new();
+    for l in 0..c.num_hidden_layers as usize {
+        let key = c.rope(l);
+        let i = match keys.iter().position(|k| *k == key) {
+            Some(i) => i,
+            None => {
+                keys.push(key);
+                keys.len() - 1
+            }
+        };
+        of_layer.push(i);
+    }
+    let tables = keys.iter().map(|&(theta, factor)| RopeTable::scaled(ctx, c.head_dim, theta, factor, max_context)).collect::<Result<Vec<_>>>()?;
+    Ok((tables, of_layer))
+}
