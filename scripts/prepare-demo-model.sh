@@ -4,6 +4,7 @@
 # (scripts/fetch-gemma3.sh, cached in ~/.cache/gemma-webgpu) and converted to our format with
 # its own tokenizer: int4 layers and an int8 embedding (230 MiB; llama.cpp keeps this file's
 # embedding at 8 bits too). The README's "Gemma 3 270M" section has what each choice costs.
+# The native 270M tests reuse this directory (tests/gemma3_270m.rs reads the stamp below).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=www/models/default
@@ -13,8 +14,13 @@ if [ -s "$dest/manifest.json" ] && [ -s "$dest/tokenizer.json" ] && [ "$(cat "$d
   exit 0
 fi
 gguf=$(bash scripts/fetch-gemma3.sh)
-cargo build --release --locked --bin gemma
+# The test command passes the CLI it has just built (GEMMA_BIN); alone, build a release one.
+gemma=${GEMMA_BIN:-}
+if [ -z "$gemma" ]; then
+  cargo build --release --locked --bin gemma
+  gemma=target/release/gemma
+fi
 rm -rf "$dest"
-target/release/gemma convert "$gguf" "$dest" "${args[@]}" 2>/dev/null
+"$gemma" convert "$gguf" "$dest" "${args[@]}" 2>/dev/null
 echo "$stamp" > "$dest/.prepared"
 echo "prepared $dest from $gguf (${args[*]})"

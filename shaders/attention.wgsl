@@ -12,8 +12,7 @@
 
 override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
 
-const KT: u32 = 64u;
-const MAX_HEAD_DIM: u32 = 256u;
+const KT: u32 = ATTN_KEYS; // keys per tile, one per invocation
 const PER_THREAD: u32 = MAX_HEAD_DIM / KT;
 
 struct Params {
@@ -77,7 +76,7 @@ fn v_term(jj: u32, n_valid: u32, slot_words: u32, head_word: u32, d: u32) -> f32
     return probs[jj] * select(vv.x, vv.y, (d & 1u) == 1u);
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(ATTN_KEYS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let head = wid.x;
     let t = wid.y;

@@ -17,7 +17,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // [T, cols]
 @group(0) @binding(3) var<uniform> p: Params;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let t = linear_group(wid, nwg);
@@ -29,7 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     let base = (id - p.row_start) * p.cols;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         out[t * p.cols + c] = load_weight(base + c, p.scales_offset) * p.scale;
     }
 }

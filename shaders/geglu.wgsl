@@ -17,10 +17,10 @@ fn gelu_tanh(v: f32) -> f32 {
     return 0.5 * v * (1.0 + tanh_clamped(0.7978845608028654 * (v + 0.044715 * v * v * v)));
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
-    let i = linear_group(wid, nwg) * 256u + lid;
+    let i = linear_group(wid, nwg) * WG + lid;
     if i < p.n {
         out[i] = gelu_tanh(gate[i]) * up[i];
     }

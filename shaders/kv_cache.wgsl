@@ -20,11 +20,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> v_cache: array<u32>;  // see layout above
 @group(0) @binding(4) var<uniform> p: Params;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let half_width = p.width / 2u;
-    let item = linear_group(wid, nwg) * 256u + lid;
+    let item = linear_group(wid, nwg) * WG + lid;
     if item >= p.n_tokens * half_width {
         return;
     }

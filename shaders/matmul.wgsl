@@ -5,8 +5,8 @@
 // TM = 4 (64-row tiles) for long prompts; TM = 1 (16-row tiles) wastes less on short ones.
 
 override TM: u32 = 4u;
-const BN: u32 = 64u;
-const BK: u32 = 16u;
+const BN: u32 = MATMUL_TILE;
+const BK: u32 = MATMUL_BK;
 
 struct Params {
     m: u32,
@@ -36,7 +36,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var acc: array<f32, 16>;
     for (var k0 = 0u; k0 < p.k; k0 += BK) {
         for (var i = 0u; i < 4u; i++) {
-            let idx = lid + i * 256u;
+            let idx = lid + i * WG;
             let r = idx / BK;
             let kk = idx % BK;
             let gk = k0 + kk;
@@ -56,7 +56,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
                 ws[kk * BN + r] = wv;
             }
         }
-        if WTYPE == 3u && lid < 128u {
+        if WTYPE == WTYPE_INT4 && lid < 128u {
             // 64 rows x 16 values = 128 words; K % 32 == 0, so a word never crosses K.
             let r = lid / 2u;
             let kk0 = (lid % 2u) * 8u;

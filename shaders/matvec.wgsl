@@ -1,6 +1,6 @@
 // matvec.wgsl: decode-time matrix-vector product y[out_offset + n] = sum_k x[k] * W[n, k] for
 // one part of a packed weight W [n, k]. Each workgroup computes ROWS rows; LANES threads split
-// a row's K and reduce in workgroup memory. ROWS * LANES = 256. For short rows the launcher
+// a row's K and reduce in workgroup memory. ROWS * LANES = WG. For short rows the launcher
 // picks one lane per row (ROWS = 256): a 256k-row LM head with K = 256 would otherwise spend
 // its time in workgroup launches and barriers (on CPU adapters above all).
 
@@ -19,9 +19,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;  // [>= out_offset + n]
 @group(0) @binding(3) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial: array<f32, WG>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let lane = lid % LANES;

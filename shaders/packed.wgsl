@@ -2,14 +2,14 @@
 // The including shader declares `w: array<u32>` (one part of a packed [rows, cols] tensor).
 // Layouts are defined and documented in src/quant.rs; WTYPE selects one at pipeline creation.
 
-override WTYPE: u32 = 0u; // 0 = f32, 1 = fp16, 2 = bf16, 3 = int4 (affine), 4 = int8 (groups of 32)
+override WTYPE: u32 = WTYPE_F32; // WTYPE_F32, _F16, _BF16, _INT4 (affine), _INT8 (groups of 32)
 
 fn half_bits(i: u32) -> u32 {
     return (w[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
 }
 
 fn half_value(i: u32) -> f32 {
-    if WTYPE == 2u {
+    if WTYPE == WTYPE_BF16 {
         return bitcast<f32>(half_bits(i) << 16u);
     }
     return unpack2x16float(half_bits(i)).x;
@@ -43,15 +43,15 @@ fn int8_codes(word: u32) -> vec4<f32> {
 // Element e (= row * cols + col) of the tensor, widened to f32.
 fn load_weight(e: u32, scales_offset: u32) -> f32 {
     switch WTYPE {
-        case 1u, 2u: {
+        case WTYPE_F16, WTYPE_BF16: {
             return half_value(e);
         }
-        case 3u: {
+        case WTYPE_INT4: {
             let q = (w[e >> 3u] >> ((e & 7u) * 4u)) & 15u;
             let sm = int4_params(e >> 5u, scales_offset);
             return f32(q) * sm.x + sm.y;
         }
-        case 4u: {
+        case WTYPE_INT8: {
             let q = bitcast<i32>(w[e >> 2u] << (24u - (e & 3u) * 8u)) >> 24u;
             return f32(q) * int8_scale(e >> 5u, scales_offset);
         }
@@ -65,16 +65,16 @@ fn load_weight(e: u32, scales_offset: u32) -> f32 {
 // with a, b.
 fn dot8(e: u32, scales_offset: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     switch WTYPE {
-        case 3u: {
+        case WTYPE_INT4: {
             let word = w[e >> 3u];
             let sm = int4_params(e >> 5u, scales_offset);
             return (dot(int4_lo(word), a) + dot(int4_hi(word), b)) * sm.x + dot(a + b, vec4<f32>(1.0)) * sm.y;
         }
-        case 4u: {
+        case WTYPE_INT8: {
             let i = e >> 2u;
             return (dot(int8_codes(w[i]), a) + dot(int8_codes(w[i + 1u]), b)) * int8_scale(e >> 5u, scales_offset);
         }
-        case 1u: {
+        case WTYPE_F16: {
             if (e & 1u) == 0u {
                 let i = e >> 1u;
                 let x0 = unpack2x16float(w[i]);
@@ -84,7 +84,7 @@ fn dot8(e: u32, scales_offset: u32, a: vec4<f32>, b: vec4<f32>) -> f32 {
                 return dot(vec4<f32>(x0, x1), a) + dot(vec4<f32>(x2, x3), b);
             }
         }
-        case 0u: {
+        case WTYPE_F32: {
             let lo = vec4<f32>(bitcast<f32>(w[e]), bitcast<f32>(w[e + 1u]), bitcast<f32>(w[e + 2u]), bitcast<f32>(w[e + 3u]));
             let hi = vec4<f32>(bitcast<f32>(w[e + 4u]), bitcast<f32>(w[e + 5u]), bitcast<f32>(w[e + 6u]), bitcast<f32>(w[e + 7u]));
             return dot(lo, a) + dot(hi, b);

@@ -18,7 +18,7 @@ struct Params {
 
 var<workgroup> partial: array<f32, 256>;
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let row = linear_group(wid, nwg);
@@ -27,20 +27,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let base = row * p.cols;
     var s = 0.0;
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         let v = x[base + c];
         s += v * v;
     }
     partial[lid] = s;
     workgroupBarrier();
-    for (var stride = 128u; stride > 0u; stride >>= 1u) {
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {
             partial[lid] += partial[lid + stride];
         }
         workgroupBarrier();
     }
     let inv = 1.0 / sqrt(partial[0] / f32(p.cols) + p.eps);
-    for (var c = lid; c < p.cols; c += 256u) {
+    for (var c = lid; c < p.cols; c += WG) {
         let y = x[base + c] * inv * (1.0 + weight[c]);
         if ADD_TO_OUT {
             out[base + c] = out[base + c] + y;

@@ -15,12 +15,12 @@ struct Params {
 @group(0) @binding(1) var<storage, read> table: array<f32>;     // [positions, head_dim / 2, 2] = (cos, sin)
 @group(0) @binding(2) var<uniform> p: Params;
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG_ROPE)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let half_dim = p.head_dim / 2u;
     let per_token = p.n_heads * half_dim;
-    let item = linear_group(wid, nwg) * 64u + lid;
+    let item = linear_group(wid, nwg) * WG_ROPE + lid;
     if item >= p.n_tokens * per_token {
         return;
     }

@@ -10,7 +10,6 @@
 //        the first whose cumulative mass exceeds u * kept mass.
 // The CPU twin (reference::sample) implements the same definition.
 
-const WG: u32 = 256u;
 
 struct Params {
     n: u32,
@@ -103,7 +102,7 @@ fn upper_mid(b: vec2<u32>) -> u32 {
     return b.x + (d >> 1u) + (d & 1u);
 }
 
-@compute @workgroup_size(256)
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
     // Arg-max (also gives the max m for the softmax).
     var best_v = -3.4e38;

@@ -32,6 +32,7 @@
 use half::{bf16, f16};
 
 use crate::error::{Error, Result};
+use crate::shaders::consts;
 
 /// Values per int4 / int8 group (one scale, and for int4 one min, each).
 pub const INT4_GROUP: usize = 32;
@@ -49,11 +50,11 @@ impl DType {
     /// The value of the WGSL override `WTYPE` that selects this type in `shaders/packed.wgsl`.
     pub fn wgsl_id(self) -> f64 {
         match self {
-            DType::F32 => 0.0,
-            DType::F16 => 1.0,
-            DType::Bf16 => 2.0,
-            DType::Int4 => 3.0,
-            DType::Int8 => 4.0,
+            DType::F32 => consts::WTYPE_F32 as f64,
+            DType::F16 => consts::WTYPE_F16 as f64,
+            DType::Bf16 => consts::WTYPE_BF16 as f64,
+            DType::Int4 => consts::WTYPE_INT4 as f64,
+            DType::Int8 => consts::WTYPE_INT8 as f64,
         }
     }
 

@@ -7,6 +7,44 @@
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
 
+macro_rules! shared_consts {
+    ($( $(#[$doc:meta])* $name:ident = $value:expr; )*) => {
+        /// Constants shared by the Rust launchers and the WGSL kernels.
+        pub mod consts {
+            $( $(#[$doc])* pub const $name: u32 = $value; )*
+            /// `(name, value)` of each, as the WGSL prelude declares them.
+            pub const ALL: &[(&str, u32)] = &[$( (stringify!($name), $name), )*];
+        }
+    };
+}
+
+shared_consts! {
+    /// Invocations per workgroup of the one-dimensional kernels (elementwise ops, row
+    /// reductions, the sampler, matvec) and of the matmul's 16x16 tile.
+    WG = 256;
+    /// Invocations per RoPE workgroup (one rotation pair each).
+    WG_ROPE = 64;
+    /// Keys per attention tile, one per invocation (the attention workgroup size).
+    ATTN_KEYS = 64;
+    /// The largest head dimension attention supports (Gemma: 256; 128 for the 27B models).
+    MAX_HEAD_DIM = 256;
+    /// Matmul output tile columns (and rows of the large-tile variant).
+    MATMUL_TILE = 64;
+    /// Matmul K step through workgroup memory.
+    MATMUL_BK = 16;
+    /// Weight storage types, the `WTYPE` override of the weight-reading kernels.
+    WTYPE_F32 = 0;
+    WTYPE_F16 = 1;
+    WTYPE_BF16 = 2;
+    WTYPE_INT4 = 3;
+    WTYPE_INT8 = 4;
+}
+
+/// The shared constants as WGSL `const` declarations, which every kernel's source starts with.
+pub fn prelude() -> String {
+    consts::ALL.iter().map(|(name, value)| format!("const {name}: u32 = {value}u;\n")).collect()
+}
+
 /// One kernel's WGSL: its library files, then its own file.
 #[derive(Debug, Clone, Copy)]
 pub struct Shader {
@@ -15,8 +53,9 @@ pub struct Shader {
 }
 
 impl Shader {
+    /// The prelude of shared constants, the library files, then the kernel.
     pub fn source(&self) -> String {
-        self.parts.join("\n")
+        prelude() + &self.parts.join("\n")
     }
 }
 

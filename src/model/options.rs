@@ -69,7 +69,7 @@ impl EngineOptions {
         if max_context == 0 || max_context > most {
             return Err(Error::invalid(
                 "max_context",
-                format!("the context length (maxContext in JS, --max-context in the CLI) must be from 1 to the model's {most} positions, got {max_context}"),
+                format!("the context length (maxContext in JS, --max-context in the CLI) must be from 1 to the model's max_position_embeddings ({most}), got {max_context}"),
             ));
         }
         Ok(Self { max_context: Some(max_context), prefill_chunk: self.prefill_chunk.clamp(1, max_context), kv: self.kv })
@@ -95,7 +95,7 @@ mod tests {
         assert_eq!((o.context(), o.prefill_chunk), (100, 100));
         for bad in [0, 101] {
             let e = EngineOptions { max_context: Some(bad), ..Default::default() }.resolve(&c).expect_err("out of range");
-            assert!(e.to_string().contains("maxContext") && e.to_string().contains("100 positions"), "{e}");
+            assert!(e.to_string().contains("maxContext") && e.to_string().contains("max_position_embeddings (100)"), "{e}");
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::shaders;
 
 /// Largest head dimension the kernel supports (Gemma 2 and Gemma 3 use 256, their 27B
 /// models 128).
-pub const MAX_HEAD_DIM: u32 = 256;
+pub const MAX_HEAD_DIM: u32 = crate::shaders::consts::MAX_HEAD_DIM;
 
 uniform! {
     pub struct AttentionParams {

@@ -3,7 +3,7 @@
 use super::{check_fits, uniform, words};
 use crate::error::Result;
 use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
-use crate::shaders;
+use crate::shaders::{self, consts};
 
 uniform! {
     pub struct GeGluParams {
@@ -38,7 +38,7 @@ impl GeGlu {
 impl GeGluBinding {
     pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32) -> Result<()> {
         check_fits("geglu", "gate/up/out", n as u64, self.len)?;
-        self.bound.dispatch(rec, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(256)));
+        self.bound.dispatch(rec, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(consts::WG)));
         Ok(())
     }
 }

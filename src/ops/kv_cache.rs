@@ -6,7 +6,7 @@
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
-use crate::shaders;
+use crate::shaders::{self, consts};
 
 uniform! {
     pub struct KvWriteParams {
@@ -85,7 +85,7 @@ impl KvWriteBinding {
             return Err(Error::shape("kv_write", format!("{n_tokens} rows would overwrite each other in a {}-slot ring", self.capacity)));
         }
         let params = KvWriteParams { n_tokens, width: self.width, pos_start, capacity: self.capacity };
-        self.bound.dispatch(rec, &params, grid((n_tokens * self.width / 2).div_ceil(256)));
+        self.bound.dispatch(rec, &params, grid((n_tokens * self.width / 2).div_ceil(consts::WG)));
         Ok(())
     }
 }

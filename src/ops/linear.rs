@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::gpu::weights::GpuWeight;
 use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
 use crate::quant::DType;
-use crate::shaders;
+use crate::shaders::{self, consts};
 
 uniform! {
     pub struct MatMulParams {
@@ -34,13 +34,13 @@ uniform! {
 
 /// Output tile of the matmul kernel: columns per workgroup, and rows for the large-tile
 /// variant; calls with at most `MATMUL_SMALL_M` rows use 16-row tiles instead.
-pub const MATMUL_TILE: u32 = 64;
+pub const MATMUL_TILE: u32 = consts::MATMUL_TILE;
 pub const MATMUL_SMALL_M: u32 = 32;
 /// Rows of `W` per matvec workgroup for long rows (64 lanes split each row), and for rows
 /// shorter than `MATVEC_NARROW_K` (one thread per row, no reduction: 5x faster decode of a
 /// 256k-vocabulary LM head with K = 256 on lavapipe, 3.4x on SwiftShader).
 pub const MATVEC_ROWS: u32 = 4;
-pub const MATVEC_ROWS_NARROW: u32 = 256;
+pub const MATVEC_ROWS_NARROW: u32 = consts::WG;
 pub const MATVEC_NARROW_K: u32 = 1024;
 
 #[derive(Debug)]
@@ -153,7 +153,7 @@ pub struct MatVec {
 
 impl MatVec {
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        let variant = |rows: u32| [("WTYPE", dtype.wgsl_id()), ("ROWS", rows as f64), ("LANES", (256 / rows) as f64)];
+        let variant = |rows: u32| [("WTYPE", dtype.wgsl_id()), ("ROWS", rows as f64), ("LANES", (consts::WG / rows) as f64)];
         Ok(Self {
             wide: Kernel::new(ctx, &shaders::MATVEC, &variant(MATVEC_ROWS)).await?,
             narrow: Kernel::new(ctx, &shaders::MATVEC, &variant(MATVEC_ROWS_NARROW)).await?,
