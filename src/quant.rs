@@ -187,7 +187,7 @@ impl Packed {
         if data.len() != rows * cols {
             return Err(Error::invalid("pack", format!("{} values for a [{rows}, {cols}] tensor", data.len())));
         }
-        if dtype.is_grouped() && cols % INT4_GROUP != 0 {
+        if dtype.is_grouped() && !cols.is_multiple_of(INT4_GROUP) {
             return Err(Error::invalid("pack", format!("{} needs the input dimension to be a multiple of {INT4_GROUP}; it is {cols}", dtype.name())));
         }
         let mut words = vec![0u32; dtype.words(rows, cols)];

@@ -63,7 +63,7 @@ impl Tokenizer {
     /// The Gemma chat template with the generation prompt:
     /// `<bos><start_of_turn>user\n{..}<end_of_turn>\n<start_of_turn>model\n{..}<end_of_turn>\n…<start_of_turn>model\n`
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        Ok(self.encode(&render_chat(messages)?)?)
+        self.encode(&render_chat(messages)?)
     }
 }
 

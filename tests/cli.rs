@@ -42,7 +42,7 @@ fn read_npy(path: &Path) -> (Vec<usize>, Vec<f32>) {
     assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
     let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     let header = std::str::from_utf8(&bytes[10..10 + hlen]).expect("header");
-    assert!(header.contains("'descr': '<f4'") && header.ends_with('\n') && (10 + hlen) % 64 == 0, "{header}");
+    assert!(header.contains("'descr': '<f4'") && header.ends_with('\n') && (10 + hlen).is_multiple_of(64), "{header}");
     let shape: Vec<usize> =
         header.split('(').nth(1).and_then(|s| s.split(')').next()).expect("shape").split(',').filter_map(|d| d.trim().parse().ok()).collect();
     (shape, bytemuck::pod_collect_to_vec(&bytes[10 + hlen..]))

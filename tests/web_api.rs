@@ -161,7 +161,7 @@ async fn api_loads_with_progress_and_matches_hugging_face() {
     })
     .into_js_value();
     let g = load(&m, &[("onProgress", on_progress), ("kvF32", true.into()), ("maxContext", 64.into())]).await.expect("load");
-    let events = events.borrow();
+    let events = events.borrow().clone();
     let phases: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
     for phase in ["manifest", "download", "upload", "compile", "ready"] {
         assert!(phases.contains(&phase), "no '{phase}' progress event in {phases:?}");
@@ -292,7 +292,7 @@ async fn abort_queueing_and_chat_cache_reuse() {
     let (p1, p2) = (tagged('a'), tagged('b'));
     let (r1, r2) = (JsFuture::from(p1).await.expect("first"), JsFuture::from(p2).await.expect("second"));
     assert_eq!((r1.as_string().expect("s"), r2.as_string().expect("s")), (reference.clone(), reference.clone()));
-    let order = order.borrow();
+    let order = order.borrow().clone();
     let first_b = order.iter().position(|c| *c == 'b').expect("b ran");
     assert!(order[first_b..].iter().all(|c| *c == 'b'), "interleaved: {order:?}");
 

@@ -32,7 +32,7 @@ impl GpuContext {
     pub fn storage_from(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
         self.check_buffer_size(label, data.len() as u64)?;
         let padded;
-        let contents = if data.is_empty() || data.len() % 4 != 0 {
+        let contents = if data.is_empty() || !data.len().is_multiple_of(4) {
             let mut v = data.to_vec();
             v.resize(data.len().next_multiple_of(4).max(4), 0);
             padded = v;

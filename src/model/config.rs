@@ -163,10 +163,10 @@ impl ModelConfig {
     /// Internal consistency; also run on configs read back from our own manifests.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, detail: String| Err(Error::Config { field, detail });
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad("num_key_value_heads", format!("{} query heads do not divide into {} kv heads", self.num_attention_heads, self.num_key_value_heads));
         }
-        if self.head_dim % 8 != 0 || self.head_dim > crate::ops::attention::MAX_HEAD_DIM {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(8) || self.head_dim > crate::ops::attention::MAX_HEAD_DIM {
             return bad("head_dim", format!("{} is not supported (multiple of 8, at most {})", self.head_dim, crate::ops::attention::MAX_HEAD_DIM));
         }
         if self.sliding_layers.len() != self.num_hidden_layers as usize {

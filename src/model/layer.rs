@@ -71,6 +71,7 @@ pub struct LayerBindings {
 
 impl LayerBindings {
     /// Bind layer `l`'s weights, cache and RoPE table to the activations.
+    #[allow(clippy::too_many_arguments)] // each is a different thing a layer binds; a struct would only rename them
     pub fn bind(ctx: &GpuContext, ops: &Ops, c: &ModelConfig, l: usize, a: &Activations, w: &LayerWeights, cache: &KvCache, rope: &RopeTable) -> Result<Self> {
         // With per-head q/k norms the projections write q_pre/k_pre and the norms q/k.
         let (q_out, k_out) = if c.qk_norm { (&a.q_pre, &a.k_pre) } else { (&a.q, &a.k) };

@@ -84,10 +84,10 @@ impl AttentionBinding {
     /// all of which must already be in the cache.
     pub fn dispatch(&self, rec: &mut Recorder<'_>, s: &AttentionShape) -> Result<()> {
         let op = "attention";
-        if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM || s.head_dim % 8 != 0 {
+        if s.head_dim == 0 || s.head_dim > MAX_HEAD_DIM || !s.head_dim.is_multiple_of(8) {
             return Err(Error::shape(op, format!("head_dim must be a multiple of 8 and at most {MAX_HEAD_DIM}, got {}", s.head_dim)));
         }
-        if s.n_kv_heads == 0 || s.n_heads % s.n_kv_heads != 0 {
+        if s.n_kv_heads == 0 || !s.n_heads.is_multiple_of(s.n_kv_heads) {
             return Err(Error::shape(op, format!("{} query heads do not group evenly over {} kv heads", s.n_heads, s.n_kv_heads)));
         }
         if s.n_kv_heads * s.head_dim != self.width {

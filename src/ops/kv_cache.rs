@@ -34,7 +34,7 @@ impl KvCache {
     }
 
     pub fn with_type(ctx: &GpuContext, label: &str, capacity: u32, width: u32, f32: bool) -> Result<Self> {
-        if width % 2 != 0 || capacity == 0 {
+        if !width.is_multiple_of(2) || capacity == 0 {
             return Err(Error::invalid("kv cache", format!("width must be even and capacity positive (got {width}, {capacity})")));
         }
         let bytes = capacity as u64 * width as u64 * if f32 { 4 } else { 2 };

@@ -50,7 +50,7 @@ impl RopeTable {
     }
 
     pub fn scaled(ctx: &GpuContext, head_dim: u32, theta: f32, factor: f32, positions: u32) -> Result<Self> {
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(Error::invalid("rope", format!("head_dim must be even, got {head_dim}")));
         }
         let table = rope_table_scaled(head_dim as usize, theta, factor, positions as usize);

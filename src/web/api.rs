@@ -219,6 +219,9 @@ enum Prompt {
     Chat(Vec<Message>),
 }
 
+// The session stays borrowed across the GPU awaits of one call: the FIFO lock (`queued`) lets
+// one call at a time reach it, and `dispose` only takes it when the lock is free.
+#[allow(clippy::await_holding_refcell_ref)]
 fn run_generation(shared: &Rc<Shared>, prompt: Prompt, options: &JsValue) -> Promise {
     let o = match call_options(options) {
         Ok(o) => o,
@@ -327,6 +330,7 @@ impl Gemma {
     /// Logits after the final soft-cap for every position of `ids` (from an empty context),
     /// `[ids.length × vocab]` row by row; for evaluation.
     #[wasm_bindgen(unchecked_return_type = "Promise<Float32Array>")]
+    #[allow(clippy::await_holding_refcell_ref)] // as in `run_generation`
     pub fn logits(&self, #[wasm_bindgen(unchecked_param_type = "Uint32Array | number[]")] ids: JsValue) -> Promise {
         let ids = match js::ids(&ids) {
             Ok(i) => i,
