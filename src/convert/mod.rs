@@ -145,7 +145,7 @@ impl ShardWriter {
 fn storage_for(name: &str, quant: Quant) -> DType {
     if tensors::is_norm(name) {
         DType::F32
-    } else if name == "model.embed_tokens.weight" {
+    } else if name == tensors::EMBED {
         quant.embedding
     } else {
         quant.matrices
