@@ -4,6 +4,7 @@
 //! `fetch` replacement that counts requests and can corrupt or drop files.
 #![cfg(target_arch = "wasm32")]
 
+mod support;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -178,14 +179,12 @@ async fn api_loads_with_progress_and_matches_hugging_face() {
     }
 
     // Logits for every position through the JS API, against Hugging Face.
-    let mut ck = Checkpoint::default();
-    ck.add_bytes("reference.safetensors", REFERENCE.to_vec()).expect("reference");
-    let ids: Vec<u32> = ck.read_i32("input_ids").expect("ids").into_iter().map(|v| v as u32).collect();
-    let want = ck.read_f32("logits").expect("logits").1;
+    let reference = support::Reference::from_bytes(REFERENCE);
+    let (ids, want) = (reference.ids("input_ids"), reference.f32("logits"));
     let got = call_async(&g, "logits", &[js_sys::Uint32Array::from(ids.as_slice()).into()]).await.expect("logits");
     let got = got.dyn_into::<js_sys::Float32Array>().expect("Float32Array").to_vec();
     assert_eq!(got.len(), want.len());
-    let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    let err = support::max_abs_diff(&got, &want);
     console_log!("JS API logits(): max |logit - HF| {err:.2e} over {} positions", ids.len());
     assert!(err <= 1e-3, "logits differ from HF by {err}");
 
