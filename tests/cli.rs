@@ -61,8 +61,15 @@ fn convert_logits_generate_and_bench() {
     assert_eq!(shape, vec![12, 512]);
     let diff = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(diff < 1e-3, "--decode differs from prefill by {diff}");
-    let text = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6"]);
-    assert_eq!(text.split_whitespace().count(), 6, "{text}");
+    let text = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "0"]);
+    let ids: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(ids.len(), 6, "{text}");
+    // A stop string ends the text before its first occurrence and is never printed (a model
+    // without tokenizer.json prints "id " per token).
+    let stop = format!(" {} ", ids[2]);
+    let want = &text[..text.find(&stop).expect("the third id is in the text")];
+    let stopped = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "0", "--stop", &stop]);
+    assert_eq!(stopped.trim_end_matches('\n'), want, "--stop {stop:?} on {text:?}");
     let sampled = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]);
     assert_eq!(
         sampled,
