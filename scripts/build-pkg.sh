@@ -1,9 +1,39 @@
 #!/usr/bin/env bash
-# Builds the npm package into pkg/ (wasm-pack, release, ES module for browsers) and prints the
-# .wasm size. wasm-opt stays off (Cargo.toml): Debian's binaryen 108 breaks the externref table
-# wasm-bindgen 0.2.130 emits ("WebAssembly.Table.set(): Argument 1 is invalid").
+# Builds the npm package into pkg/ (release, ES module for browsers, TypeScript declarations)
+# and prints the .wasm size: cargo builds the wasm, wasm-bindgen (the CLI pinned in Cargo.lock,
+# installed by scripts/setup.sh) writes the JS bindings, and package.json is written from
+# Cargo.toml as wasm-pack would (`wasm-pack build --release --target web` gives the same
+# package; we do without it so a fresh machine need not compile it). No wasm-opt: Debian's
+# binaryen 108 breaks the externref table wasm-bindgen 0.2.130 emits
+# ("WebAssembly.Table.set(): Argument 1 is invalid").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wasm-pack build --release --target web 2>&1 | tail -n 2
+cargo build --locked --release --target wasm32-unknown-unknown --lib
+rm -rf pkg
+wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/gemma_webgpu.wasm
+cp README.md pkg/
+python3 - <<'PY'
+import json, os, re
+text = open("Cargo.toml", encoding="utf-8").read()
+package = text.split("[package]", 1)[1].split("\n[", 1)[0]
+field = lambda k: re.search(rf'^{k}\s*=\s*"([^"]*)"', package, re.M).group(1)
+files = sorted(f for f in os.listdir("pkg") if f.startswith("gemma_webgpu"))
+if os.path.isdir("pkg/snippets"):
+    files.append("snippets")
+manifest = {
+    "name": field("name"),
+    "type": "module",
+    "description": field("description"),
+    "version": field("version"),
+    "license": field("license"),
+    "files": files,
+    "main": "gemma_webgpu.js",
+    "types": "gemma_webgpu.d.ts",
+    "sideEffects": ["./snippets/*"],
+}
+with open("pkg/package.json", "w", encoding="utf-8") as f:
+    json.dump(manifest, f, indent=2)
+    f.write("\n")
+PY
 wasm=pkg/gemma_webgpu_bg.wasm
-echo "pkg: $wasm $(wc -c < "$wasm") bytes, $(gzip -9 -c "$wasm" | wc -c) gzipped"
+echo "pkg: $wasm $(wc -c < "$wasm") bytes, $(gzip -9 -c "$wasm" | wc -c) gzipped; files: $(ls pkg | tr '\n' ' ')"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing need on a fresh Debian 12 machine (run as root), skipping
 # whatever is already there: Mesa lavapipe (Vulkan on the CPU), Chromium and its driver, the
-# wasm32 target, wasm-pack, and wasm-bindgen-cli at exactly the version in Cargo.lock.
+# wasm32 target, and wasm-bindgen-cli at exactly the version in Cargo.lock (its
+# wasm-bindgen-test-runner runs the browser tests; wasm-pack is not needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,6 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup target list --installed 2>/dev/null | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
-
-command -v wasm-pack >/dev/null || cargo install wasm-pack --locked
 
 bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$bindgen_version" ]; then

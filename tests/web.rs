@@ -1,5 +1,5 @@
 //! The kernel tests in headless Chromium's WebGPU (SwiftShader in CI):
-//! `wasm-pack test --headless --chrome`. Same cases as `tests/kernels.rs`.
+//! `cargo test --target wasm32-unknown-unknown` with wasm-bindgen-test-runner (scripts/test.sh). Same cases as `tests/kernels.rs`.
 #![cfg(target_arch = "wasm32")]
 
 mod common;

@@ -33,7 +33,7 @@ import init, * as pkg from '../pkg/gemma_webgpu.js';
 /** The package export `name`, or an error telling to rebuild the package. */
 function exported(name) {
   if (pkg[name] === undefined) {
-    throw new Error(`This build of the package has no '${name}' export; rebuild pkg/ (wasm-pack build --target web).`);
+    throw new Error(`This build of the package has no '${name}' export; rebuild pkg/ (bash scripts/build-pkg.sh).`);
   }
   return pkg[name];
 }

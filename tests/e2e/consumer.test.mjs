@@ -4,7 +4,7 @@
 //
 //   node tests/e2e/consumer.test.mjs    (after `npm ci` in tests/e2e)
 //
-// Needs pkg/ (wasm-pack --target web) and a model in www/models/default/.
+// Needs pkg/ (bash scripts/build-pkg.sh) and a model in www/models/default/.
 
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,7 +21,7 @@ const CONSUMER_DIR = path.join(REPO_ROOT, 'tests', 'e2e', 'consumer');
 const RESULT_TIMEOUT = 30 * 60_000; // load + a few short generations on SwiftShader
 
 const missing = [
-  [path.join(REPO_ROOT, 'pkg', 'package.json'), 'build the package: wasm-pack build --release --target web'],
+  [path.join(REPO_ROOT, 'pkg', 'package.json'), 'build the package: bash scripts/build-pkg.sh'],
   [path.join(MODEL_DIR, 'manifest.json'), 'prepare the default model in www/models/default/ (see the README)'],
   [CHROMIUM_PATH, 'install Chromium (scripts/setup.sh), or set CHROMIUM=/path/to/chromium'],
 ].filter(([file]) => !fs.existsSync(file));

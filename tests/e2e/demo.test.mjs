@@ -5,7 +5,7 @@
 //
 //   node tests/e2e/demo.test.mjs        (after `npm ci` in tests/e2e)
 //
-// Needs pkg/ (wasm-pack --target web) and a model in www/models/default/. The GPU may be
+// Needs pkg/ (bash scripts/build-pkg.sh) and a model in www/models/default/. The GPU may be
 // SwiftShader on a small CPU, so the timeouts are generous.
 
 import fs from 'node:fs';
@@ -31,7 +31,7 @@ const STEP_COUNT = 6;
 
 const manifestPath = path.join(MODEL_DIR, 'manifest.json');
 const missing = [
-  [path.join(REPO_ROOT, 'pkg', 'gemma_webgpu.js'), 'build the package: wasm-pack build --release --target web'],
+  [path.join(REPO_ROOT, 'pkg', 'gemma_webgpu.js'), 'build the package: bash scripts/build-pkg.sh'],
   [manifestPath, 'prepare the default model in www/models/default/ (see the README)'],
   [CHROMIUM_PATH, 'install Chromium (scripts/setup.sh), or set CHROMIUM=/path/to/chromium'],
 ].filter(([file]) => !fs.existsSync(file));
