@@ -135,8 +135,7 @@ fn real_gemma3_f32_matches_transformers() {
                 top1 += (argmax(row) == ids[0]) as usize;
             }
             let n = p.ids.len() - p.prompt_len;
-            let got = support::greedy(&mut gpu, &p.ids[..p.prompt_len], n).await;
-            let agree = got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count();
+            let agree = support::greedy_agreement(&mut gpu, &p.ids[..p.prompt_len], &p.ids[p.prompt_len..]).await;
             println!(
                 "prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical",
                 p.ids.len()
@@ -157,9 +156,7 @@ fn agreement(dir: &Path, temporary: bool) -> (Vec<usize>, f64, f64) {
     let (prompts, text, top_ids, top_logp) = reference();
     let mut agreed = Vec::new();
     for p in &prompts {
-        let n = p.ids.len() - p.prompt_len;
-        let got = pollster::block_on(support::greedy(&mut gpu, &p.ids[..p.prompt_len], n));
-        agreed.push(got.iter().zip(&p.ids[p.prompt_len..]).take_while(|(a, b)| a == b).count());
+        agreed.push(pollster::block_on(support::greedy_agreement(&mut gpu, &p.ids[..p.prompt_len], &p.ids[p.prompt_len..])));
     }
     // Next-token distributions over the text: top-1 agreement, and KL(HF || ours) over HF's
     // top-128 tokens plus one bin for the rest of the mass (a lower bound of the full KL).

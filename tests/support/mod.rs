@@ -28,6 +28,24 @@ pub async fn greedy(gpu: &mut Engine, prompt: &[u32], n: usize) -> Vec<u32> {
     out
 }
 
+/// How many of `want`'s tokens greedy generation after `prompt` reproduces before the first
+/// difference (from an empty cache: prefill, then one decode per token). Stops at the first
+/// difference: the count is what `greedy` followed by a leading-match count gives, without
+/// decoding the tokens after it.
+pub async fn greedy_agreement(gpu: &mut Engine, prompt: &[u32], want: &[u32]) -> usize {
+    gpu.reset();
+    let mut next = gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill");
+    for (i, w) in want.iter().enumerate() {
+        if next != *w {
+            return i;
+        }
+        if i + 1 < want.len() {
+            next = gpu.step(&[next], &Sampling::GREEDY).await.expect("decode");
+        }
+    }
+    want.len()
+}
+
 /// A reference file recorded by `tools/make_*.py` (safetensors of ids and f32 tensors).
 pub struct Reference(Checkpoint);
 
