@@ -1,11 +1,16 @@
 // matvec.wgsl: decode-time matrix-vector product y[out_offset + n] = sum_k x[k] * W[n, k] for
-// one part of a packed weight W [n, k]. Each workgroup computes ROWS rows; LANES threads split
-// a row's K and reduce in workgroup memory. ROWS * LANES = WG. For short rows the launcher
-// picks one lane per row (ROWS = 256): a 256k-row LM head with K = 256 would otherwise spend
-// its time in workgroup launches and barriers (on CPU adapters above all).
+// one part of a packed weight W [n, k].
+//
+// A workgroup of MV_WG threads is MV_WG / T teams of T lanes; each team computes NR rows. The
+// row is read in chunks of 32 weights (one int4 or int8 group: one or two vec4<u32> loads and
+// one scale load), lane l taking chunks l, l + T, ...: a team's lanes read consecutive 16-byte
+// vectors of a row, and the 32 activations of a chunk are loaded once (eight vec4 loads) and
+// kept in registers for the team's NR rows. One tree reduction over T lanes (log2 T barriers)
+// serves all NR rows. The launcher picks T from K so each lane takes a handful of chunks.
+// Rows whose length is not a multiple of 32 (f32/f16/bf16 only) take an element-wise path.
 
-override ROWS: u32 = 4u;
-override LANES: u32 = 64u;
+override T: u32 = 4u;   // lanes per team: 4, 16 or 64
+override NR: u32 = 4u;  // rows per team, at most MV_MAX_NR
 
 struct Params {
     k: u32,
@@ -14,40 +19,103 @@ struct Params {
     out_offset: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;        // [k]
-@group(0) @binding(1) var<storage, read> w: array<u32>;        // packed [n, k]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;  // [>= out_offset + n]
-@group(0) @binding(3) var<uniform> p: Params;
+@group(0) @binding(0) var<storage, read> x: array<f32>;          // [k]
+@group(0) @binding(1) var<storage, read> w: array<u32>;          // packed [n, k]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [>= out_offset + n]
+@group(0) @binding(3) var<storage, read> xv: array<vec4<f32>>;   // x again, as vec4 (k % 32 == 0)
+@group(0) @binding(4) var<storage, read> wv: array<vec4<u32>>;   // w again, as vec4
+@group(0) @binding(5) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial: array<array<f32, MV_WG>, MV_MAX_NR>;
 
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
-    let lane = lid % LANES;
-    let row = linear_group(wid, nwg) * ROWS + lid / LANES;
-    var acc = 0.0;
-    if row < p.n {
-        let base = row * p.k;
-        let k8 = p.k & ~7u;
-        for (var k = lane * 8u; k < k8; k += LANES * 8u) {
-            let a = vec4<f32>(x[k], x[k + 1u], x[k + 2u], x[k + 3u]);
-            let b = vec4<f32>(x[k + 4u], x[k + 5u], x[k + 6u], x[k + 7u]);
-            acc += dot8(base + k, p.scales_offset, a, b);
+// Chunk c (weights 32c..32c+31) of row r, dotted with the chunk's activations xc; sx is their
+// sum (the int4 min term). Group g = r * k / 32 + c: int4 keeps a chunk in one vec4<u32>, int8
+// in two, f16/bf16 in four, f32 in eight.
+fn chunk_dot(r: u32, c: u32, xc: array<vec4<f32>, 8>, sx: f32) -> f32 {
+    let g = r * (p.k / 32u) + c;
+    var d = 0.0;
+    switch WTYPE {
+        case WTYPE_INT4: {
+            let q = wv[g];
+            let sm = int4_params(g, p.scales_offset);
+            d = dot(int4_lo(q.x), xc[0]) + dot(int4_hi(q.x), xc[1]) + dot(int4_lo(q.y), xc[2]) + dot(int4_hi(q.y), xc[3])
+              + dot(int4_lo(q.z), xc[4]) + dot(int4_hi(q.z), xc[5]) + dot(int4_lo(q.w), xc[6]) + dot(int4_hi(q.w), xc[7]);
+            return d * sm.x + sx * sm.y;
         }
-        for (var k = k8 + lane; k < p.k; k += LANES) {
-            acc += x[k] * load_weight(base + k, p.scales_offset);
+        case WTYPE_INT8: {
+            let a = wv[2u * g];
+            let b = wv[2u * g + 1u];
+            d = dot(int8_codes(a.x), xc[0]) + dot(int8_codes(a.y), xc[1]) + dot(int8_codes(a.z), xc[2]) + dot(int8_codes(a.w), xc[3])
+              + dot(int8_codes(b.x), xc[4]) + dot(int8_codes(b.y), xc[5]) + dot(int8_codes(b.z), xc[6]) + dot(int8_codes(b.w), xc[7]);
+            return d * int8_scale(g, p.scales_offset);
+        }
+        case WTYPE_F16, WTYPE_BF16: {
+            for (var j = 0u; j < 4u; j++) {
+                let q = wv[4u * g + j];
+                var lo: vec4<f32>;
+                var hi: vec4<f32>;
+                if WTYPE == WTYPE_BF16 {
+                    lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                    hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+                } else {
+                    lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                    hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                }
+                d += dot(lo, xc[2u * j]) + dot(hi, xc[2u * j + 1u]);
+            }
+        }
+        default: {
+            for (var j = 0u; j < 8u; j++) {
+                d += dot(bitcast<vec4<f32>>(wv[8u * g + j]), xc[j]);
+            }
         }
     }
-    partial[lid] = acc;
+    return d;
+}
+
+@compute @workgroup_size(MV_WG)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let lane = lid % T;
+    let team = lid / T;
+    let row0 = (linear_group(wid, nwg) * (MV_WG / T) + team) * NR;
+    var acc: array<f32, MV_MAX_NR>;
+    if p.k % 32u == 0u {
+        for (var c = lane; c < p.k / 32u; c += T) {
+            var xc: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) {
+                xc[j] = xv[8u * c + j];
+            }
+            let s4 = xc[0] + xc[1] + xc[2] + xc[3] + xc[4] + xc[5] + xc[6] + xc[7];
+            let sx = s4.x + s4.y + s4.z + s4.w;
+            for (var r = 0u; r < NR; r++) {
+                if row0 + r < p.n {
+                    acc[r] += chunk_dot(row0 + r, c, xc, sx);
+                }
+            }
+        }
+    } else {
+        for (var k = lane; k < p.k; k += T) {
+            for (var r = 0u; r < NR; r++) {
+                if row0 + r < p.n {
+                    acc[r] += x[k] * load_weight((row0 + r) * p.k + k, p.scales_offset);
+                }
+            }
+        }
+    }
+    for (var r = 0u; r < NR; r++) {
+        partial[r][lid] = acc[r];
+    }
     workgroupBarrier();
-    for (var stride = LANES / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = T / 2u; stride > 0u; stride >>= 1u) {
         if lane < stride {
-            partial[lid] += partial[lid + stride];
+            for (var r = 0u; r < NR; r++) {
+                partial[r][lid] += partial[r][lid + stride];
+            }
         }
         workgroupBarrier();
     }
-    if lane == 0u && row < p.n {
-        y[p.out_offset + row] = partial[lid];
+    if lane < NR && row0 + lane < p.n {
+        y[p.out_offset + row0 + lane] = partial[lane][lid - lane];
     }
 }

@@ -20,8 +20,12 @@ macro_rules! shared_consts {
 
 shared_consts! {
     /// Invocations per workgroup of the one-dimensional kernels (elementwise ops, row
-    /// reductions, the sampler, matvec) and of the matmul's 16x16 tile.
+    /// reductions, the sampler) and of the matmul's 16x16 tile.
     WG = 256;
+    /// Invocations per matrix-vector workgroup (teams of 4, 16 or 64 lanes), and the most
+    /// rows one team computes.
+    MV_WG = 64;
+    MV_MAX_NR = 4;
     /// Invocations per RoPE workgroup (one rotation pair each).
     WG_ROPE = 64;
     /// Keys per attention tile, one per invocation (the attention workgroup size).

@@ -36,12 +36,16 @@ uniform! {
 /// variant; calls with at most `MATMUL_SMALL_M` rows use 16-row tiles instead.
 pub const MATMUL_TILE: u32 = consts::MATMUL_TILE;
 pub const MATMUL_SMALL_M: u32 = 32;
-/// Rows of `W` per matvec workgroup for long rows (64 lanes split each row), and for rows
-/// shorter than `MATVEC_NARROW_K` (one thread per row, no reduction: 5x faster decode of a
-/// 256k-vocabulary LM head with K = 256 on lavapipe, 3.4x on SwiftShader).
-pub const MATVEC_ROWS: u32 = 4;
-pub const MATVEC_ROWS_NARROW: u32 = consts::WG;
-pub const MATVEC_NARROW_K: u32 = 1024;
+/// Matvec shape: lanes per team (`T`, which splits a row's K) for a row of `k` weights, chosen
+/// so each lane reads a handful of 32-weight chunks (at most 16), and rows per team (`NR`).
+pub const MATVEC_TEAMS: [u32; 3] = [4, 16, 64];
+pub const MATVEC_ROWS_PER_TEAM: u32 = consts::MV_MAX_NR;
+
+/// The team size (one of `MATVEC_TEAMS`) the matvec kernel uses for rows of `k` weights.
+pub fn matvec_team(k: u32) -> u32 {
+    let chunks = k.div_ceil(32);
+    MATVEC_TEAMS.into_iter().find(|t| chunks <= 16 * t).unwrap_or(consts::MV_WG)
+}
 
 #[derive(Debug)]
 pub struct LinearBinding<P> {
@@ -68,12 +72,14 @@ fn bind_parts<P: bytemuck::Pod + PartialEq>(
     x: &wgpu::Buffer,
     w: &GpuWeight,
     y: &wgpu::Buffer,
+    vec4_views: bool,
 ) -> Result<LinearBinding<P>> {
     if w.dtype != dtype {
         return Err(Error::shape(op, format!("weight is {} but the kernel was built for {}", w.dtype.name(), dtype.name())));
     }
     let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
-    let parts = w.parts.iter().map(|p| (kernel.bind(ctx, &[x, &p.buffer, y]), p.row_start, p.rows, p.scales_offset)).collect();
+    let bind = |part: &wgpu::Buffer| if vec4_views { kernel.bind(ctx, &[x, part, y, x, part]) } else { kernel.bind(ctx, &[x, part, y]) };
+    let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset)).collect();
     Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0 })
 }
 
@@ -138,40 +144,43 @@ impl MatMul {
     /// `x`: f32 [M, K]; `y`: f32 [M, N].
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatMulBinding> {
         Ok(MatMulBinding {
-            large: bind_parts("matmul", &self.large, self.dtype, ctx, x, w, y)?,
-            small: bind_parts("matmul", &self.small, self.dtype, ctx, x, w, y)?,
+            large: bind_parts("matmul", &self.large, self.dtype, ctx, x, w, y, false)?,
+            small: bind_parts("matmul", &self.small, self.dtype, ctx, x, w, y, false)?,
         })
     }
 }
 
 #[derive(Debug)]
 pub struct MatVec {
-    wide: Kernel,
-    narrow: Kernel,
+    /// One pipeline per team size of `MATVEC_TEAMS`.
+    kernels: Vec<(u32, Kernel)>,
     dtype: DType,
 }
 
 impl MatVec {
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        let variant = |rows: u32| [("WTYPE", dtype.wgsl_id()), ("ROWS", rows as f64), ("LANES", (consts::WG / rows) as f64)];
-        Ok(Self {
-            wide: Kernel::new(ctx, &shaders::MATVEC, &variant(MATVEC_ROWS)).await?,
-            narrow: Kernel::new(ctx, &shaders::MATVEC, &variant(MATVEC_ROWS_NARROW)).await?,
-            dtype,
-        })
+        let mut kernels = Vec::new();
+        for t in MATVEC_TEAMS {
+            let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("NR", MATVEC_ROWS_PER_TEAM as f64)];
+            kernels.push((t, Kernel::new(ctx, &shaders::MATVEC, &constants).await?));
+        }
+        Ok(Self { kernels, dtype })
     }
 
     /// `x`: f32 [K]; `y`: f32 [N].
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatVecBinding> {
-        self.bind_variant(ctx, x, w, y, w.cols < MATVEC_NARROW_K)
+        self.bind_team(ctx, x, w, y, matvec_team(w.cols))
     }
 
-    /// `bind` with the variant chosen by the caller (tests reach the wide kernel's folded grid
-    /// with a short row this way).
-    pub fn bind_variant(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, narrow: bool) -> Result<MatVecBinding> {
-        let (kernel, rows) = if narrow { (&self.narrow, MATVEC_ROWS_NARROW) } else { (&self.wide, MATVEC_ROWS) };
-        let mut b = bind_parts("matvec", kernel, self.dtype, ctx, x, w, y)?;
-        b.rows_per_group = rows;
+    /// `bind` with the team size chosen by the caller (tests reach every variant, and the
+    /// folded grid of a many-row weight, this way).
+    pub fn bind_team(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<MatVecBinding> {
+        let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
+            return Err(Error::shape("matvec", format!("no kernel with {team} lanes per row (have {MATVEC_TEAMS:?})")));
+        };
+        // x and the weight are bound twice: as scalars and as vec4 (the chunked path).
+        let mut b = bind_parts("matvec", kernel, self.dtype, ctx, x, w, y, true)?;
+        b.rows_per_group = (consts::MV_WG / team) * MATVEC_ROWS_PER_TEAM;
         Ok(b)
     }
 }

@@ -11,7 +11,7 @@ use gemma_webgpu::ops::attention::{Attention, AttentionShape};
 use gemma_webgpu::ops::embedding::Embedding;
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
-use gemma_webgpu::ops::linear::{MatMul, MatVec};
+use gemma_webgpu::ops::linear::{MatMul, MatVec, MATVEC_TEAMS};
 use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
@@ -224,15 +224,15 @@ pub async fn matmul(ctx: &GpuContext) -> TestResult {
 
 pub async fn matvec(ctx: &GpuContext) -> TestResult {
     let mut rep = linear_cases(ctx, true).await?;
-    // A vocabulary-sized output: more workgroups than one grid dimension holds (the wide
-    // variant, 4 rows per workgroup; K = 32 alone would pick the narrow one).
+    // A vocabulary-sized output: more workgroups than one grid dimension holds (teams of 64
+    // lanes, 4 rows per workgroup; K = 32 alone would pick teams of 4).
     let mut rng = Rng::new(5);
     let (k, n) = (32usize, 270_000usize);
     let op = e(MatVec::new(ctx, DType::Int4).await)?;
     let w = e(Packed::pack(DType::Int4, n, k, &rng.vec(n * k, 0.1)))?;
     let x = rng.vec(k, 1.0);
     let (wg, xb, yb) = (e(GpuWeight::upload(ctx, "w", &w, 0))?, buf(ctx, &x)?, zeros(ctx, n)?);
-    let bound = e(op.bind_variant(ctx, &xb, &wg, &yb, false))?;
+    let bound = e(op.bind_team(ctx, &xb, &wg, &yb, 64))?;
     e(run_pass(ctx, "matvec", |p| bound.dispatch(p).expect("shape checked")).await)?;
     let got = read(ctx, &yb, n).await?;
     let wf = w.unpack();
@@ -260,15 +260,24 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
             if let Some(op) = &mm {
                 let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
                 e(run_pass(ctx, name, |p| bound.dispatch(p, m as u32).expect("shape checked")).await)?;
-            } else if let Some(op) = &mv {
-                let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
-                e(run_pass(ctx, name, |p| bound.dispatch(p).expect("shape checked")).await)?;
             }
-            let got = read(ctx, &yb, m * n).await?;
             let wf = w.unpack();
             let want = reference::linear(&x, &wf, k, n);
+            let bounds = abs_products(&x, &wf, k, n);
             let case = format!("{} M={m} K={k} N={n} parts={}", dtype.name(), wg.parts.len());
-            rep.add(compare(name, &case, &got, &want, Some(&abs_products(&x, &wf, k, n)), 2e-6, 1e-9)?);
+            if let Some(op) = &mv {
+                // Every team size on every shape, not only the one the launcher picks for K.
+                for team in MATVEC_TEAMS {
+                    ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&vec![f32::NAN; n]));
+                    let bound = e(op.bind_team(ctx, &xb, &wg, &yb, team))?;
+                    e(run_pass(ctx, name, |p| bound.dispatch(p).expect("shape checked")).await)?;
+                    let got = read(ctx, &yb, m * n).await?;
+                    rep.add(compare(name, &format!("{case} lanes={team}"), &got, &want, Some(&bounds), 2e-6, 1e-9)?);
+                }
+                continue;
+            }
+            let got = read(ctx, &yb, m * n).await?;
+            rep.add(compare(name, &case, &got, &want, Some(&bounds), 2e-6, 1e-9)?);
         }
     }
     Ok(rep)
