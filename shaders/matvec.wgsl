@@ -1,32 +1,38 @@
-// matvec.wgsl: decode-time matrix-vector product y[out_offset + n] = sum_k x[k] * W[n, k] for
-// one part of a packed weight W [n, k].
+// matvec.wgsl: matrix-vector products y[m, out_offset + n] = sum_k x[m, k] * W[n, k] for one
+// part of a packed weight W [n, k] and a few rows m of x (y rows are out_stride apart): one row
+// in decode (MB = 1), short prompts in blocks of MB rows (each weight chunk read once per block).
 //
 // A workgroup of MV_WG threads is MV_WG / T teams of T lanes; each team computes NR rows. The
 // row is read in chunks of 32 weights (one int4 or int8 group: one or two vec4<u32> loads and
 // one scale load), lane l taking chunks l, l + T, ...: a team's lanes read consecutive 16-byte
 // vectors of a row, and the 32 activations of a chunk are loaded once (eight vec4 loads) and
 // kept in registers for the team's NR rows. One tree reduction over T lanes (log2 T barriers)
-// serves all NR rows. The launcher picks T from K so each lane takes a handful of chunks.
+// serves all NR x MB outputs. Workgroups along z take successive blocks of MB rows of x. The launcher picks T from K so each lane takes a handful of chunks.
 // Rows whose length is not a multiple of 32 (f32/f16/bf16 only) take an element-wise path.
 
 override T: u32 = 4u;   // lanes per team: 4, 16 or 64
-override NR: u32 = 4u;  // rows per team, at most MV_MAX_NR
+override NR: u32 = 4u;  // rows of W per team, at most MV_MAX_NR
+override MB: u32 = 1u;  // rows of x per workgroup, at most MV_MAX_MB
 
 struct Params {
+    m: u32,
     k: u32,
     n: u32,
     scales_offset: u32,
     out_offset: u32,
+    out_stride: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
-@group(0) @binding(0) var<storage, read> x: array<f32>;          // [k]
+@group(0) @binding(0) var<storage, read> x: array<f32>;          // [m, k]
 @group(0) @binding(1) var<storage, read> w: array<u32>;          // packed [n, k]
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [>= out_offset + n]
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [m, out_stride]
 @group(0) @binding(3) var<storage, read> xv: array<vec4<f32>>;   // x again, as vec4 (k % 32 == 0)
 @group(0) @binding(4) var<storage, read> wv: array<vec4<u32>>;   // w again, as vec4
 @group(0) @binding(5) var<uniform> p: Params;
 
-var<workgroup> partial: array<array<f32, MV_WG>, MV_MAX_NR>;
+var<workgroup> partial: array<array<f32, MV_WG>, MV_MAX_OUT>;
 
 // Chunk c (weights 32c..32c+31) of row r, dotted with the chunk's activations xc; sx is their
 // sum (the int4 min term). Group g = r * k / 32 + c: int4 keeps a chunk in one vec4<u32>, int8
@@ -79,43 +85,61 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let lane = lid % T;
     let team = lid / T;
     let row0 = (linear_group(wid, nwg) * (MV_WG / T) + team) * NR;
-    var acc: array<f32, MV_MAX_NR>;
+    let m0 = wid.z * MB;
+    // acc[i * NR + r]: row m0 + i of x times row row0 + r of W.
+    var acc: array<f32, MV_MAX_OUT>;
     if p.k % 32u == 0u {
         for (var c = lane; c < p.k / 32u; c += T) {
-            var xc: array<vec4<f32>, 8>;
-            for (var j = 0u; j < 8u; j++) {
-                xc[j] = xv[8u * c + j];
-            }
-            let s4 = xc[0] + xc[1] + xc[2] + xc[3] + xc[4] + xc[5] + xc[6] + xc[7];
-            let sx = s4.x + s4.y + s4.z + s4.w;
-            for (var r = 0u; r < NR; r++) {
-                if row0 + r < p.n {
-                    acc[r] += chunk_dot(row0 + r, c, xc, sx);
+            for (var i = 0u; i < MB; i++) {
+                if m0 + i < p.m {
+                    let xb = ((m0 + i) * p.k) / 4u + 8u * c;
+                    var xc: array<vec4<f32>, 8>;
+                    for (var j = 0u; j < 8u; j++) {
+                        xc[j] = xv[xb + j];
+                    }
+                    let s4 = xc[0] + xc[1] + xc[2] + xc[3] + xc[4] + xc[5] + xc[6] + xc[7];
+                    let sx = s4.x + s4.y + s4.z + s4.w;
+                    for (var r = 0u; r < NR; r++) {
+                        if row0 + r < p.n {
+                            acc[i * NR + r] += chunk_dot(row0 + r, c, xc, sx);
+                        }
+                    }
                 }
             }
         }
     } else {
         for (var k = lane; k < p.k; k += T) {
-            for (var r = 0u; r < NR; r++) {
-                if row0 + r < p.n {
-                    acc[r] += x[k] * load_weight((row0 + r) * p.k + k, p.scales_offset);
+            for (var i = 0u; i < MB; i++) {
+                if m0 + i < p.m {
+                    let xk = x[(m0 + i) * p.k + k];
+                    for (var r = 0u; r < NR; r++) {
+                        if row0 + r < p.n {
+                            acc[i * NR + r] += xk * load_weight((row0 + r) * p.k + k, p.scales_offset);
+                        }
+                    }
                 }
             }
         }
     }
-    for (var r = 0u; r < NR; r++) {
-        partial[r][lid] = acc[r];
+    let outs = MB * NR;
+    for (var o = 0u; o < outs; o++) {
+        partial[o][lid] = acc[o];
     }
     workgroupBarrier();
     for (var stride = T / 2u; stride > 0u; stride >>= 1u) {
         if lane < stride {
-            for (var r = 0u; r < NR; r++) {
-                partial[r][lid] += partial[r][lid + stride];
+            for (var o = 0u; o < outs; o++) {
+                partial[o][lid] += partial[o][lid + stride];
             }
         }
         workgroupBarrier();
     }
-    if lane < NR && row0 + lane < p.n {
-        y[p.out_offset + row0 + lane] = partial[lane][lid - lane];
+    // The team's first lane holds each sum; its lanes write them out.
+    for (var o = lane; o < outs; o += T) {
+        let m = m0 + o / NR;
+        let row = row0 + o % NR;
+        if m < p.m && row < p.n {
+            y[m * p.out_stride + p.out_offset + row] = partial[o][lid - lane];
+        }
     }
 }

@@ -80,7 +80,7 @@ fn convert_to(quant: impl Into<convert::Quant>) -> PathBuf {
 }
 
 fn engine(dir: &Path, kv: KvType) -> Engine {
-    support::engine(dir, 512, 128, kv)
+    support::engine(dir, 512, 32, kv)
 }
 
 fn argmax(row: &[f32]) -> u32 {

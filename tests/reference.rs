@@ -11,6 +11,7 @@ use std::path::Path;
 use gemma_webgpu::convert;
 use gemma_webgpu::model::cpu::CpuModel;
 use gemma_webgpu::model::engine::KvType;
+use gemma_webgpu::ops::linear::MATVEC_BATCH_MAX_M;
 use gemma_webgpu::model::load::{read_manifest, read_shard};
 use gemma_webgpu::quant::DType;
 use support::{cpu_twin, fixture};
@@ -44,9 +45,15 @@ fn argmax_rows(logits: &[f32], v: usize) -> Vec<usize> {
     logits.chunks(v).map(support::argmax).collect()
 }
 
-/// A prefill chunk shorter than the sequence and the window rings of the local layers.
+/// A prefill chunk shorter than the sequence and the window rings of the local layers (and
+/// than `MATVEC_BATCH_MAX_M`: chunks this short take the matrix-vector kernel).
 fn engine(dir: &Path, kv: KvType) -> gemma_webgpu::model::engine::Engine {
     support::engine(dir, 64, 16, kv)
+}
+
+/// The whole 40-token sequence as one prefill chunk: the tiled matmul kernel.
+fn engine_one_chunk(dir: &Path, kv: KvType) -> gemma_webgpu::model::engine::Engine {
+    support::engine(dir, 64, 64, kv)
 }
 
 /// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and
@@ -86,6 +93,11 @@ fn converted_models_match_hugging_face() {
                     assert!(err <= 1e-5 * scale.max(1.0) * 10.0, "{name}: last layer output differs by {err}");
                     let got = support::greedy(&mut gpu, &r.greedy_prompt, r.greedy_ids.len()).await;
                     assert_eq!(got, r.greedy_ids, "{name}: greedy continuation");
+                    assert!(r.ids.len() as u32 > MATVEC_BATCH_MAX_M, "the one-chunk prefill must take the tiled kernel");
+                    let tiled = engine_one_chunk(&dir, KvType::F32).logits(&r.ids, false).await.expect("one-chunk prefill");
+                    let e_tiled = support::max_abs_diff(&tiled, &r.logits);
+                    println!("{name}: one {}-token prefill chunk (tiled matmul): max |logit - HF| {e_tiled:.2e}", r.ids.len());
+                    assert!(e_tiled <= tol, "{name}: one-chunk prefill differs from HF by {e_tiled}");
                 }
             });
             let _ = std::fs::remove_dir_all(&dir);

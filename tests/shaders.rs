@@ -61,7 +61,7 @@ fn uniform_structs_match_their_rust_mirrors() {
     check_uniform::<rmsnorm::RmsNormParams>(&shaders::RMSNORM);
     check_uniform::<rope::RopeParams>(&shaders::ROPE);
     check_uniform::<linear::MatMulParams>(&shaders::MATMUL);
-    check_uniform::<linear::MatVecParams>(&shaders::MATVEC);
+    check_uniform::<linear::MatMulParams>(&shaders::MATVEC);
     check_uniform::<geglu::GeGluParams>(&shaders::GEGLU);
     check_uniform::<softcap::SoftCapParams>(&shaders::SOFTCAP);
     check_uniform::<kv_cache::KvWriteParams>(&shaders::KV_CACHE);

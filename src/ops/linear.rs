@@ -1,7 +1,9 @@
 //! Products with a packed weight `W [N, K]` (PyTorch `nn.Linear` orientation):
-//! `y[m, n] = sum_k x[m, k] * W[n, k]`. `MatMul` is the tiled kernel for a block of rows
-//! (prefill), `MatVec` the one-row kernel (decode). A weight split into parts is handled by
-//! one dispatch per part writing its own column range of `y`.
+//! `y[m, n] = sum_k x[m, k] * W[n, k]`. `MatVec` is the one-row kernel (decode); `MatMul` takes
+//! a block of rows (prefill): up to `MATVEC_BATCH_MAX_M` rows through the same matrix-vector
+//! kernel, `MV_MAX_MB` rows of x per workgroup (each weight chunk read once per block), longer
+//! blocks through the tiled kernel. A weight split into parts is handled by one dispatch per
+//! part writing its own column range of `y`.
 
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
@@ -11,6 +13,7 @@ use crate::quant::DType;
 use crate::shaders::{self, consts};
 
 uniform! {
+    /// The uniform of both the tiled and the matrix-vector kernel.
     pub struct MatMulParams {
         pub m: u32,
         pub k: u32,
@@ -23,19 +26,12 @@ uniform! {
     }
 }
 
-uniform! {
-    pub struct MatVecParams {
-        pub k: u32,
-        pub n: u32,
-        pub scales_offset: u32,
-        pub out_offset: u32,
-    }
-}
-
 /// Output tile of the matmul kernel: columns per workgroup, and rows for the large-tile
 /// variant; calls with at most `MATMUL_SMALL_M` rows use 16-row tiles instead.
 pub const MATMUL_TILE: u32 = consts::MATMUL_TILE;
 pub const MATMUL_SMALL_M: u32 = 32;
+/// Blocks of at most this many rows go through the matrix-vector kernel instead of tiles.
+pub const MATVEC_BATCH_MAX_M: u32 = 32;
 /// Matvec shape: lanes per team (`T`, which splits a row's K) for a row of `k` weights, chosen
 /// so each lane reads a handful of 32-weight chunks (at most 16), and rows per team (`NR`).
 pub const MATVEC_TEAMS: [u32; 3] = [4, 16, 64];
@@ -48,53 +44,105 @@ pub fn matvec_team(k: u32) -> u32 {
 }
 
 #[derive(Debug)]
-pub struct LinearBinding<P> {
-    parts: Vec<(Bound<P>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
+pub struct LinearBinding {
+    parts: Vec<(Bound<MatMulParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
     k: u32,
     n: u32,
     max_m: u64,
-    /// Rows of `W` per workgroup (matvec only).
+    /// Rows of `W` and of `x` per workgroup (matrix-vector kernel only).
     rows_per_group: u32,
+    x_rows_per_group: u32,
 }
 
-impl<P> LinearBinding<P> {
+impl LinearBinding {
     /// Number of weight parts (one dispatch each).
     pub fn parts(&self) -> usize {
         self.parts.len()
     }
+
+    /// `m` rows of `x` times the weight through the matrix-vector kernel.
+    fn dispatch_matvec(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
+        check_fits("matvec", "rows of x/y", m as u64, self.max_m)?;
+        let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
+        for (bound, row_start, rows, scales_offset) in &self.parts {
+            let params = MatMulParams { m, k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: self.n, ..Default::default() };
+            let [gx, gy, _] = grid(rows.div_ceil(self.rows_per_group));
+            bound.dispatch(rec, &params, [gx, gy, gz.max(1)]);
+        }
+        Ok(())
+    }
 }
 
-fn bind_parts<P: bytemuck::Pod + PartialEq>(
+fn bind_parts(
     op: &'static str,
     kernel: &Kernel,
     dtype: DType,
     ctx: &GpuContext,
-    x: &wgpu::Buffer,
-    w: &GpuWeight,
-    y: &wgpu::Buffer,
+    (x, w, y): (&wgpu::Buffer, &GpuWeight, &wgpu::Buffer),
     vec4_views: bool,
-) -> Result<LinearBinding<P>> {
+) -> Result<LinearBinding> {
     if w.dtype != dtype {
         return Err(Error::shape(op, format!("weight is {} but the kernel was built for {}", w.dtype.name(), dtype.name())));
     }
     let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
     let bind = |part: &wgpu::Buffer| if vec4_views { kernel.bind(ctx, &[x, part, y, x, part]) } else { kernel.bind(ctx, &[x, part, y]) };
     let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset)).collect();
-    Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0 })
+    Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0, x_rows_per_group: 1 })
+}
+
+/// The matrix-vector kernel compiled for each team size, for blocks of `mb` rows of x.
+#[derive(Debug)]
+struct MatVecKernels {
+    kernels: Vec<(u32, Kernel)>,
+    mb: u32,
+    dtype: DType,
+}
+
+impl MatVecKernels {
+    async fn new(ctx: &GpuContext, dtype: DType, mb: u32) -> Result<Self> {
+        let mut kernels = Vec::new();
+        for t in MATVEC_TEAMS {
+            let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("NR", MATVEC_ROWS_PER_TEAM as f64), ("MB", mb as f64)];
+            kernels.push((t, Kernel::new(ctx, &shaders::MATVEC, &constants).await?));
+        }
+        Ok(Self { kernels, mb, dtype })
+    }
+
+    fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<LinearBinding> {
+        let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
+            return Err(Error::shape("matvec", format!("no kernel with {team} lanes per row (have {MATVEC_TEAMS:?})")));
+        };
+        // x and the weight are bound twice: as scalars and as vec4 (the chunked path).
+        let mut b = bind_parts("matvec", kernel, self.dtype, ctx, (x, w, y), true)?;
+        b.rows_per_group = (consts::MV_WG / team) * MATVEC_ROWS_PER_TEAM;
+        b.x_rows_per_group = self.mb;
+        Ok(b)
+    }
 }
 
 #[derive(Debug)]
 pub struct MatMul {
     large: Kernel,
     small: Kernel,
+    batched: MatVecKernels,
     dtype: DType,
 }
 
-/// A weight bound to both matmul variants.
+/// A weight bound to the matmul variants.
 #[derive(Debug)]
 pub struct MatMulBinding {
-    large: LinearBinding<MatMulParams>,
-    small: LinearBinding<MatMulParams>,
+    large: LinearBinding,
+    small: LinearBinding,
+    batched: LinearBinding,
+}
+
+/// Which kernel a block of rows takes (`MatMulBinding::dispatch_with` lets tests pick).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatMulPath {
+    /// The launcher's choice for the number of rows.
+    Auto,
+    Tiles,
+    MatVec,
 }
 
 impl MatMulBinding {
@@ -104,6 +152,13 @@ impl MatMulBinding {
 
     /// `m` rows of `x` times the weight: one dispatch per weight part.
     pub fn dispatch(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
+        self.dispatch_with(rec, m, MatMulPath::Auto)
+    }
+
+    pub fn dispatch_with(&self, rec: &mut Recorder<'_>, m: u32, path: MatMulPath) -> Result<()> {
+        if path == MatMulPath::MatVec || (path == MatMulPath::Auto && m <= MATVEC_BATCH_MAX_M) {
+            return self.batched.dispatch_matvec(rec, m);
+        }
         let (b, tile_m) = if m <= MATMUL_SMALL_M { (&self.small, 16) } else { (&self.large, MATMUL_TILE) };
         check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
         let gy = check_groups("matmul", "row tiles", m.div_ceil(tile_m) as u64)?;
@@ -116,27 +171,13 @@ impl MatMulBinding {
     }
 }
 
-/// A weight bound to the matrix-vector kernel.
-pub type MatVecBinding = LinearBinding<MatVecParams>;
-
-impl MatVecBinding {
-    /// One row of `x` times the weight: one dispatch per weight part.
-    pub fn dispatch(&self, rec: &mut Recorder<'_>) -> Result<()> {
-        check_fits("matvec", "x/y", 1, self.max_m)?;
-        for (bound, row_start, rows, scales_offset) in &self.parts {
-            let params = MatVecParams { k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start };
-            bound.dispatch(rec, &params, grid(rows.div_ceil(self.rows_per_group)));
-        }
-        Ok(())
-    }
-}
-
 impl MatMul {
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
         let w = ("WTYPE", dtype.wgsl_id());
         Ok(Self {
             large: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 4.0)]).await?,
             small: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 1.0)]).await?,
+            batched: MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB).await?,
             dtype,
         })
     }
@@ -144,43 +185,39 @@ impl MatMul {
     /// `x`: f32 [M, K]; `y`: f32 [M, N].
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatMulBinding> {
         Ok(MatMulBinding {
-            large: bind_parts("matmul", &self.large, self.dtype, ctx, x, w, y, false)?,
-            small: bind_parts("matmul", &self.small, self.dtype, ctx, x, w, y, false)?,
+            large: bind_parts("matmul", &self.large, self.dtype, ctx, (x, w, y), false)?,
+            small: bind_parts("matmul", &self.small, self.dtype, ctx, (x, w, y), false)?,
+            batched: self.batched.bind(ctx, x, w, y, matvec_team(w.cols))?,
         })
     }
 }
 
-#[derive(Debug)]
-pub struct MatVec {
-    /// One pipeline per team size of `MATVEC_TEAMS`.
-    kernels: Vec<(u32, Kernel)>,
-    dtype: DType,
+/// A weight bound to the matrix-vector kernel.
+pub type MatVecBinding = LinearBinding;
+
+impl MatVecBinding {
+    /// One row of `x` times the weight: one dispatch per weight part.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>) -> Result<()> {
+        self.dispatch_matvec(rec, 1)
+    }
 }
+
+#[derive(Debug)]
+pub struct MatVec(MatVecKernels);
 
 impl MatVec {
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        let mut kernels = Vec::new();
-        for t in MATVEC_TEAMS {
-            let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("NR", MATVEC_ROWS_PER_TEAM as f64)];
-            kernels.push((t, Kernel::new(ctx, &shaders::MATVEC, &constants).await?));
-        }
-        Ok(Self { kernels, dtype })
+        Ok(Self(MatVecKernels::new(ctx, dtype, 1).await?))
     }
 
     /// `x`: f32 [K]; `y`: f32 [N].
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatVecBinding> {
-        self.bind_team(ctx, x, w, y, matvec_team(w.cols))
+        self.0.bind(ctx, x, w, y, matvec_team(w.cols))
     }
 
     /// `bind` with the team size chosen by the caller (tests reach every variant, and the
     /// folded grid of a many-row weight, this way).
     pub fn bind_team(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<MatVecBinding> {
-        let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
-            return Err(Error::shape("matvec", format!("no kernel with {team} lanes per row (have {MATVEC_TEAMS:?})")));
-        };
-        // x and the weight are bound twice: as scalars and as vec4 (the chunked path).
-        let mut b = bind_parts("matvec", kernel, self.dtype, ctx, x, w, y, true)?;
-        b.rows_per_group = (consts::MV_WG / team) * MATVEC_ROWS_PER_TEAM;
-        Ok(b)
+        self.0.bind(ctx, x, w, y, team)
     }
 }

@@ -11,7 +11,7 @@ use gemma_webgpu::ops::attention::{Attention, AttentionShape};
 use gemma_webgpu::ops::embedding::Embedding;
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
-use gemma_webgpu::ops::linear::{MatMul, MatVec, MATVEC_TEAMS};
+use gemma_webgpu::ops::linear::{MatMul, MatMulPath, MatVec, MATVEC_TEAMS};
 use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
@@ -257,15 +257,21 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
             let wg = e(GpuWeight::upload(ctx, "w", &w, part_bytes))?;
             let x = rng.vec(m * k, 1.0);
             let (xb, yb) = (buf(ctx, &x)?, zeros(ctx, m * n)?);
-            if let Some(op) = &mm {
-                let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
-                e(run_pass(ctx, name, |p| bound.dispatch(p, m as u32).expect("shape checked")).await)?;
-            }
             let wf = w.unpack();
             let want = reference::linear(&x, &wf, k, n);
             let bounds = abs_products(&x, &wf, k, n);
             let case = format!("{} M={m} K={k} N={n} parts={}", dtype.name(), wg.parts.len());
-            if let Some(op) = &mv {
+            if let Some(op) = &mm {
+                // Both kernels on every shape: tiles, and the matrix-vector kernel in blocks
+                // of rows (what short prompts take).
+                let bound = e(op.bind(ctx, &xb, &wg, &yb))?;
+                for path in [MatMulPath::Tiles, MatMulPath::MatVec] {
+                    ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&vec![f32::NAN; m * n]));
+                    e(run_pass(ctx, name, |p| bound.dispatch_with(p, m as u32, path).expect("shape checked")).await)?;
+                    let got = read(ctx, &yb, m * n).await?;
+                    rep.add(compare(name, &format!("{case} {path:?}"), &got, &want, Some(&bounds), 2e-6, 1e-9)?);
+                }
+            } else if let Some(op) = &mv {
                 // Every team size on every shape, not only the one the launcher picks for K.
                 for team in MATVEC_TEAMS {
                     ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&vec![f32::NAN; n]));
@@ -274,10 +280,7 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
                     let got = read(ctx, &yb, m * n).await?;
                     rep.add(compare(name, &format!("{case} lanes={team}"), &got, &want, Some(&bounds), 2e-6, 1e-9)?);
                 }
-                continue;
             }
-            let got = read(ctx, &yb, m * n).await?;
-            rep.add(compare(name, &case, &got, &want, Some(&bounds), 2e-6, 1e-9)?);
         }
     }
     Ok(rep)
