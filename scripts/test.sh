@@ -48,15 +48,21 @@ bash scripts/fetch-test-data.sh
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
-stage "format and lints (rustfmt, clippy native and wasm32)"
+stage "format (rustfmt)"
 cargo fmt --check
-# With the test profile, the proc macros and build scripts clippy compiles are the very ones
-# the test builds below use (host artifacts of one profile), so they are built once.
-cargo clippy --locked --profile test --all-targets -- -D warnings
-cargo clippy --locked --profile test --all-targets --target wasm32-unknown-unknown -- -D warnings
 
-stage "native build (test profile: optimized)"
-cargo test --locked --no-run
+# Clippy rides on the builds instead of checking everything a second time: clippy-driver
+# compiles our own crate's targets (RUSTC_WORKSPACE_WRAPPER, which `cargo clippy` itself uses;
+# dependencies are built by plain rustc and shared), with warnings as errors. So the native
+# test build lints every native target (library, CLI, unit and integration tests, examples)
+# and the browser test build lints the library and the browser tests for wasm32. The npm
+# package below is built without it (clippy-driver turns MIR optimizations off).
+export RUSTC_WORKSPACE_WRAPPER
+RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
+export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+
+stage "native build, with clippy (test profile: optimized)"
+cargo test --locked --all-targets --no-run
 
 # The real Gemma 3 270M is converted once per run, with the CLI just built, into the demo's
 # model directory; the native 270M tests and the browser tests both use it.
@@ -66,7 +72,7 @@ GEMMA_BIN=target/debug/gemma bash scripts/prepare-demo-model.sh
 stage "native tests (cargo test)"
 cargo test --locked -- --nocapture 2>&1 | tee -a "$log"
 
-stage "browser tests (cargo test --target wasm32, headless Chromium)"
+stage "browser tests, with clippy (cargo test --target wasm32, headless Chromium)"
 # wasm-bindgen-test-runner serves each test binary to Chromium through chromedriver (headless;
 # webdriver.json adds Chromium's flags), as `wasm-pack test --headless --chrome` would.
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
@@ -76,7 +82,7 @@ export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
 cargo test --locked --target wasm32-unknown-unknown --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$log"
 
 stage "npm package (release wasm, wasm-bindgen)"
-bash scripts/build-pkg.sh
+env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/build-pkg.sh
 
 stage "end-to-end: npm package, demo page, real 270M in Chromium"
 (cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)

@@ -80,7 +80,32 @@ fn convert_logits_generate_and_bench() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
     assert_eq!(v["submits_per_token"], 1, "{json}");
     assert_eq!(v["readback_bytes_per_token"], 4, "{json}");
-    assert!(v["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0 && v["dispatches_per_token"].as_u64().unwrap_or(0) > 0, "{json}");
+    assert!(v["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0, "{json}");
+    // Dispatches per decoded token, counted from this Gemma 2 model: 16 per layer (4 norms, two
+    // of them adding into the residual; 7 matrix-vector products; RoPE of q and of k; the KV
+    // write; attention; GeGLU), the embedding gather and the LM head once per embedding part,
+    // the final norm, the final soft-cap and sampling.
+    let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("manifest")).expect("json");
+    let layers = manifest["config"]["num_hidden_layers"].as_u64().expect("layers");
+    let embed = manifest["tensors"].as_array().expect("tensors").iter().find(|t| t["name"] == "model.embed_tokens.weight").expect("embedding");
+    let parts = embed["parts"].as_array().expect("parts").len() as u64;
+    assert_eq!(v["dispatches_per_token"].as_u64(), Some(16 * layers + 2 * parts + 3), "{json}");
+
+    // --profile: GPU timestamps per kernel; the decode table accounts for every dispatch.
+    let text = ok(&["bench", &d, "--prompt-tokens", "8", "--gen-tokens", "2", "--max-context", "64", "--profile"]);
+    let decode = text.split("GPU time, decode").nth(1).expect("a decode profile");
+    let rows: Vec<(String, f64, f64)> = decode
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0].contains(".wgsl")).then(|| (f[0].to_string(), f[1].parse().expect("dispatches"), f[2].parse().expect("ms")))
+        })
+        .collect();
+    let counted: f64 = rows.iter().map(|r| r.1).sum();
+    assert_eq!(counted as u64, 16 * layers + 2 * parts + 3, "{text}");
+    let matvec = rows.iter().find(|r| r.0 == "layers/matvec.wgsl").expect("layer matvecs");
+    assert_eq!(matvec.1 as u64, 7 * layers, "{text}");
+    assert!(rows.iter().all(|r| r.2 >= 0.0) && rows.iter().any(|r| r.2 > 0.0), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

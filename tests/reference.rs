@@ -11,8 +11,8 @@ use std::path::Path;
 use gemma_webgpu::convert;
 use gemma_webgpu::model::cpu::CpuModel;
 use gemma_webgpu::model::engine::KvType;
-use gemma_webgpu::ops::linear::MATVEC_BATCH_MAX_M;
 use gemma_webgpu::model::load::{read_manifest, read_shard};
+use gemma_webgpu::ops::linear::MATVEC_BATCH_MAX_M;
 use gemma_webgpu::quant::DType;
 use support::{cpu_twin, fixture};
 

@@ -337,6 +337,11 @@ async fn errors_are_named_and_leave_the_engine_usable() {
     let e = generate(&g, "Hello", &[]).await.expect_err("disposed");
     assert_eq!(err_name(&e), "DisposedError");
 
+    // A zero prefill chunk is refused before anything is downloaded.
+    let e = load(&m, &[("prefillChunk", 0.into())]).await.expect_err("prefillChunk 0");
+    assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("prefillChunk"), "{}", err_message(&e));
+
     // A missing model: DownloadError naming the URL.
     let missing = Model { url: "https://models.test/nothing-here/".into(), ..model("https://models.test/nothing-here-x/", DType::Int4) };
     let e = load(&missing, &[]).await.expect_err("404");

@@ -44,7 +44,7 @@ mod cli {
                  [--temperature 0.7] [--top-k 64] [--top-p 0.95] [--seed 0] [--stop TEXT]...
                  [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
-  gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json]";
+  gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]";
 
     type Res<T> = Result<T, String>;
 
@@ -54,7 +54,7 @@ mod cli {
         options: Vec<(String, Option<String>)>,
     }
 
-    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--help"];
+    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--help"];
 
     impl Args {
         fn parse(raw: Vec<String>) -> Res<Self> {
@@ -294,7 +294,7 @@ mod cli {
     }
 
     async fn cmd_bench(args: &Args) -> Res<()> {
-        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32"])?;
+        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile"])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
         let t0 = Instant::now();
@@ -340,6 +340,43 @@ mod cli {
                 println!("{k:<26} {}", v.trim_matches('"'));
             }
         }
+        if args.has("--profile") {
+            profile(&mut gpu, &prompt, n_gen).await?;
+        }
         Ok(())
+    }
+
+    /// Prefill `prompt` and decode `n_gen` tokens again with every kernel timed by GPU
+    /// timestamps, and print where the time went: per kernel (recorder label / shader), its
+    /// dispatches and milliseconds per token and its share.
+    async fn profile(gpu: &mut Engine, prompt: &[u32], n_gen: usize) -> Res<()> {
+        if !gpu.set_profiling(true) {
+            return Err(format!("--profile: {} has no timestamp queries", gpu.ctx.report.name));
+        }
+        let greedy = Sampling::GREEDY;
+        gpu.reset();
+        let mut next = gpu.step(prompt, &greedy).await.map_err(|e| e.to_string())?;
+        print_profile(gpu, &format!("prefill of {} tokens", prompt.len()), 1);
+        gpu.reset_profile();
+        for _ in 0..n_gen {
+            next = gpu.step(&[next], &greedy).await.map_err(|e| e.to_string())?;
+        }
+        print_profile(gpu, "decode", n_gen.max(1));
+        Ok(())
+    }
+
+    fn print_profile(gpu: &Engine, what: &str, per: usize) {
+        let Some((kernels, untimed)) = gpu.profile() else { return };
+        let total: f64 = kernels.iter().map(|k| k.seconds).sum();
+        println!("\nGPU time, {what} (timestamps; per {}):", if per > 1 { "token" } else { "call" });
+        println!("  {:<28} {:>10} {:>10} {:>7}", "kernel", "dispatches", "ms", "share");
+        for k in &kernels {
+            let share = if total > 0.0 { 100.0 * k.seconds / total } else { 0.0 };
+            println!("  {:<28} {:>10.1} {:>10.3} {share:>6.1}%", k.name, k.dispatches as f64 / per as f64, 1e3 * k.seconds / per as f64);
+        }
+        println!("  {:<28} {:>10} {:>10.3}", "total", "", 1e3 * total / per as f64);
+        if untimed > 0 {
+            println!("  ({untimed} dispatches were not timed: more than one submit's query set holds)");
+        }
     }
 }

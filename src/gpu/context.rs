@@ -32,6 +32,8 @@ pub struct AdapterReport {
     /// Optional features the adapter has. Neither is required; a faster path may use them.
     pub has_subgroups: bool,
     pub has_shader_f16: bool,
+    /// Timestamp queries (requested when offered; `gemma bench --profile` uses them).
+    pub has_timestamps: bool,
     pub max_storage_binding: u64,
     pub max_buffer_size: u64,
     pub max_workgroup_storage: u32,
@@ -101,7 +103,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("gemma-webgpu"),
-                required_features: wgpu::Features::empty(),
+                required_features: features & wgpu::Features::TIMESTAMP_QUERY,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -124,6 +126,7 @@ impl GpuContext {
             device_type: format!("{:?}", info.device_type),
             has_subgroups: features.contains(wgpu::Features::SUBGROUP),
             has_shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            has_timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,

@@ -2,9 +2,11 @@
 //! bound dispatches. Nothing here knows about Gemma.
 
 mod context;
+pub mod profile;
 pub mod weights;
 
 pub use context::{AdapterReport, ContextOptions, GpuContext};
+pub use profile::{KernelTime, Profiler};
 
 use std::marker::PhantomData;
 
@@ -132,7 +134,7 @@ impl GpuContext {
 /// A compiled compute pipeline for one shader and one set of override constants.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    name: String,
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
 }
 
@@ -155,14 +157,14 @@ impl Kernel {
         if let Some(e) = scope.pop().await {
             return Err(Error::ShaderCompile { kernel: shader.name.to_string(), reason: e.to_string() });
         }
-        Ok(Self { name: shader.name.to_string(), pipeline })
+        Ok(Self { name: shader.name, pipeline })
     }
 
     /// Bind `buffers` to bindings 0..n of group 0 and a fresh params uniform to binding n.
     /// Done once per (op, tensors) at load time; a decode step only rewrites the params.
     pub fn bind<P: Pod + PartialEq>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> Bound<P> {
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(&self.name),
+            label: Some(self.name),
             size: (std::mem::size_of::<P>() as u64).next_multiple_of(16),
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
@@ -171,11 +173,11 @@ impl Kernel {
             buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
         entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
         let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some(&self.name),
+            label: Some(self.name),
             layout: &self.pipeline.get_bind_group_layout(0),
             entries: &entries,
         });
-        Bound { pipeline: self.pipeline.clone(), group, params, last: std::sync::Mutex::new(None), _params: PhantomData }
+        Bound { name: self.name, pipeline: self.pipeline.clone(), group, params, last: std::sync::Mutex::new(None), _params: PhantomData }
     }
 }
 
@@ -185,6 +187,8 @@ impl Kernel {
 /// decode step only the position-dependent uniforms change.
 #[derive(Debug)]
 pub struct Bound<P> {
+    /// The kernel's shader file (what the profiler reports it as).
+    name: &'static str,
     pipeline: wgpu::ComputePipeline,
     group: wgpu::BindGroup,
     params: wgpu::Buffer,
@@ -201,27 +205,58 @@ impl<P: Pod + PartialEq> Bound<P> {
             *last = Some(*params);
         }
         drop(last);
-        rec.pass.set_pipeline(&self.pipeline);
-        rec.pass.set_bind_group(0, &self.group, &[]);
-        rec.pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
         rec.dispatches += 1;
+        let pass = rec.pass(self.name);
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
     }
 }
 
-/// One compute pass being recorded, with the count of what went into it: every bound kernel
-/// dispatches through it, so the engine never counts dispatches by hand.
+/// Compute work being recorded into an encoder, with the count of what went into it: every
+/// bound kernel dispatches through it, so the engine never counts dispatches by hand. All
+/// dispatches share one compute pass, except when profiling: then each dispatch gets its own
+/// pass with timestamps at its start and end.
 pub struct Recorder<'a> {
     pub ctx: &'a GpuContext,
-    pass: wgpu::ComputePass<'a>,
+    enc: &'a mut wgpu::CommandEncoder,
+    pass: Option<wgpu::ComputePass<'static>>,
+    label: &'a str,
+    profiler: Option<&'a mut Profiler>,
     /// Dispatches recorded so far (each is a pipeline barrier on WebGPU).
     pub dispatches: u32,
 }
 
 impl<'a> Recorder<'a> {
-    /// Begin a compute pass on `enc`; it ends when the recorder is dropped.
-    pub fn begin(ctx: &'a GpuContext, enc: &'a mut wgpu::CommandEncoder, label: &str) -> Self {
-        let pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-        Self { ctx, pass, dispatches: 0 }
+    /// Record into `enc`; the pass opens at the first dispatch and ends when the recorder is
+    /// dropped.
+    pub fn begin(ctx: &'a GpuContext, enc: &'a mut wgpu::CommandEncoder, label: &'a str) -> Self {
+        Self { ctx, enc, pass: None, label, profiler: None, dispatches: 0 }
+    }
+
+    /// Time every dispatch with `profiler` (when given), under this recorder's label.
+    pub fn profiled(mut self, profiler: Option<&'a mut Profiler>) -> Self {
+        self.profiler = profiler;
+        self
+    }
+
+    /// The pass the next dispatch (of kernel `kernel`) goes into.
+    fn pass(&mut self, kernel: &'static str) -> &mut wgpu::ComputePass<'static> {
+        let timed = self.profiler.as_mut().and_then(|p| p.next(self.label, kernel));
+        let pass = match (timed, self.pass.take()) {
+            (None, Some(open)) => open,
+            (timed, previous) => {
+                // End the previous pass before the encoder opens the next one.
+                drop(previous);
+                let timestamp_writes = timed.map(|(query_set, i)| wgpu::ComputePassTimestampWrites {
+                    query_set,
+                    beginning_of_pass_write_index: Some(2 * i),
+                    end_of_pass_write_index: Some(2 * i + 1),
+                });
+                self.enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(self.label), timestamp_writes }).forget_lifetime()
+            }
+        };
+        self.pass.insert(pass)
     }
 }
 

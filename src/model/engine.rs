@@ -7,7 +7,7 @@
 //! head); a decode step writes a few uniforms, records one command buffer and submits it once.
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, Recorder};
+use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder};
 use crate::model::activations::Activations;
 use crate::model::config::ModelConfig;
 use crate::model::layer::{allocate_caches, rope_tables, HeadBindings, LayerBindings};
@@ -44,6 +44,8 @@ pub struct Engine {
     /// Tokens in the KV cache.
     pos: u32,
     pub last_step: StepStats,
+    /// GPU time per kernel, when profiling (`set_profiling`).
+    profiler: Option<Profiler>,
 }
 
 impl Engine {
@@ -68,7 +70,21 @@ impl Engine {
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        Ok(Self { options, config, weights, _ropes: ropes, caches, acts, layers, head, token_staging, pos: 0, last_step: StepStats::default(), ctx })
+        Ok(Self {
+            options,
+            config,
+            weights,
+            _ropes: ropes,
+            caches,
+            acts,
+            layers,
+            head,
+            token_staging,
+            pos: 0,
+            last_step: StepStats::default(),
+            profiler: None,
+            ctx,
+        })
     }
 
     /// The KV cache's length in tokens.
@@ -142,7 +158,7 @@ impl Engine {
     fn record_layers(&mut self, enc: &mut wgpu::CommandEncoder, piece: &[u32], stats: &mut StepStats) -> Result<()> {
         let t = piece.len() as u32;
         self.ctx.queue.write_buffer(&self.acts.ids, 0, bytemuck::cast_slice(piece));
-        let mut rec = Recorder::begin(&self.ctx, enc, "layers");
+        let mut rec = Recorder::begin(&self.ctx, enc, "layers").profiled(self.profiler.as_mut());
         self.head.record_embed(&mut rec, &self.config, t)?;
         for layer in &self.layers {
             layer.record(&mut rec, &self.config, t, self.pos)?;
@@ -152,11 +168,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Submit `enc`, reading the profiler's timestamps back when profiling.
+    async fn submit(&mut self, during: &str, mut enc: wgpu::CommandEncoder) -> Result<()> {
+        if let Some(p) = &self.profiler {
+            p.resolve(&mut enc);
+        }
+        self.ctx.submit_checked(during, enc).await?;
+        if let Some(p) = &mut self.profiler {
+            p.collect(&self.ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Time every kernel from now on (each dispatch in its own timed pass, which itself costs
+    /// time), or stop. Returns whether the adapter can: profiling needs timestamp queries.
+    pub fn set_profiling(&mut self, on: bool) -> bool {
+        self.profiler = if on { Profiler::new(&self.ctx) } else { None };
+        self.profiler.is_some() || !on
+    }
+
+    /// GPU time per kernel since profiling started or was last reset, slowest first, and the
+    /// dispatches that could not be timed.
+    pub fn profile(&self) -> Option<(Vec<KernelTime>, u64)> {
+        self.profiler.as_ref().map(|p| (p.report(), p.untimed))
+    }
+
+    pub fn reset_profile(&mut self) {
+        if let Some(p) = &mut self.profiler {
+            p.reset();
+        }
+    }
+
     /// Record the head on row `row` of the last recorded piece, sampling when asked.
-    fn record_head(&self, enc: &mut wgpu::CommandEncoder, row: u32, sample: Option<(&Sampling, u32)>, stats: &mut StepStats) -> Result<()> {
+    fn record_head(&mut self, enc: &mut wgpu::CommandEncoder, row: u32, sample: Option<(&Sampling, u32)>, stats: &mut StepStats) -> Result<()> {
         let bytes = self.config.hidden_size as u64 * 4;
         enc.copy_buffer_to_buffer(&self.acts.x, row as u64 * bytes, &self.acts.x_last, 0, bytes);
-        let mut rec = Recorder::begin(&self.ctx, enc, "head");
+        let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
         self.head.record(&mut rec, &self.config, sample)?;
         stats.dispatches += rec.dispatches;
         Ok(())
@@ -177,7 +224,7 @@ impl Engine {
                 self.record_head(&mut enc, piece.len() as u32 - 1, Some((sampling, self.pos)), &mut stats)?;
                 enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging, 0, 4);
             }
-            self.ctx.submit_checked("forward pass", enc).await?;
+            self.submit("forward pass", enc).await?;
             stats.submits += 1;
         }
         let token = self.ctx.read_mapped_u32(&self.token_staging).await?;
@@ -199,13 +246,13 @@ impl Engine {
         for piece in tokens.chunks(chunk) {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits") });
             self.record_layers(&mut enc, piece, &mut stats)?;
-            self.ctx.submit_checked("forward pass", enc).await?;
+            self.submit("forward pass", enc).await?;
             // The head runs row by row (the logits of a whole chunk would not fit one binding
             // for a 256k vocabulary).
             for row in 0..piece.len() as u32 {
                 let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits head") });
                 self.record_head(&mut enc, row, None, &mut stats)?;
-                self.ctx.submit_checked("LM head", enc).await?;
+                self.submit("LM head", enc).await?;
                 out.extend(self.ctx.read_back::<f32>(&self.acts.logits, 0, v).await?);
             }
         }

@@ -65,7 +65,8 @@ impl LinearBinding {
         check_fits("matvec", "rows of x/y", m as u64, self.max_m)?;
         let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
         for (bound, row_start, rows, scales_offset) in &self.parts {
-            let params = MatMulParams { m, k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: self.n, ..Default::default() };
+            let params =
+                MatMulParams { m, k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: self.n, ..Default::default() };
             let [gx, gy, _] = grid(rows.div_ceil(self.rows_per_group));
             bound.dispatch(rec, &params, [gx, gy, gz.max(1)]);
         }

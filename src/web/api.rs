@@ -39,6 +39,9 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** KV-cache length in tokens (default 4096, at most the model's max positions). */
   maxContext?: number;
+  /** Prompt tokens per prefill pass (default 128; bounds activation memory). Chunks of up to
+   *  32 tokens take the matrix-vector kernel, longer ones the tiled matmul. */
+  prefillChunk?: number;
   /** Persist shards in the Cache API (default true). */
   cache?: boolean;
   /** Shards fetched at once (default 3, at most 16). */

@@ -18,6 +18,7 @@ use crate::format::{self, Manifest, MANIFEST_FILE};
 use crate::gpu::{ContextOptions, GpuContext};
 use crate::model::engine::{EngineOptions, KvType};
 use crate::model::load::{self, LoadPhase, ShardSource};
+use crate::model::options::DEFAULT_PREFILL_CHUNK;
 use crate::model::weights::verify_shard;
 use crate::session::Session;
 use crate::tokenizer::Tokenizer;
@@ -25,8 +26,8 @@ use crate::tokenizer::Tokenizer;
 pub(crate) struct LoadOptions {
     pub on_progress: Option<Function>,
     pub signal: Option<AbortSignal>,
-    pub max_context: Option<u32>,
-    pub kv_f32: bool,
+    /// The engine's options (context length, prefill chunk, KV type).
+    pub engine: EngineOptions,
     pub cache: bool,
     pub concurrency: usize,
     pub fetch: Option<Function>,
@@ -37,14 +38,20 @@ pub(crate) struct LoadOptions {
 impl LoadOptions {
     pub(crate) fn from_js(o: &JsValue) -> Result<Self> {
         let concurrency = js::opt_u32(o, "concurrency")?.unwrap_or(3);
+        if js::opt_u32(o, "prefillChunk")? == Some(0) {
+            return Err(Error::invalid("prefillChunk", "must be at least 1 token"));
+        }
         if !(1..=16).contains(&concurrency) {
             return Err(Error::invalid("concurrency", format!("must be from 1 to 16, got {concurrency}")));
         }
         Ok(Self {
             on_progress: js::opt_function(o, "onProgress")?,
             signal: js::opt_signal(o)?,
-            max_context: js::opt_u32(o, "maxContext")?,
-            kv_f32: js::opt_bool(o, "kvF32")?.unwrap_or(false),
+            engine: EngineOptions {
+                max_context: js::opt_u32(o, "maxContext")?,
+                prefill_chunk: js::opt_u32(o, "prefillChunk")?.unwrap_or(DEFAULT_PREFILL_CHUNK),
+                kv: KvType::f32_if(js::opt_bool(o, "kvF32")?.unwrap_or(false)),
+            },
             cache: js::opt_bool(o, "cache")?.unwrap_or(true),
             concurrency: concurrency as usize,
             fetch: js::opt_function(o, "fetch")?,
@@ -174,7 +181,7 @@ impl Loader<'_> {
         }
 
         // Bad options fail before anything is downloaded.
-        EngineOptions { max_context: self.opts.max_context, ..Default::default() }.resolve(&manifest.config)?;
+        self.opts.engine.resolve(&manifest.config)?;
         // The GPU first: no point downloading a model the adapter cannot hold.
         let largest = manifest.tensors.iter().flat_map(|t| t.parts.iter().map(|p| p.length)).max().unwrap_or(0);
         let ctx =
@@ -182,8 +189,7 @@ impl Loader<'_> {
                 .await?;
 
         let tokenizer = self.tokenizer(&manifest).await?;
-        let options = EngineOptions { max_context: self.opts.max_context, kv: KvType::f32_if(self.opts.kv_f32), ..Default::default() };
-        let engine = load::load(ctx, &manifest, &Shards { loader: self, manifest: &manifest }, options).await?;
+        let engine = load::load(ctx, &manifest, &Shards { loader: self, manifest: &manifest }, self.opts.engine).await?;
         self.check_abort()?;
         self.finish_cache(total, manifest.shards.len() as u32).await;
         self.progress.report("ready", "", None);
