@@ -25,9 +25,9 @@ shared_consts! {
     /// Invocations per matrix-vector workgroup (teams of 4, 16 or 64 lanes), the most rows of
     /// W one team computes, the most rows of x one workgroup takes, and their product.
     MV_WG = 64;
-    MV_MAX_NR = 4;
+    MV_MAX_NR = 8;
     MV_MAX_MB = 4;
-    MV_MAX_OUT = 16;
+    MV_MAX_OUT = 32;
     /// Invocations per RoPE workgroup (one rotation pair each).
     WG_ROPE = 64;
     /// Keys per attention tile, one per invocation (the attention workgroup size).
