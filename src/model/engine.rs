@@ -16,8 +16,7 @@ use crate::model::weights::Weights;
 use crate::ops::kv_cache::KvCache;
 use crate::ops::rope::RopeTable;
 use crate::ops::sample::Sampling;
-use crate::ops::Ops;
-use crate::quant::DType;
+use crate::ops::{Ops, WeightUse};
 
 /// What the last step cost, for benchmarks (dispatches are counted as they are recorded).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -55,8 +54,10 @@ impl Engine {
         let options = options.resolve(&config)?;
         let (max_context, chunk) = (options.context(), options.prefill_chunk);
         let c = &config;
-        let dtypes: Vec<DType> = std::iter::once(weights.embed_tokens.dtype).chain(weights.layers.iter().flat_map(|l| l.matrices().map(|m| m.dtype))).collect();
-        let ops = Ops::new(&ctx, &dtypes).await?;
+        let embed = WeightUse { dtype: weights.embed_tokens.dtype, cols: weights.embed_tokens.cols, prefill: false };
+        let matrices = weights.layers.iter().flat_map(|l| l.matrices().map(|m| WeightUse { dtype: m.dtype, cols: m.cols, prefill: true }));
+        let uses: Vec<WeightUse> = std::iter::once(embed).chain(matrices).collect();
+        let ops = Ops::new(&ctx, &uses).await?;
         let acts = Activations::allocate(&ctx, c, chunk)?;
         let caches = allocate_caches(&ctx, c, max_context, chunk, options.kv == KvType::F32)?;
         let (ropes, rope_of) = rope_tables(&ctx, c, max_context)?;

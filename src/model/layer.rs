@@ -31,7 +31,7 @@ pub struct Linear {
 impl Linear {
     fn bind(ctx: &GpuContext, ops: &Ops, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<Self> {
         let k = ops.for_weight(w.dtype)?;
-        Ok(Self { prefill: k.matmul.bind(ctx, x, w, y)?, decode: k.matvec.bind(ctx, x, w, y)? })
+        Ok(Self { prefill: k.matmul()?.bind(ctx, x, w, y)?, decode: k.matvec.bind(ctx, x, w, y)? })
     }
 
     /// `t` rows of the input through the weight.

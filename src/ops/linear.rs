@@ -43,6 +43,11 @@ pub fn matvec_team(k: u32) -> u32 {
     MATVEC_TEAMS.into_iter().find(|t| chunks <= 16 * t).unwrap_or(consts::MV_WG)
 }
 
+/// The distinct team sizes rows of `cols` weights take.
+fn teams_for(cols: &[u32]) -> Vec<u32> {
+    MATVEC_TEAMS.into_iter().filter(|t| cols.iter().any(|k| matvec_team(*k) == *t)).collect()
+}
+
 #[derive(Debug)]
 pub struct LinearBinding {
     parts: Vec<(Bound<MatMulParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
@@ -100,9 +105,12 @@ struct MatVecKernels {
 }
 
 impl MatVecKernels {
-    async fn new(ctx: &GpuContext, dtype: DType, mb: u32) -> Result<Self> {
+    async fn new(ctx: &GpuContext, dtype: DType, mb: u32, teams: &[u32]) -> Result<Self> {
         let mut kernels = Vec::new();
-        for t in MATVEC_TEAMS {
+        for &t in teams {
+            if !MATVEC_TEAMS.contains(&t) {
+                return Err(Error::shape("matvec", format!("no kernel with {t} lanes per row (have {MATVEC_TEAMS:?})")));
+            }
             let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("NR", MATVEC_ROWS_PER_TEAM as f64), ("MB", mb as f64)];
             kernels.push((t, Kernel::new(ctx, &shaders::MATVEC, &constants).await?));
         }
@@ -111,7 +119,8 @@ impl MatVecKernels {
 
     fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<LinearBinding> {
         let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
-            return Err(Error::shape("matvec", format!("no kernel with {team} lanes per row (have {MATVEC_TEAMS:?})")));
+            let have: Vec<u32> = self.kernels.iter().map(|(t, _)| *t).collect();
+            return Err(Error::shape("matvec", format!("no kernel with {team} lanes per row was compiled (have {have:?})")));
         };
         // x and the weight are bound twice: as scalars and as vec4 (the chunked path).
         let mut b = bind_parts("matvec", kernel, self.dtype, ctx, (x, w, y), true)?;
@@ -173,12 +182,22 @@ impl MatMulBinding {
 }
 
 impl MatMul {
+    /// Every variant (tests); `for_cols` compiles only what weights of given widths use.
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
+        Self::for_teams(ctx, dtype, &MATVEC_TEAMS).await
+    }
+
+    /// The variants that weights with rows of `cols` weights use.
+    pub async fn for_cols(ctx: &GpuContext, dtype: DType, cols: &[u32]) -> Result<Self> {
+        Self::for_teams(ctx, dtype, &teams_for(cols)).await
+    }
+
+    async fn for_teams(ctx: &GpuContext, dtype: DType, teams: &[u32]) -> Result<Self> {
         let w = ("WTYPE", dtype.wgsl_id());
         Ok(Self {
             large: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 4.0)]).await?,
             small: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 1.0)]).await?,
-            batched: MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB).await?,
+            batched: MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB, teams).await?,
             dtype,
         })
     }
@@ -207,8 +226,14 @@ impl MatVecBinding {
 pub struct MatVec(MatVecKernels);
 
 impl MatVec {
+    /// Every team size (tests); `for_cols` compiles only what weights of given widths use.
     pub async fn new(ctx: &GpuContext, dtype: DType) -> Result<Self> {
-        Ok(Self(MatVecKernels::new(ctx, dtype, 1).await?))
+        Ok(Self(MatVecKernels::new(ctx, dtype, 1, &MATVEC_TEAMS).await?))
+    }
+
+    /// The team sizes that weights with rows of `cols` weights use.
+    pub async fn for_cols(ctx: &GpuContext, dtype: DType, cols: &[u32]) -> Result<Self> {
+        Ok(Self(MatVecKernels::new(ctx, dtype, 1, &teams_for(cols)).await?))
     }
 
     /// `x`: f32 [K]; `y`: f32 [N].

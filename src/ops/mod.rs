@@ -55,23 +55,41 @@ pub(crate) fn check_groups(op: &'static str, what: &str, groups: u64) -> Result<
     Ok(groups as u32)
 }
 
-/// The kernels that read a weight, for one storage type.
+/// One way a model reads a weight: its storage type, its row length, and whether prompt
+/// chunks (not only single tokens) go through it. The embedding is read by its gather and,
+/// tied, as the LM head one row at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightUse {
+    pub dtype: crate::quant::DType,
+    pub cols: u32,
+    pub prefill: bool,
+}
+
+/// The kernels that read a weight, for one storage type: compiled for the row lengths the
+/// model has (a matrix-vector variant per team size), the tiled ones only for types that
+/// prompt chunks go through.
 #[derive(Debug)]
 pub struct WeightKernels {
     pub dtype: crate::quant::DType,
     pub embedding: embedding::Embedding,
-    pub matmul: linear::MatMul,
+    matmul: Option<linear::MatMul>,
     pub matvec: linear::MatVec,
 }
 
 impl WeightKernels {
-    pub async fn new(ctx: &crate::gpu::GpuContext, dtype: crate::quant::DType) -> Result<Self> {
+    pub async fn new(ctx: &crate::gpu::GpuContext, dtype: crate::quant::DType, uses: &[WeightUse]) -> Result<Self> {
+        let cols = |prefill_only: bool| -> Vec<u32> { uses.iter().filter(|u| u.dtype == dtype && (u.prefill || !prefill_only)).map(|u| u.cols).collect() };
+        let prefill_cols = cols(true);
         Ok(Self {
             dtype,
             embedding: embedding::Embedding::new(ctx, dtype).await?,
-            matmul: linear::MatMul::new(ctx, dtype).await?,
-            matvec: linear::MatVec::new(ctx, dtype).await?,
+            matmul: if prefill_cols.is_empty() { None } else { Some(linear::MatMul::for_cols(ctx, dtype, &prefill_cols).await?) },
+            matvec: linear::MatVec::for_cols(ctx, dtype, &cols(false)).await?,
         })
+    }
+
+    pub fn matmul(&self) -> Result<&linear::MatMul> {
+        self.matmul.as_ref().ok_or_else(|| Error::shape("ops", format!("no prefill kernels were compiled for {} weights", self.dtype.name())))
     }
 }
 
@@ -90,11 +108,11 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn new(ctx: &crate::gpu::GpuContext, dtypes: &[crate::quant::DType]) -> Result<Self> {
+    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse]) -> Result<Self> {
         let mut weights: Vec<WeightKernels> = Vec::new();
-        for &d in dtypes {
-            if !weights.iter().any(|k| k.dtype == d) {
-                weights.push(WeightKernels::new(ctx, d).await?);
+        for u in uses {
+            if !weights.iter().any(|k| k.dtype == u.dtype) {
+                weights.push(WeightKernels::new(ctx, u.dtype, uses).await?);
             }
         }
         Ok(Self {
