@@ -7,11 +7,12 @@
 // one scale load), lane l taking chunks l, l + T, ...: a team's lanes read consecutive 16-byte
 // vectors of a row, and the 32 activations of a chunk are loaded once (eight vec4 loads) and
 // kept in registers for the team's NR rows. One tree reduction over T lanes (log2 T barriers)
-// serves all NR x MB outputs. Workgroups along z take successive blocks of MB rows of x. The launcher picks T from K so each lane takes a handful of chunks.
-// Rows whose length is not a multiple of 32 (f32/f16/bf16 only) take an element-wise path.
+// serves all NR x MB outputs. Workgroups along z take successive blocks of MB rows of x. The
+// launcher picks T from K so each lane takes a handful of chunks. Rows whose length is not a
+// multiple of 32 (f32/f16/bf16 only) take an element-wise path.
 
 override T: u32 = 4u;   // lanes per team: 4, 16 or 64
-override NR: u32 = 4u;  // rows of W per team, at most MV_MAX_NR
+override NR: u32 = 8u;  // rows of W per team, at most MV_MAX_NR
 override MB: u32 = 1u;  // rows of x per workgroup, at most MV_MAX_MB
 
 struct Params {
