@@ -8,17 +8,6 @@ override TM: u32 = 4u;
 const BN: u32 = MATMUL_TILE;
 const BK: u32 = MATMUL_BK;
 
-struct Params {
-    m: u32,
-    k: u32,
-    n: u32,
-    scales_offset: u32,
-    out_offset: u32,
-    out_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> x: array<f32>;        // [m, k]
 @group(0) @binding(1) var<storage, read> w: array<u32>;        // packed [n, k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;  // [m, out_stride]

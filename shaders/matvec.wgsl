@@ -15,17 +15,6 @@ override T: u32 = 4u;   // lanes per team: 4, 16 or 64
 override NR: u32 = 8u;  // rows of W per team, at most MV_MAX_NR
 override MB: u32 = 1u;  // rows of x per workgroup, at most MV_MAX_MB
 
-struct Params {
-    m: u32,
-    k: u32,
-    n: u32,
-    scales_offset: u32,
-    out_offset: u32,
-    out_stride: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> x: array<f32>;          // [m, k]
 @group(0) @binding(1) var<storage, read> w: array<u32>;          // packed [n, k]
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;    // [m, out_stride]

@@ -6,6 +6,7 @@
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
+const LINEAR: &str = include_str!("../shaders/linear.wgsl");
 
 macro_rules! shared_consts {
     ($( $(#[$doc:meta])* $name:ident = $value:expr; )*) => {
@@ -74,8 +75,8 @@ macro_rules! shader {
 shader!(EMBEDDING, "embedding.wgsl", [COMMON, PACKED]);
 shader!(RMSNORM, "rmsnorm.wgsl", [COMMON]);
 shader!(ROPE, "rope.wgsl", [COMMON]);
-shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED]);
-shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED]);
+shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED, LINEAR]);
+shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(SOFTCAP, "softcap.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
