@@ -69,6 +69,52 @@ fn chunk_dot(r: u32, c: u32, xc: array<vec4<f32>, 8>, sx: f32) -> f32 {
     return d;
 }
 
+// Chunk c of row r decoded once for several rows of x (MB > 1): its 32 codes (or values for
+// the float types), and (scale, min) so that chunk . x = (codes . x) * scale + sum(x) * min.
+struct Chunk {
+    v: array<vec4<f32>, 8>,
+    sm: vec2<f32>,
+}
+
+fn chunk_codes(r: u32, c: u32) -> Chunk {
+    let g = r * (p.k / 32u) + c;
+    var ch: Chunk;
+    ch.sm = vec2<f32>(1.0, 0.0);
+    switch WTYPE {
+        case WTYPE_INT4: {
+            let q = wv[g];
+            ch.sm = int4_params(g, p.scales_offset);
+            ch.v = array<vec4<f32>, 8>(int4_lo(q.x), int4_hi(q.x), int4_lo(q.y), int4_hi(q.y),
+                                       int4_lo(q.z), int4_hi(q.z), int4_lo(q.w), int4_hi(q.w));
+        }
+        case WTYPE_INT8: {
+            let a = wv[2u * g];
+            let b = wv[2u * g + 1u];
+            ch.sm = vec2<f32>(int8_scale(g, p.scales_offset), 0.0);
+            ch.v = array<vec4<f32>, 8>(int8_codes(a.x), int8_codes(a.y), int8_codes(a.z), int8_codes(a.w),
+                                       int8_codes(b.x), int8_codes(b.y), int8_codes(b.z), int8_codes(b.w));
+        }
+        case WTYPE_F16, WTYPE_BF16: {
+            for (var j = 0u; j < 4u; j++) {
+                let q = wv[4u * g + j];
+                if WTYPE == WTYPE_BF16 {
+                    ch.v[2u * j] = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                    ch.v[2u * j + 1u] = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+                } else {
+                    ch.v[2u * j] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                    ch.v[2u * j + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                }
+            }
+        }
+        default: {
+            for (var j = 0u; j < 8u; j++) {
+                ch.v[j] = bitcast<vec4<f32>>(wv[8u * g + j]);
+            }
+        }
+    }
+    return ch;
+}
+
 @compute @workgroup_size(MV_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -78,7 +124,36 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let m0 = wid.z * MB;
     // acc[i * NR + r]: row m0 + i of x times row row0 + r of W.
     var acc: array<f32, MV_MAX_OUT>;
-    if p.k % 32u == 0u {
+    if p.k % 32u == 0u && MB > 1u {
+        // Several rows of x: the chunk's activations of every row are loaded first, then each
+        // weight chunk is read and decoded once and used for all of them.
+        for (var c = lane; c < p.k / 32u; c += T) {
+            var xs: array<array<vec4<f32>, 8>, MV_MAX_MB>;
+            var sx: array<f32, MV_MAX_MB>;
+            for (var i = 0u; i < MB; i++) {
+                if m0 + i < p.m {
+                    let xb = ((m0 + i) * p.k) / 4u + 8u * c;
+                    for (var j = 0u; j < 8u; j++) {
+                        xs[i][j] = xv[xb + j];
+                    }
+                    let s4 = xs[i][0] + xs[i][1] + xs[i][2] + xs[i][3] + xs[i][4] + xs[i][5] + xs[i][6] + xs[i][7];
+                    sx[i] = s4.x + s4.y + s4.z + s4.w;
+                }
+            }
+            for (var r = 0u; r < NR; r++) {
+                if row0 + r < p.n {
+                    let ch = chunk_codes(row0 + r, c);
+                    for (var i = 0u; i < MB; i++) {
+                        var d = 0.0;
+                        for (var j = 0u; j < 8u; j++) {
+                            d += dot(ch.v[j], xs[i][j]);
+                        }
+                        acc[i * NR + r] += d * ch.sm.x + sx[i] * ch.sm.y;
+                    }
+                }
+            }
+        }
+    } else if p.k % 32u == 0u {
         for (var c = lane; c < p.k / 32u; c += T) {
             for (var i = 0u; i < MB; i++) {
                 if m0 + i < p.m {

@@ -152,7 +152,8 @@ fn real_gemma3_f32_matches_transformers() {
                 "prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical{decoded}",
                 p.ids.len()
             );
-            assert!(worst <= 2e-2, "prompt {i}: logits differ by {worst}");
+            // Measured 4.6e-5 to 9.8e-5 on lavapipe.
+            assert!(worst <= 5e-4, "prompt {i}: logits differ by {worst}");
             assert_eq!(top1, p.ids.len(), "prompt {i}: top-1");
             assert_eq!(agree, n, "prompt {i}: greedy continuation");
         });
@@ -161,17 +162,29 @@ fn real_gemma3_f32_matches_transformers() {
 }
 
 /// Greedy agreement per prompt, top-1 agreement and mean KL over the text, for the model in
-/// `dir` (removed afterwards when `temporary`).
-fn agreement(dir: &Path, temporary: bool) -> (Vec<usize>, f64, f64) {
+/// `dir` (removed afterwards when `temporary`). The greedy runs go through the decode kernels
+/// when `decode`, else they are read off one forward pass per prompt (the same count; see
+/// `support::teacher_forced_agreement`).
+fn agreement(dir: &Path, temporary: bool, decode: bool) -> (Vec<usize>, f64, f64) {
     let mut gpu = engine(dir, KvType::F16);
     let v = gpu.config.vocab_size as usize;
     let (prompts, text, top_ids, top_logp) = reference();
     let mut agreed = Vec::new();
+    let t0 = std::time::Instant::now();
     for p in &prompts {
-        agreed.push(pollster::block_on(support::greedy_agreement(&mut gpu, &p.ids[..p.prompt_len], &p.ids[p.prompt_len..])));
+        let (prompt, want) = (&p.ids[..p.prompt_len], &p.ids[p.prompt_len..]);
+        agreed.push(pollster::block_on(async {
+            if decode {
+                support::greedy_agreement(&mut gpu, prompt, want).await
+            } else {
+                support::teacher_forced_agreement(&mut gpu, prompt, want).await
+            }
+        }));
     }
     // Next-token distributions over the text: top-1 agreement, and KL(HF || ours) over HF's
     // top-128 tokens plus one bin for the rest of the mass (a lower bound of the full KL).
+    let greedy_s = t0.elapsed().as_secs_f64();
+    let t0 = std::time::Instant::now();
     gpu.reset();
     let (mut top1, mut kl_sum) = (0usize, 0f64);
     for chunk in text.chunks(64) {
@@ -201,18 +214,21 @@ fn agreement(dir: &Path, temporary: bool) -> (Vec<usize>, f64, f64) {
     }
     let (agreement, mean_kl) = (top1 as f64 / text.len() as f64, kl_sum / text.len() as f64);
     println!(
-        "{}, fp16 KV: greedy tokens identical to HF per prompt {agreed:?} (of 32); over {} tokens of text: top-1 agreement {:.1}%, mean KL {mean_kl:.4}",
+        "{}, fp16 KV: greedy tokens identical to HF per prompt {agreed:?} (of 32) ({greedy_s:.0} s); over {} tokens of text: top-1 agreement {:.1}%, mean KL {mean_kl:.4} ({:.0} s)",
         dir.display(),
         text.len(),
-        agreement * 100.0
+        agreement * 100.0,
+        t0.elapsed().as_secs_f64()
     );
     (agreed, agreement, mean_kl)
 }
 
 /// A near-exact conversion: every prompt's greedy run agrees for `greedy_min` tokens, and
-/// top-1 and KL over the text are within bounds.
+/// top-1 and KL over the text are within bounds. The greedy runs are teacher-forced (one
+/// batched pass each): the decode kernels are checked on these weights by the f32 test and by
+/// the demo's int4 test, which decodes.
 fn assert_near_exact(dtype: DType, greedy_min: usize, top1_min: f64, kl_max: f64) {
-    let (agreed, top1, kl) = agreement(&convert_to(dtype), true);
+    let (agreed, top1, kl) = agreement(&convert_to(dtype), true, false);
     let name = dtype.name();
     assert!(agreed.iter().all(|n| *n >= greedy_min), "{name}: greedy agreement {agreed:?}");
     assert!(top1 >= top1_min, "{name}: top-1 agreement {top1}");
@@ -222,7 +238,8 @@ fn assert_near_exact(dtype: DType, greedy_min: usize, top1_min: f64, kl_max: f64
 /// fp16 weights with the default fp16 KV cache stay close to the reference.
 #[test]
 fn real_gemma3_fp16_agrees_with_transformers() {
-    assert_near_exact(DType::F16, 8, 0.95, 0.02);
+    // Measured: 32/32 greedy tokens on every prompt, 100% top-1, mean KL < 5e-5.
+    assert_near_exact(DType::F16, 32, 0.99, 1e-3);
 }
 
 /// int8 (groups of 32, one fp16 scale) holds the GGUF's 5-, 6- and 8-bit blocks almost
@@ -230,7 +247,7 @@ fn real_gemma3_fp16_agrees_with_transformers() {
 /// mean KL 0.0005.
 #[test]
 fn real_gemma3_int8_agrees_with_transformers() {
-    assert_near_exact(DType::Int8, 16, 0.95, 0.01);
+    assert_near_exact(DType::Int8, 24, 0.97, 2e-3);
 }
 
 /// The demo's default: int4 layers (affine, groups of 32) with an int8 embedding, as llama.cpp
@@ -241,8 +258,9 @@ fn real_gemma3_int8_agrees_with_transformers() {
 #[test]
 fn real_gemma3_int4_agreement_is_bounded() {
     let (dir, temporary) = demo_conversion();
-    let (agreed, top1, kl) = agreement(&dir, temporary);
-    assert!(agreed.iter().sum::<usize>() >= 8, "int4: greedy agreement {agreed:?}");
-    assert!(top1 >= 0.68, "int4: top-1 agreement {top1}");
-    assert!(kl <= 0.16, "int4: mean KL {kl}");
+    let (agreed, top1, kl) = agreement(&dir, temporary, true);
+    // Per prompt, so no prompt can fall unnoticed (the third measured 0: its first token differs).
+    assert!(agreed.len() == 3 && agreed[0] >= 4 && agreed[1] >= 6, "int4: greedy agreement {agreed:?}");
+    assert!(top1 >= 0.70, "int4: top-1 agreement {top1}");
+    assert!(kl <= 0.14, "int4: mean KL {kl}");
 }

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder};
 use crate::model::activations::Activations;
 use crate::model::config::ModelConfig;
-use crate::model::layer::{allocate_caches, rope_tables, HeadBindings, LayerBindings};
+use crate::model::layer::{allocate_caches, rope_tables, EvalHead, HeadBindings, LayerBindings};
 pub use crate::model::options::{EngineOptions, KvType};
 use crate::model::weights::Weights;
 use crate::ops::kv_cache::KvCache;
@@ -38,6 +38,8 @@ pub struct Engine {
     acts: Activations,
     layers: Vec<LayerBindings>,
     head: HeadBindings,
+    /// The head for many rows at once, built by the first `logits` call.
+    eval_head: Option<EvalHead>,
     /// 4 bytes, MAP_READ: where the sampled token is copied for reading back.
     token_staging: wgpu::Buffer,
     /// Tokens in the KV cache.
@@ -80,6 +82,7 @@ impl Engine {
             acts,
             layers,
             head,
+            eval_head: None,
             token_staging,
             pos: 0,
             last_step: StepStats::default(),
@@ -132,7 +135,7 @@ impl Engine {
     }
 
     pub fn activation_bytes(&self) -> u64 {
-        self.acts.bytes()
+        self.acts.bytes() + self.eval_head.as_ref().map_or(0, EvalHead::bytes)
     }
 
     /// All GPU memory the engine allocated.
@@ -240,21 +243,39 @@ impl Engine {
     /// for evaluation and tests, not for generation.
     pub async fn logits(&mut self, tokens: &[u32], decode: bool) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
+        let head = match self.eval_head.take() {
+            Some(head) => head,
+            None => EvalHead::new(&self.ctx, &self.config, &self.weights, self.options.prefill_chunk).await?,
+        };
+        let out = self.logits_with(&head, tokens, decode).await;
+        self.eval_head = Some(head);
+        out
+    }
+
+    async fn logits_with(&mut self, head: &EvalHead, tokens: &[u32], decode: bool) -> Result<Vec<f32>> {
         let v = self.config.vocab_size as u64;
-        let mut out = Vec::with_capacity(tokens.len() * v as usize);
+        let too_many = || Error::invalid("tokens", format!("the logits of {} tokens do not fit in memory: ask for fewer at a time", tokens.len()));
+        let mut out = Vec::new();
+        out.try_reserve_exact(tokens.len().checked_mul(v as usize).ok_or_else(too_many)?).map_err(|_| too_many())?;
+        let bytes_per_row = self.config.hidden_size as u64 * 4;
         let chunk = if decode { 1 } else { self.options.prefill_chunk as usize };
         let mut stats = StepStats::default();
         for piece in tokens.chunks(chunk) {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits") });
             self.record_layers(&mut enc, piece, &mut stats)?;
             self.submit("forward pass", enc).await?;
-            // The head runs row by row (the logits of a whole chunk would not fit one binding
-            // for a 256k vocabulary).
-            for row in 0..piece.len() as u32 {
+            // The head runs on a few rows at a time (the logits of a whole chunk would not
+            // fit one binding for a 256k vocabulary).
+            for first in (0..piece.len() as u32).step_by(head.rows as usize) {
+                let n = (piece.len() as u32 - first).min(head.rows);
                 let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits head") });
-                self.record_head(&mut enc, row, None, &mut stats)?;
+                enc.copy_buffer_to_buffer(&self.acts.x, first as u64 * bytes_per_row, &head.x_rows, 0, n as u64 * bytes_per_row);
+                let mut rec = Recorder::begin(&self.ctx, &mut enc, "head").profiled(self.profiler.as_mut());
+                head.record(&mut rec, &self.config, n)?;
+                stats.dispatches += rec.dispatches;
+                drop(rec);
                 self.submit("LM head", enc).await?;
-                out.extend(self.ctx.read_back::<f32>(&self.acts.logits, 0, v).await?);
+                out.extend(self.ctx.read_back::<f32>(&head.logits_rows, 0, n as u64 * v).await?);
             }
         }
         Ok(out)

@@ -13,11 +13,11 @@ use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
-use crate::ops::linear::{MatMulBinding, MatVecBinding};
-use crate::ops::rmsnorm::RmsNormBinding;
+use crate::ops::linear::{BatchedMatVec, BatchedMatVecBinding, MatMulBinding, MatVecBinding};
+use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{SamplerBinding, Sampling};
-use crate::ops::softcap::SoftCapBinding;
+use crate::ops::softcap::{SoftCap, SoftCapBinding};
 use crate::ops::Ops;
 
 /// A weight bound both ways: tiled matmul for a block of rows (prefill), matrix-vector for
@@ -181,6 +181,67 @@ impl HeadBindings {
             Some((sampling, counter)) => self.sampler.dispatch(rec, c.vocab_size, sampling, counter),
             None => Ok(()),
         }
+    }
+}
+
+/// The head for every row of a prompt chunk at once, for `Engine::logits` (evaluation and
+/// tests): up to `rows` rows of `x` are copied to `x_rows`, normed, multiplied by the LM head
+/// in blocks of `MV_MAX_MB` rows (each chunk of the embedding read once per block instead of
+/// once per row) and soft-capped into `logits_rows`. Built on the first `logits` call, so
+/// generation never allocates it.
+#[derive(Debug)]
+pub struct EvalHead {
+    pub rows: u32,
+    pub x_rows: wgpu::Buffer,
+    pub logits_rows: wgpu::Buffer,
+    _h_rows: wgpu::Buffer,
+    final_norm: RmsNormBinding,
+    lm_head: BatchedMatVecBinding,
+    final_softcap: SoftCapBinding,
+}
+
+impl EvalHead {
+    /// Rows per batch: at most 32, and no more than one storage binding holds.
+    pub const MAX_ROWS: u32 = 32;
+
+    pub async fn new(ctx: &GpuContext, c: &ModelConfig, w: &Weights, chunk: u32) -> Result<Self> {
+        let per_row = 4 * c.vocab_size as u64;
+        let fit = (ctx.max_storage_binding() / per_row.max(1)).min(Self::MAX_ROWS as u64) as u32;
+        let rows = chunk.min(fit).max(1);
+        let h = c.hidden_size as u64;
+        let x_rows = ctx.storage_zeroed("eval x rows", 4 * rows as u64 * h)?;
+        let h_rows = ctx.storage_zeroed("eval h rows", 4 * rows as u64 * h)?;
+        let logits_rows = ctx.storage_zeroed("eval logits", rows as u64 * per_row)?;
+        let embed = &w.embed_tokens;
+        let lm_head = BatchedMatVec::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?;
+        Ok(Self {
+            rows,
+            final_norm: RmsNorm::new(ctx).await?.bind(ctx, &x_rows, &w.norm, &h_rows, false),
+            final_softcap: SoftCap::new(ctx).await?.bind(ctx, &logits_rows),
+            lm_head,
+            x_rows,
+            logits_rows,
+            _h_rows: h_rows,
+        })
+    }
+
+    /// Logits of the first `n` rows of `x_rows` into `logits_rows` (final norm, LM head,
+    /// final soft-cap), as `HeadBindings::record` does for one row.
+    pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, n: u32) -> Result<()> {
+        if n > self.rows {
+            return Err(Error::shape("eval head", format!("{n} rows, but it was built for {}", self.rows)));
+        }
+        self.final_norm.dispatch(rec, n, c.hidden_size, c.rms_norm_eps)?;
+        self.lm_head.dispatch(rec, n)?;
+        if c.final_logit_softcapping > 0.0 {
+            let total = n.checked_mul(c.vocab_size).ok_or_else(|| Error::shape("eval head", "rows x vocabulary overflows u32"))?;
+            self.final_softcap.dispatch(rec, total, c.final_logit_softcapping)?;
+        }
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.x_rows.size() * 2 + self.logits_rows.size()
     }
 }
 

@@ -215,6 +215,34 @@ impl MatMul {
 /// A weight bound to the matrix-vector kernel.
 pub type MatVecBinding = LinearBinding;
 
+/// The matrix-vector kernel for blocks of `MV_MAX_MB` rows of x, alone (no tiled variants):
+/// for a weight read by a few rows at a time that prompt chunks do not go through, such as
+/// the LM head when every position's logits are wanted (`Engine::logits`).
+#[derive(Debug)]
+pub struct BatchedMatVec(MatVecKernels);
+
+impl BatchedMatVec {
+    /// The team sizes that weights with rows of `cols` weights use.
+    pub async fn for_cols(ctx: &GpuContext, dtype: DType, cols: &[u32]) -> Result<Self> {
+        Ok(Self(MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB, &teams_for(cols)).await?))
+    }
+
+    /// `x`: f32 [M, K]; `y`: f32 [M, N].
+    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<BatchedMatVecBinding> {
+        Ok(BatchedMatVecBinding(self.0.bind(ctx, x, w, y, matvec_team(w.cols))?))
+    }
+}
+
+#[derive(Debug)]
+pub struct BatchedMatVecBinding(LinearBinding);
+
+impl BatchedMatVecBinding {
+    /// `m` rows of `x` times the weight: one dispatch per weight part.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
+        self.0.dispatch_matvec(rec, m)
+    }
+}
+
 impl MatVecBinding {
     /// One row of `x` times the weight: one dispatch per weight part.
     pub fn dispatch(&self, rec: &mut Recorder<'_>) -> Result<()> {

@@ -46,6 +46,23 @@ pub async fn greedy_agreement(gpu: &mut Engine, prompt: &[u32], want: &[u32]) ->
     want.len()
 }
 
+/// `greedy_agreement` read off one forward pass instead of a decode step per token: the
+/// prompt is prefilled and its next token drawn greedily, then `want` (HF's continuation) is
+/// run through in prefill chunks, and the argmax after each of its tokens must be the next
+/// one. While the argmaxes agree the inputs are the same as in greedy decoding, so the count
+/// is the same (up to the difference between the prefill and decode kernels, which the tiny
+/// models check at every position).
+pub async fn teacher_forced_agreement(gpu: &mut Engine, prompt: &[u32], want: &[u32]) -> usize {
+    gpu.reset();
+    let first = gpu.step(prompt, &Sampling::GREEDY).await.expect("prefill");
+    if want.is_empty() || first != want[0] {
+        return 0;
+    }
+    let v = gpu.config.vocab_size as usize;
+    let logits = gpu.logits(&want[..want.len() - 1], false).await.expect("logits");
+    1 + logits.chunks(v).zip(&want[1..]).take_while(|(row, w)| argmax(row) == **w as usize).count()
+}
+
 /// A reference file recorded by `tools/make_*.py` (safetensors of ids and f32 tensors).
 pub struct Reference(Checkpoint);
 
