@@ -7,7 +7,9 @@
 // one scale load), lane l taking chunks l, l + T, ...: a team's lanes read consecutive 16-byte
 // vectors of a row, and the 32 activations of a chunk are loaded once (eight vec4 loads) and
 // kept in registers for the team's NR rows. One tree reduction over T lanes (log2 T barriers)
-// serves all NR x MB outputs. Workgroups along z take successive blocks of MB rows of x. The
+// serves all NR x MB outputs. Workgroups along z take successive blocks of MB rows of x; with
+// MB > 1 a lane loads the chunk's activations of all MB rows first (MB x 32 registers), then
+// reads and decodes each weight chunk once for all of them (`chunk_codes`). The
 // launcher picks T from K so each lane takes a handful of chunks. Rows whose length is not a
 // multiple of 32 (f32/f16/bf16 only) take an element-wise path.
 
