@@ -270,7 +270,7 @@ impl Engine {
                 let n = (piece.len() as u32 - first).min(head.rows);
                 let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits head") });
                 enc.copy_buffer_to_buffer(&self.acts.x, first as u64 * bytes_per_row, &head.x_rows, 0, n as u64 * bytes_per_row);
-                let mut rec = Recorder::begin(&self.ctx, &mut enc, "head").profiled(self.profiler.as_mut());
+                let mut rec = Recorder::begin(&self.ctx, &mut enc, "eval head").profiled(self.profiler.as_mut());
                 head.record(&mut rec, &self.config, n)?;
                 stats.dispatches += rec.dispatches;
                 drop(rec);
