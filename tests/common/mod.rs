@@ -500,6 +500,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
     let op = e(Sampler::new(ctx).await)?;
     let out = zeros(ctx, 1)?;
     let mut mismatched_borderline = 0;
+    let mut cases = Vec::new();
     for &n in &[1000usize, 256_000] {
         let mut logits = rng.vec(n, 3.0);
         // Ties at the maximum: greedy must return the lowest id.
@@ -507,7 +508,24 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         logits[n / 2] = top;
         logits[n - 3] = top;
         logits[n / 3 + 1] = top;
-        let lb = buf(ctx, &logits)?;
+        cases.push(logits);
+    }
+    // Ties at the top-k boundary: 29 distinct large values above 200 ids that share the 30th
+    // largest (top-k keeps all the ties, still few enough for the kernel to compact), and
+    // 3000 ids sharing the largest (more than it compacts: the passes go over every logit).
+    for (n, above, tied) in [(20_000usize, 29usize, 200usize), (20_000, 0, 3000)] {
+        let mut logits: Vec<f32> = rng.vec(n, 1.0).into_iter().map(|l| l.min(2.5)).collect();
+        for j in 0..tied {
+            logits[j * (n / tied)] = 3.0;
+        }
+        for j in 0..above {
+            logits[j * (n / above) + 1] = 5.0 + j as f32 * 0.01;
+        }
+        cases.push(logits);
+    }
+    for logits in &cases {
+        let n = logits.len();
+        let lb = buf(ctx, logits)?;
         let bound = op.bind(ctx, &lb, &out);
         let settings = [
             Sampling::GREEDY,
@@ -523,7 +541,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
             for counter in 0..draws {
                 e(run_pass(ctx, "sample", |p| bound.dispatch(p, n as u32, s, counter).expect("shape checked")).await)?;
                 let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
-                let trace = reference::sample(&logits, s.temperature, s.top_k, s.top_p, s.seed, counter);
+                let trace = reference::sample(logits, s.temperature, s.top_k, s.top_p, s.seed, counter);
                 let case = format!("n={n} {s:?} counter={counter}");
                 if got == trace.chosen {
                     rep.add(0.0);
