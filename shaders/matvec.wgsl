@@ -146,10 +146,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if row0 + r < p.n {
                     let ch = chunk_codes(row0 + r, c);
                     for (var i = 0u; i < MB; i++) {
-                        var d = 0.0;
-                        for (var j = 0u; j < 8u; j++) {
-                            d += dot(ch.v[j], xs[i][j]);
-                        }
+                        let xi = xs[i];
+                        let d = dot(ch.v[0], xi[0]) + dot(ch.v[1], xi[1]) + dot(ch.v[2], xi[2]) + dot(ch.v[3], xi[3])
+                              + dot(ch.v[4], xi[4]) + dot(ch.v[5], xi[5]) + dot(ch.v[6], xi[6]) + dot(ch.v[7], xi[7]);
                         acc[i * NR + r] += d * ch.sm.x + sx[i] * ch.sm.y;
                     }
                 }
