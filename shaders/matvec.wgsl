@@ -26,53 +26,10 @@ override MB: u32 = 1u;  // rows of x per workgroup, at most MV_MAX_MB
 
 var<workgroup> partial: array<array<f32, MV_WG>, MV_MAX_OUT>;
 
-// Chunk c (weights 32c..32c+31) of row r, dotted with the chunk's activations xc; sx is their
-// sum (the int4 min term). Group g = r * k / 32 + c: int4 keeps a chunk in one vec4<u32>, int8
-// in two, f16/bf16 in four, f32 in eight.
-fn chunk_dot(r: u32, c: u32, xc: array<vec4<f32>, 8>, sx: f32) -> f32 {
-    let g = r * (p.k / 32u) + c;
-    var d = 0.0;
-    switch WTYPE {
-        case WTYPE_INT4: {
-            let q = wv[g];
-            let sm = int4_params(g, p.scales_offset);
-            d = dot(int4_lo(q.x), xc[0]) + dot(int4_hi(q.x), xc[1]) + dot(int4_lo(q.y), xc[2]) + dot(int4_hi(q.y), xc[3])
-              + dot(int4_lo(q.z), xc[4]) + dot(int4_hi(q.z), xc[5]) + dot(int4_lo(q.w), xc[6]) + dot(int4_hi(q.w), xc[7]);
-            return d * sm.x + sx * sm.y;
-        }
-        case WTYPE_INT8: {
-            let a = wv[2u * g];
-            let b = wv[2u * g + 1u];
-            d = dot(int8_codes(a.x), xc[0]) + dot(int8_codes(a.y), xc[1]) + dot(int8_codes(a.z), xc[2]) + dot(int8_codes(a.w), xc[3])
-              + dot(int8_codes(b.x), xc[4]) + dot(int8_codes(b.y), xc[5]) + dot(int8_codes(b.z), xc[6]) + dot(int8_codes(b.w), xc[7]);
-            return d * int8_scale(g, p.scales_offset);
-        }
-        case WTYPE_F16, WTYPE_BF16: {
-            for (var j = 0u; j < 4u; j++) {
-                let q = wv[4u * g + j];
-                var lo: vec4<f32>;
-                var hi: vec4<f32>;
-                if WTYPE == WTYPE_BF16 {
-                    lo = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
-                    hi = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
-                } else {
-                    lo = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-                    hi = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-                }
-                d += dot(lo, xc[2u * j]) + dot(hi, xc[2u * j + 1u]);
-            }
-        }
-        default: {
-            for (var j = 0u; j < 8u; j++) {
-                d += dot(bitcast<vec4<f32>>(wv[8u * g + j]), xc[j]);
-            }
-        }
-    }
-    return d;
-}
-
-// Chunk c of row r decoded once for several rows of x (MB > 1): its 32 codes (or values for
-// the float types), and (scale, min) so that chunk . x = (codes . x) * scale + sum(x) * min.
+// Chunk c (weights 32c..32c+31) of row r, decoded: its 32 codes (or values for the float
+// types), and (scale, min) so that chunk . x = (codes . x) * scale + sum(x) * min. Group
+// g = r * k / 32 + c: int4 keeps a chunk in one vec4<u32>, int8 in two, f16/bf16 in four, f32
+// in eight.
 struct Chunk {
     v: array<vec4<f32>, 8>,
     sm: vec2<f32>,
@@ -117,6 +74,14 @@ fn chunk_codes(r: u32, c: u32) -> Chunk {
     return ch;
 }
 
+// Chunk c of row r dotted with the chunk's activations xc (sx: their sum, for the int4 min).
+// Literal indices throughout: SwiftShader keeps loop-indexed local arrays in memory.
+fn chunk_dot(ch: Chunk, xc: array<vec4<f32>, 8>, sx: f32) -> f32 {
+    let d = dot(ch.v[0], xc[0]) + dot(ch.v[1], xc[1]) + dot(ch.v[2], xc[2]) + dot(ch.v[3], xc[3])
+          + dot(ch.v[4], xc[4]) + dot(ch.v[5], xc[5]) + dot(ch.v[6], xc[6]) + dot(ch.v[7], xc[7]);
+    return d * ch.sm.x + sx * ch.sm.y;
+}
+
 @compute @workgroup_size(MV_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -146,10 +111,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 if row0 + r < p.n {
                     let ch = chunk_codes(row0 + r, c);
                     for (var i = 0u; i < MB; i++) {
-                        let xi = xs[i];
-                        let d = dot(ch.v[0], xi[0]) + dot(ch.v[1], xi[1]) + dot(ch.v[2], xi[2]) + dot(ch.v[3], xi[3])
-                              + dot(ch.v[4], xi[4]) + dot(ch.v[5], xi[5]) + dot(ch.v[6], xi[6]) + dot(ch.v[7], xi[7]);
-                        acc[i * NR + r] += d * ch.sm.x + sx[i] * ch.sm.y;
+                        acc[i * NR + r] += chunk_dot(ch, xs[i], sx[i]);
                     }
                 }
             }
@@ -167,7 +129,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                     let sx = s4.x + s4.y + s4.z + s4.w;
                     for (var r = 0u; r < NR; r++) {
                         if row0 + r < p.n {
-                            acc[i * NR + r] += chunk_dot(row0 + r, c, xc, sx);
+                            acc[i * NR + r] += chunk_dot(chunk_codes(row0 + r, c), xc, sx);
                         }
                     }
                 }

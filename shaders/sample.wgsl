@@ -34,7 +34,6 @@ struct Params {
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
-var<workgroup> counter: atomic<u32>;
 var<workgroup> bounds: vec2<u32>;   // bisection interval [lo, hi] in key space
 var<workgroup> bcast_f: f32;
 var<workgroup> bcast_u: u32;
@@ -83,13 +82,6 @@ fn mass_of(i: u32, threshold: u32, m: f32, inv_t: f32) -> f32 {
         }
     }
     return 0.0;
-}
-
-fn count_of(i: u32, threshold: u32) -> u32 {
-    if i < p.n && order_key(logits[i]) >= threshold {
-        return 1u;
-    }
-    return 0u;
 }
 
 // Mass of the ids this thread strides over whose key is >= threshold.

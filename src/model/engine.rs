@@ -33,6 +33,8 @@ pub struct Engine {
     /// Resolved options (`max_context` is always set).
     pub options: EngineOptions,
     weights: Weights,
+    /// The compiled kernels (kept: `logits` binds its multi-row head with them).
+    ops: Ops,
     _ropes: Vec<RopeTable>,
     caches: Vec<KvCache>,
     acts: Activations,
@@ -77,6 +79,7 @@ impl Engine {
             options,
             config,
             weights,
+            ops,
             _ropes: ropes,
             caches,
             acts,
@@ -245,7 +248,7 @@ impl Engine {
         self.check_tokens(tokens)?;
         let head = match self.eval_head.take() {
             Some(head) => head,
-            None => EvalHead::new(&self.ctx, &self.config, &self.weights, self.options.prefill_chunk).await?,
+            None => EvalHead::new(&self.ctx, &self.ops, &self.config, &self.weights, self.options.prefill_chunk).await?,
         };
         let out = self.logits_with(&head, tokens, decode).await;
         self.eval_head = Some(head);

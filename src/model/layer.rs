@@ -14,10 +14,10 @@ use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
 use crate::ops::linear::{BatchedMatVec, BatchedMatVecBinding, MatMulBinding, MatVecBinding};
-use crate::ops::rmsnorm::{RmsNorm, RmsNormBinding};
+use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{SamplerBinding, Sampling};
-use crate::ops::softcap::{SoftCap, SoftCapBinding};
+use crate::ops::softcap::SoftCapBinding;
 use crate::ops::Ops;
 
 /// A weight bound both ways: tiled matmul for a block of rows (prefill), matrix-vector for
@@ -204,7 +204,7 @@ impl EvalHead {
     /// Rows per batch: at most 32, and no more than one storage binding holds.
     pub const MAX_ROWS: u32 = 32;
 
-    pub async fn new(ctx: &GpuContext, c: &ModelConfig, w: &Weights, chunk: u32) -> Result<Self> {
+    pub async fn new(ctx: &GpuContext, ops: &Ops, c: &ModelConfig, w: &Weights, chunk: u32) -> Result<Self> {
         let per_row = 4 * c.vocab_size as u64;
         let fit = (ctx.max_storage_binding() / per_row.max(1)).min(Self::MAX_ROWS as u64) as u32;
         let rows = chunk.min(fit).max(1);
@@ -216,8 +216,8 @@ impl EvalHead {
         let lm_head = BatchedMatVec::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?;
         Ok(Self {
             rows,
-            final_norm: RmsNorm::new(ctx).await?.bind(ctx, &x_rows, &w.norm, &h_rows, false),
-            final_softcap: SoftCap::new(ctx).await?.bind(ctx, &logits_rows),
+            final_norm: ops.rmsnorm.bind(ctx, &x_rows, &w.norm, &h_rows, false),
+            final_softcap: ops.softcap.bind(ctx, &logits_rows),
             lm_head,
             x_rows,
             logits_rows,
