@@ -1,6 +1,6 @@
 // rmsnorm.wgsl: Gemma's RMSNorm, y = x / sqrt(mean(x^2) + eps) * (1 + w), statistics in f32.
 // With ADD_TO_OUT the result is added to `out` (the residual stream): out += y.
-// One workgroup per row.
+// One workgroup of WG_NORM invocations per row.
 
 override ADD_TO_OUT: bool = false;
 
@@ -16,9 +16,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // [rows, cols]
 @group(0) @binding(3) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, 256>;
+var<workgroup> partial: array<f32, WG_NORM>;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(WG_NORM)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let row = linear_group(wid, nwg);
@@ -27,20 +27,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     let base = row * p.cols;
     var s = 0.0;
-    for (var c = lid; c < p.cols; c += WG) {
+    for (var c = lid; c < p.cols; c += WG_NORM) {
         let v = x[base + c];
         s += v * v;
     }
     partial[lid] = s;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = WG_NORM / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride {
             partial[lid] += partial[lid + stride];
         }
         workgroupBarrier();
     }
     let inv = 1.0 / sqrt(partial[0] / f32(p.cols) + p.eps);
-    for (var c = lid; c < p.cols; c += WG) {
+    for (var c = lid; c < p.cols; c += WG_NORM) {
         let y = x[base + c] * inv * (1.0 + weight[c]);
         if ADD_TO_OUT {
             out[base + c] = out[base + c] + y;

@@ -23,12 +23,15 @@ shared_consts! {
     /// Invocations per workgroup of the one-dimensional kernels (elementwise ops, row
     /// reductions, the sampler) and of the matmul's 16x16 tile.
     WG = 256;
-    /// Invocations per matrix-vector workgroup (teams of 4, 16 or 64 lanes), the most rows of
-    /// W one team computes, the most rows of x one workgroup takes, and their product.
+    /// Invocations per matrix-vector workgroup (teams of 4, 16 or 64 lanes), the rows of W one
+    /// team computes, and the rows of x one workgroup of the batched variant takes (the kernel
+    /// writes these two out by hand: 8 and 4).
     MV_WG = 64;
-    MV_MAX_NR = 8;
-    MV_MAX_MB = 4;
-    MV_MAX_OUT = 32;
+    MV_NR = 8;
+    MV_MB = 4;
+    /// Invocations per RMSNorm workgroup (one row each): a quarter of `WG`, so a norm of one
+    /// row pays 7 barriers instead of 9 and zero-fills 256 bytes of workgroup memory, not 1 KiB.
+    WG_NORM = 64;
     /// Invocations per RoPE workgroup (one rotation pair each).
     WG_ROPE = 64;
     /// Keys per attention tile, one per invocation (the attention workgroup size).

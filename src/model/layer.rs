@@ -186,7 +186,7 @@ impl HeadBindings {
 
 /// The head for every row of a prompt chunk at once, for `Engine::logits` (evaluation and
 /// tests): up to `rows` rows of `x` are copied to `x_rows`, normed, multiplied by the LM head
-/// in blocks of `MV_MAX_MB` rows (each chunk of the embedding read once per block instead of
+/// in blocks of `MV_MB` rows (each chunk of the embedding read once per block instead of
 /// once per row) and soft-capped into `logits_rows`. Built on the first `logits` call, so
 /// generation never allocates it.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 //! Products with a packed weight `W [N, K]` (PyTorch `nn.Linear` orientation):
 //! `y[m, n] = sum_k x[m, k] * W[n, k]`. `MatVec` is the one-row kernel (decode); `MatMul` takes
 //! a block of rows (prefill): up to `MATVEC_BATCH_MAX_M` rows through the same matrix-vector
-//! kernel, `MV_MAX_MB` rows of x per workgroup (each weight chunk read once per block), longer
+//! kernel, `MV_MB` rows of x per workgroup (each weight chunk read once per block), longer
 //! blocks through the tiled kernel. A weight split into parts is handled by one dispatch per
 //! part writing its own column range of `y`.
 
@@ -35,7 +35,7 @@ pub const MATVEC_BATCH_MAX_M: u32 = 32;
 /// Matvec shape: lanes per team (`T`, which splits a row's K) for a row of `k` weights, chosen
 /// so each lane reads a handful of 32-weight chunks (at most 16), and rows per team (`NR`).
 pub const MATVEC_TEAMS: [u32; 3] = [4, 16, 64];
-pub const MATVEC_ROWS_PER_TEAM: u32 = consts::MV_MAX_NR;
+pub const MATVEC_ROWS_PER_TEAM: u32 = consts::MV_NR;
 
 /// The team size (one of `MATVEC_TEAMS`) the matvec kernel uses for rows of `k` weights.
 pub fn matvec_team(k: u32) -> u32 {
@@ -111,7 +111,7 @@ impl MatVecKernels {
             if !MATVEC_TEAMS.contains(&t) {
                 return Err(Error::shape("matvec", format!("no kernel with {t} lanes per row (have {MATVEC_TEAMS:?})")));
             }
-            let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("NR", MATVEC_ROWS_PER_TEAM as f64), ("MB", mb as f64)];
+            let constants = [("WTYPE", dtype.wgsl_id()), ("T", t as f64), ("MB", mb as f64)];
             kernels.push((t, Kernel::new(ctx, &shaders::MATVEC, &constants).await?));
         }
         Ok(Self { kernels, mb, dtype })
@@ -197,7 +197,7 @@ impl MatMul {
         Ok(Self {
             large: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 4.0)]).await?,
             small: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 1.0)]).await?,
-            batched: MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB, teams).await?,
+            batched: MatVecKernels::new(ctx, dtype, consts::MV_MB, teams).await?,
             dtype,
         })
     }
@@ -215,7 +215,7 @@ impl MatMul {
 /// A weight bound to the matrix-vector kernel.
 pub type MatVecBinding = LinearBinding;
 
-/// The matrix-vector kernel for blocks of `MV_MAX_MB` rows of x, alone (no tiled variants):
+/// The matrix-vector kernel for blocks of `MV_MB` rows of x, alone (no tiled variants):
 /// for a weight read by a few rows at a time that prompt chunks do not go through, such as
 /// the LM head when every position's logits are wanted (`Engine::logits`).
 #[derive(Debug)]
@@ -224,7 +224,7 @@ pub struct BatchedMatVec(MatVecKernels);
 impl BatchedMatVec {
     /// The team sizes that weights with rows of `cols` weights use.
     pub async fn for_cols(ctx: &GpuContext, dtype: DType, cols: &[u32]) -> Result<Self> {
-        Ok(Self(MatVecKernels::new(ctx, dtype, consts::MV_MAX_MB, &teams_for(cols)).await?))
+        Ok(Self(MatVecKernels::new(ctx, dtype, consts::MV_MB, &teams_for(cols)).await?))
     }
 
     /// `x`: f32 [M, K]; `y`: f32 [M, N].

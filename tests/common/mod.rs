@@ -213,6 +213,8 @@ const LINEAR_SHAPES: &[(usize, usize, usize, usize)] = &[
     (1, 64, 3, 0),
     (65, 96, 130, 0),
     (70, 256, 67, 0),
+    // K not a multiple of 32 (float types only): the element-wise paths.
+    (6, 100, 19, 0),
     // At most 32 rows: the 16-row-tile variant.
     (17, 2336, 1000, 0),
     (32, 256, 67, 40),
