@@ -39,4 +39,5 @@ fn adapter_report() {
     let ctx = pollster::block_on(common::context()).unwrap_or_else(|e| panic!("{e}"));
     println!("adapter: {}", ctx.report);
     assert!(ctx.report.max_storage_binding >= 128 << 20, "{}", ctx.report);
+    assert!(!ctx.device.features().contains(wgpu::Features::SHADER_F16), "the device was created with shader-f16");
 }
