@@ -33,7 +33,7 @@ pub const MATMUL_SMALL_M: u32 = 32;
 /// Blocks of at most this many rows go through the matrix-vector kernel instead of tiles.
 pub const MATVEC_BATCH_MAX_M: u32 = 32;
 /// Matvec shape: lanes per team (`T`, which splits a row's K) for a row of `k` weights, chosen
-/// so each lane reads a handful of 32-weight chunks (at most 16), and rows per team (`NR`).
+/// so each lane reads a handful of 32-weight chunks (at most 16), and rows per team (`MV_NR`).
 pub const MATVEC_TEAMS: [u32; 3] = [4, 16, 64];
 pub const MATVEC_ROWS_PER_TEAM: u32 = consts::MV_NR;
 
