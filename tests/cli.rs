@@ -114,10 +114,13 @@ fn errors_are_one_line_and_exit_non_zero() {
     let dir = tmp("errors");
     let d = dir.display().to_string();
     assert!(gemma(&["convert", &fixture(), &d, "--quant", "f32", "--shard-mb", "1"]).status.success());
+    // This test's own output path (tests run in parallel); no failing call may write it.
+    let out_path = dir.join("x.npy");
+    let out = out_path.display().to_string();
     fails(&["frobnicate"], "unknown command");
-    fails(&["logits", "/nonexistent", "--tokens", "1", "--out", "/tmp/x.npy"], "manifest.json");
-    fails(&["logits", &d, "--tokens", "1,x", "--out", "/tmp/x.npy"], "not a token id");
-    fails(&["logits", &d, "--tokens", "1,9999", "--out", "/tmp/x.npy"], "vocabulary size");
+    fails(&["logits", "/nonexistent", "--tokens", "1", "--out", &out], "manifest.json");
+    fails(&["logits", &d, "--tokens", "1,x", "--out", &out], "not a token id");
+    fails(&["logits", &d, "--tokens", "1,9999", "--out", &out], "vocabulary size");
     fails(&["generate", &d, "--prompt", "hello"], "no tokenizer.json");
     fails(&["generate", &d, "--tokens", "2,3,4", "--max-context", "2"], "context is full");
     fails(&["generate", &d, "--tokens", "2,3", "--max-context", "100000"], "max_position_embeddings");
@@ -128,11 +131,12 @@ fn errors_are_one_line_and_exit_non_zero() {
     let mut bytes = std::fs::read(&shard).expect("shard");
     bytes[1000] ^= 0x40;
     std::fs::write(&shard, &bytes).expect("write");
-    fails(&["logits", &d, "--tokens", "2", "--out", "/tmp/x.npy"], "corrupt");
+    fails(&["logits", &d, "--tokens", "2", "--out", &out], "corrupt");
     bytes[1000] ^= 0x40;
     bytes.truncate(bytes.len() - 8);
     std::fs::write(&shard, &bytes).expect("write");
-    fails(&["logits", &d, "--tokens", "2", "--out", "/tmp/x.npy"], "truncated");
+    fails(&["logits", &d, "--tokens", "2", "--out", &out], "truncated");
+    assert!(!out_path.exists(), "a failing `gemma logits` wrote {out}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
