@@ -213,7 +213,12 @@ impl EvalHead {
         let h_rows = ctx.storage_zeroed("eval h rows", 4 * rows as u64 * h)?;
         let logits_rows = ctx.storage_zeroed("eval logits", rows as u64 * per_row)?;
         let embed = &w.embed_tokens;
-        let lm_head = BatchedMatVec::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?;
+        // The prefill kernels of the embedding's type, when the layers share it; else its own.
+        let shared = ops.for_weight(embed.dtype).ok().and_then(|k| k.matmul().ok()).and_then(|m| m.bind_batched(ctx, &h_rows, embed, &logits_rows));
+        let lm_head = match shared {
+            Some(bound) => bound?,
+            None => BatchedMatVec::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?,
+        };
         Ok(Self {
             rows,
             final_norm: ops.rmsnorm.bind(ctx, &x_rows, &w.norm, &h_rows, false),

@@ -117,6 +117,10 @@ impl MatVecKernels {
         Ok(Self { kernels, mb, dtype })
     }
 
+    fn has_team(&self, team: u32) -> bool {
+        self.kernels.iter().any(|(t, _)| *t == team)
+    }
+
     fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<LinearBinding> {
         let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
             let have: Vec<u32> = self.kernels.iter().map(|(t, _)| *t).collect();
@@ -200,6 +204,14 @@ impl MatMul {
             batched: MatVecKernels::new(ctx, dtype, consts::MV_MB, teams).await?,
             dtype,
         })
+    }
+
+    /// Its matrix-vector kernel for blocks of `MV_MB` rows, bound alone (no tiles) to `w`, if it
+    /// was compiled for rows of `w.cols` weights: a weight of the same type that prompts do not
+    /// go through (the LM head in `Engine::logits`) reuses it instead of compiling its own.
+    pub fn bind_batched(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Option<Result<BatchedMatVecBinding>> {
+        let team = matvec_team(w.cols);
+        self.batched.has_team(team).then(|| self.batched.bind(ctx, x, w, y, team).map(BatchedMatVecBinding))
     }
 
     /// `x`: f32 [M, K]; `y`: f32 [M, N].

@@ -57,7 +57,8 @@ pub(crate) fn check_groups(op: &'static str, what: &str, groups: u64) -> Result<
 
 /// One way a model reads a weight: its storage type, its row length, and whether prompt
 /// chunks (not only single tokens) go through it. The embedding is read by its gather and,
-/// tied, as the LM head one row at a time (`Engine::logits` compiles its own multi-row
+/// tied, as the LM head one row at a time (`Engine::logits` reads it several rows at a time
+/// through the prefill kernels of its type when the layers share the type, else compiles that
 /// variant when first called).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WeightUse {
