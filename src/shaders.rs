@@ -21,7 +21,7 @@ macro_rules! shared_consts {
 
 shared_consts! {
     /// Invocations per workgroup of the one-dimensional kernels (elementwise ops, row
-    /// reductions, the sampler) and of the matmul's 16x16 tile.
+    /// reductions, the sampler).
     WG = 256;
     /// Invocations per matrix-vector workgroup (teams of 4, 16 or 64 lanes), the rows of W one
     /// team computes, and the rows of x one workgroup of the batched variant takes (the kernel
@@ -38,8 +38,10 @@ shared_consts! {
     ATTN_KEYS = 64;
     /// The largest head dimension attention supports (Gemma: 256; 128 for the 27B models).
     MAX_HEAD_DIM = 256;
-    /// Matmul output tile columns (and rows of the large-tile variant).
+    /// Matmul output tile: rows of x and rows of W per workgroup.
     MATMUL_TILE = 64;
+    /// Invocations per matmul workgroup (8 x 8, each an 8 x 8 block of the tile).
+    MATMUL_WG = 64;
     /// Matmul K step through workgroup memory.
     MATMUL_BK = 16;
     /// Weight storage types, the `WTYPE` override of the weight-reading kernels.

@@ -13,7 +13,7 @@ use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
-use crate::ops::linear::{BatchedMatVec, BatchedMatVecBinding, MatMulBinding, MatVecBinding};
+use crate::ops::linear::{MatMul, MatMulBinding, MatVecBinding};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{SamplerBinding, Sampling};
@@ -186,9 +186,10 @@ impl HeadBindings {
 
 /// The head for every row of a prompt chunk at once, for `Engine::logits` (evaluation and
 /// tests): up to `rows` rows of `x` are copied to `x_rows`, normed, multiplied by the LM head
-/// in blocks of `MV_MB` rows (each chunk of the embedding read once per block instead of
-/// once per row) and soft-capped into `logits_rows`. Built on the first `logits` call, so
-/// generation never allocates it.
+/// as a prompt chunk's rows are by a layer's weights (`MatMulBinding`: blocks of `MV_MB` rows
+/// through the matrix-vector kernel up to 32 rows, 64-row tiles beyond, so the embedding is
+/// read once per block or tile rather than once per row) and soft-capped into `logits_rows`.
+/// Built on the first `logits` call, so generation never allocates it.
 #[derive(Debug)]
 pub struct EvalHead {
     pub rows: u32,
@@ -196,13 +197,14 @@ pub struct EvalHead {
     pub logits_rows: wgpu::Buffer,
     _h_rows: wgpu::Buffer,
     final_norm: RmsNormBinding,
-    lm_head: BatchedMatVecBinding,
+    lm_head: MatMulBinding,
     final_softcap: SoftCapBinding,
 }
 
 impl EvalHead {
-    /// Rows per batch: at most 32, and no more than one storage binding holds.
-    pub const MAX_ROWS: u32 = 32;
+    /// Rows per batch: at most 64 (one matmul tile; 64 MiB of logits for a 256k vocabulary),
+    /// and no more than one storage binding holds.
+    pub const MAX_ROWS: u32 = 64;
 
     pub async fn new(ctx: &GpuContext, ops: &Ops, c: &ModelConfig, w: &Weights, chunk: u32) -> Result<Self> {
         let per_row = 4 * c.vocab_size as u64;
@@ -214,10 +216,10 @@ impl EvalHead {
         let logits_rows = ctx.storage_zeroed("eval logits", rows as u64 * per_row)?;
         let embed = &w.embed_tokens;
         // The prefill kernels of the embedding's type, when the layers share it; else its own.
-        let shared = ops.for_weight(embed.dtype).ok().and_then(|k| k.matmul().ok()).and_then(|m| m.bind_batched(ctx, &h_rows, embed, &logits_rows));
+        let shared = ops.for_weight(embed.dtype).ok().and_then(|k| k.matmul().ok()).and_then(|m| m.bind(ctx, &h_rows, embed, &logits_rows).ok());
         let lm_head = match shared {
-            Some(bound) => bound?,
-            None => BatchedMatVec::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?,
+            Some(bound) => bound,
+            None => MatMul::for_cols(ctx, embed.dtype, &[embed.cols]).await?.bind(ctx, &h_rows, embed, &logits_rows)?,
         };
         Ok(Self {
             rows,

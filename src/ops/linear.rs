@@ -26,10 +26,8 @@ uniform! {
     }
 }
 
-/// Output tile of the matmul kernel: columns per workgroup, and rows for the large-tile
-/// variant; calls with at most `MATMUL_SMALL_M` rows use 16-row tiles instead.
+/// Output tile of the matmul kernel: rows of x and rows of W per workgroup.
 pub const MATMUL_TILE: u32 = consts::MATMUL_TILE;
-pub const MATMUL_SMALL_M: u32 = 32;
 /// Blocks of at most this many rows go through the matrix-vector kernel instead of tiles.
 pub const MATVEC_BATCH_MAX_M: u32 = 32;
 /// Matvec shape: lanes per team (`T`, which splits a row's K) for a row of `k` weights, chosen
@@ -117,10 +115,6 @@ impl MatVecKernels {
         Ok(Self { kernels, mb, dtype })
     }
 
-    fn has_team(&self, team: u32) -> bool {
-        self.kernels.iter().any(|(t, _)| *t == team)
-    }
-
     fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer, team: u32) -> Result<LinearBinding> {
         let Some((_, kernel)) = self.kernels.iter().find(|(t, _)| *t == team) else {
             let have: Vec<u32> = self.kernels.iter().map(|(t, _)| *t).collect();
@@ -136,8 +130,7 @@ impl MatVecKernels {
 
 #[derive(Debug)]
 pub struct MatMul {
-    large: Kernel,
-    small: Kernel,
+    tiles: Kernel,
     batched: MatVecKernels,
     dtype: DType,
 }
@@ -145,8 +138,7 @@ pub struct MatMul {
 /// A weight bound to the matmul variants.
 #[derive(Debug)]
 pub struct MatMulBinding {
-    large: LinearBinding,
-    small: LinearBinding,
+    tiles: LinearBinding,
     batched: LinearBinding,
 }
 
@@ -161,7 +153,7 @@ pub enum MatMulPath {
 
 impl MatMulBinding {
     pub fn parts(&self) -> usize {
-        self.large.parts()
+        self.tiles.parts()
     }
 
     /// `m` rows of `x` times the weight: one dispatch per weight part.
@@ -173,13 +165,16 @@ impl MatMulBinding {
         if path == MatMulPath::MatVec || (path == MatMulPath::Auto && m <= MATVEC_BATCH_MAX_M) {
             return self.batched.dispatch_matvec(rec, m);
         }
-        let (b, tile_m) = if m <= MATMUL_SMALL_M { (&self.small, 16) } else { (&self.large, MATMUL_TILE) };
+        let b = &self.tiles;
         check_fits("matmul", "rows of x/y", m as u64, b.max_m)?;
-        let gy = check_groups("matmul", "row tiles", m.div_ceil(tile_m) as u64)?;
+        if m == 0 {
+            return Ok(());
+        }
+        let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
         for (bound, row_start, rows, scales_offset) in &b.parts {
             let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
             let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
-            bound.dispatch(rec, &params, [gx, gy.max(1), 1]);
+            bound.dispatch(rec, &params, [gx, gy, 1]);
         }
         Ok(())
     }
@@ -199,26 +194,16 @@ impl MatMul {
     async fn for_teams(ctx: &GpuContext, dtype: DType, teams: &[u32]) -> Result<Self> {
         let w = ("WTYPE", dtype.wgsl_id());
         Ok(Self {
-            large: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 4.0)]).await?,
-            small: Kernel::new(ctx, &shaders::MATMUL, &[w, ("TM", 1.0)]).await?,
+            tiles: Kernel::new(ctx, &shaders::MATMUL, &[w]).await?,
             batched: MatVecKernels::new(ctx, dtype, consts::MV_MB, teams).await?,
             dtype,
         })
     }
 
-    /// Its matrix-vector kernel for blocks of `MV_MB` rows, bound alone (no tiles) to `w`, if it
-    /// was compiled for rows of `w.cols` weights: a weight of the same type that prompts do not
-    /// go through (the LM head in `Engine::logits`) reuses it instead of compiling its own.
-    pub fn bind_batched(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Option<Result<BatchedMatVecBinding>> {
-        let team = matvec_team(w.cols);
-        self.batched.has_team(team).then(|| self.batched.bind(ctx, x, w, y, team).map(BatchedMatVecBinding))
-    }
-
     /// `x`: f32 [M, K]; `y`: f32 [M, N].
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<MatMulBinding> {
         Ok(MatMulBinding {
-            large: bind_parts("matmul", &self.large, self.dtype, ctx, (x, w, y), false)?,
-            small: bind_parts("matmul", &self.small, self.dtype, ctx, (x, w, y), false)?,
+            tiles: bind_parts("matmul", &self.tiles, self.dtype, ctx, (x, w, y), false)?,
             batched: self.batched.bind(ctx, x, w, y, matvec_team(w.cols))?,
         })
     }
@@ -226,34 +211,6 @@ impl MatMul {
 
 /// A weight bound to the matrix-vector kernel.
 pub type MatVecBinding = LinearBinding;
-
-/// The matrix-vector kernel for blocks of `MV_MB` rows of x, alone (no tiled variants):
-/// for a weight read by a few rows at a time that prompt chunks do not go through, such as
-/// the LM head when every position's logits are wanted (`Engine::logits`).
-#[derive(Debug)]
-pub struct BatchedMatVec(MatVecKernels);
-
-impl BatchedMatVec {
-    /// The team sizes that weights with rows of `cols` weights use.
-    pub async fn for_cols(ctx: &GpuContext, dtype: DType, cols: &[u32]) -> Result<Self> {
-        Ok(Self(MatVecKernels::new(ctx, dtype, consts::MV_MB, &teams_for(cols)).await?))
-    }
-
-    /// `x`: f32 [M, K]; `y`: f32 [M, N].
-    pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, w: &GpuWeight, y: &wgpu::Buffer) -> Result<BatchedMatVecBinding> {
-        Ok(BatchedMatVecBinding(self.0.bind(ctx, x, w, y, matvec_team(w.cols))?))
-    }
-}
-
-#[derive(Debug)]
-pub struct BatchedMatVecBinding(LinearBinding);
-
-impl BatchedMatVecBinding {
-    /// `m` rows of `x` times the weight: one dispatch per weight part.
-    pub fn dispatch(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
-        self.0.dispatch_matvec(rec, m)
-    }
-}
 
 impl MatVecBinding {
     /// One row of `x` times the weight: one dispatch per weight part.

@@ -215,7 +215,7 @@ const LINEAR_SHAPES: &[(usize, usize, usize, usize)] = &[
     (70, 256, 67, 0),
     // K not a multiple of 32 (float types only): the element-wise paths.
     (6, 100, 19, 0),
-    // At most 32 rows: the 16-row-tile variant.
+    // Few rows: tiles mostly past the end of x.
     (17, 2336, 1000, 0),
     (32, 256, 67, 40),
 ];
