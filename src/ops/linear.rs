@@ -193,11 +193,7 @@ impl MatMul {
 
     async fn for_teams(ctx: &GpuContext, dtype: DType, teams: &[u32]) -> Result<Self> {
         let w = ("WTYPE", dtype.wgsl_id());
-        Ok(Self {
-            tiles: Kernel::new(ctx, &shaders::MATMUL, &[w]).await?,
-            batched: MatVecKernels::new(ctx, dtype, consts::MV_MB, teams).await?,
-            dtype,
-        })
+        Ok(Self { tiles: Kernel::new(ctx, &shaders::MATMUL, &[w]).await?, batched: MatVecKernels::new(ctx, dtype, consts::MV_MB, teams).await?, dtype })
     }
 
     /// `x`: f32 [M, K]; `y`: f32 [M, N].

@@ -200,7 +200,7 @@ const firstText = () =>
 
 steps.add('chat: the reply streams into the assistant bubble, then completes', async () => {
   await resetObserver();
-  await send('Hello! Who are you?', { maxTokens: 24 });
+  await send('Hello! Who are you?', { maxTokens: 12 });
   // Text must show up before the reply is done.
   await firstText();
   const reply = await waitForReplyDone();
@@ -222,7 +222,7 @@ steps.add('complete mode: the pretrained model continues a sentence in English',
   // The default model is Gemma 3 270M *pretrained*: it completes text better than it chats.
   await page.selectOption('#mode', 'complete');
   await page.fill('#temperature', '0');
-  await send('The capital of France is', { maxTokens: 24 });
+  await send('The capital of France is', { maxTokens: 12 });
   const reply = await waitForReplyDone();
   await waitForState(['ready'], 10_000);
   await assertNoError('after the completion');
@@ -258,7 +258,7 @@ steps.add('stop: a long generation stops promptly, and the engine still answers 
   assert(!(await page.isEnabled('#stop')), '#stop is still enabled after stopping');
   await assertNoError('after Stop');
 
-  await send('Thanks. Now say goodbye in one short sentence.', { maxTokens: 16, viaEnter: true });
+  await send('Thanks. Now say goodbye in one short sentence.', { maxTokens: 8, viaEnter: true });
   const after = await waitForReplyDone();
   assert(after.text.length > 0, 'the reply after a stopped one is empty');
   assert(!after.failed && !after.stopped, 'the reply after a stopped one is marked failed or stopped');
