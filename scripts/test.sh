@@ -3,7 +3,12 @@
 # native adapter (Mesa lavapipe here), the same in headless Chromium's WebGPU (SwiftShader
 # here), then the npm package and the demo page end to end. Nothing is skipped for lack of a
 # GPU: without an adapter the GPU tests fail. Prints the wall time of each stage and the total.
-set -euo pipefail
+#
+# A failing suite does not stop the run: every stage runs (cargo with --no-fail-fast), the
+# summary counts every runner's "test result" line, a runner that ended without one (a crash,
+# a build error) counts as failed, and the exit status is non-zero if anything failed. Only a
+# failed setup ends the run early: nothing after it could work.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
 log=$(mktemp)
@@ -26,6 +31,18 @@ stage() {
 }
 
 result=""
+# Suites that exited non-zero, as "what (exit N)".
+failures=()
+# Run one suite (a command) and record it if it exits non-zero; the run goes on either way.
+suite() {
+  local what=$1 rc
+  shift
+  "$@"
+  rc=$?
+  [ "$rc" -eq 0 ] || failures+=("$what (exit $rc)")
+  return 0
+}
+
 summary() {
   local status=$?
   stage ""
@@ -41,15 +58,15 @@ summary() {
 trap summary EXIT
 
 stage "setup (installs what is missing)"
-bash scripts/setup.sh
-bash scripts/fetch-test-data.sh
+bash scripts/setup.sh || exit 1
+bash scripts/fetch-test-data.sh || exit 1
 
 # Mesa's Vulkan loader complains on every device open without this.
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp/xdg-runtime-$(id -u)}
 mkdir -p -m 700 "$XDG_RUNTIME_DIR"
 
 stage "format (rustfmt)"
-cargo fmt --check
+suite "rustfmt" cargo fmt --check
 
 # Clippy rides on the builds instead of checking everything a second time: clippy-driver
 # compiles our own crate's targets (RUSTC_WORKSPACE_WRAPPER, which `cargo clippy` itself uses;
@@ -62,15 +79,15 @@ RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 
 stage "native build, with clippy (test profile: optimized)"
-cargo test --locked --all-targets --no-run
+suite "native build" cargo test --locked --all-targets --no-run
 
 # The real Gemma 3 270M is converted once per run, with the CLI just built, into the demo's
 # model directory; the native 270M tests and the browser tests both use it.
 stage "demo model (the real Gemma 3 270M, converted once)"
-GEMMA_BIN=target/debug/gemma bash scripts/prepare-demo-model.sh
+suite "demo model" env GEMMA_BIN=target/debug/gemma bash scripts/prepare-demo-model.sh
 
 stage "native tests (cargo test)"
-cargo test --locked -- --nocapture 2>&1 | tee -a "$log"
+suite "native tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast -- --nocapture 2>&1 | tee -a "$0"' "$log"
 
 stage "browser tests, with clippy (cargo test --target wasm32, headless Chromium)"
 # wasm-bindgen-test-runner serves each test binary to Chromium through chromedriver (headless;
@@ -79,22 +96,29 @@ export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
 export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # The runner gives the whole browser run of a test binary this many seconds (default 20).
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
-cargo test --locked --target wasm32-unknown-unknown --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$log"
+suite "browser tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast --target wasm32-unknown-unknown --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$0"' "$log"
 
 stage "npm package (release wasm, wasm-bindgen)"
-env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/build-pkg.sh
+suite "npm package" env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/build-pkg.sh
 
 stage "end-to-end: npm package, demo page, real 270M in Chromium"
-(cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error)
-# Each prints "test result: ok. N passed; M failed" like the Rust runners; keep going on failure
-# so the summary counts everything, and fail at the end if any exited non-zero.
-e2e_status=0
-node tests/e2e/consumer.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
-node tests/e2e/demo.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
-node tests/e2e/gemma3.test.mjs 2>&1 | tee -a "$log" || e2e_status=1
+suite "e2e install" bash -c 'cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error'
+# Each prints "test result: ok. N passed; M failed" like the Rust runners, and a line saying
+# which runner it is, so a script that dies early is seen as a runner without a result.
+for t in consumer demo gemma3; do
+  echo "     Running tests/e2e/$t.test.mjs" >> "$log"
+  suite "e2e $t" bash -c 'set -o pipefail; node "tests/e2e/$1.test.mjs" 2>&1 | tee -a "$0"' "$log" "$t"
+done
 
-# Both runners print "test result: ok. N passed; M failed; ..." per test binary.
-passed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed' "$log" || true) | awk '{s += $4} END {print s + 0}')
-failed=$( (grep -Eo '^test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" || true) | awk '{s += $6} END {print s + 0}')
-result="tests: ${passed} passed, ${failed} failed"
-[ "$failed" -eq 0 ] && [ "$e2e_status" -eq 0 ]
+# Every runner (a cargo test binary, a doc-test run, an e2e script) prints one "test result"
+# line when it gets to the end.
+count() { (grep -E "$1" "$log" || true) | awk "{s += \$$2} END {print s + 0}"; }
+passed=$(count '^test result: [a-zA-Z]+\. [0-9]+ passed' 4)
+failed=$(count '^test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' 6)
+runners=$(grep -cE '^ +(Running|Doc-tests) ' "$log" || true)
+results=$(grep -cE '^test result: ' "$log" || true)
+silent=$((runners - results))
+result="tests: ${passed} passed, ${failed} failed, in ${runners} runners"
+[ "$silent" -gt 0 ] && result+=" (${silent} ended without a result line: counted as failed)"
+[ "${#failures[@]}" -gt 0 ] && result+="; failed suites: $(printf '%s, ' "${failures[@]}" | sed 's/, $//')"
+[ "$failed" -eq 0 ] && [ "$silent" -le 0 ] && [ "${#failures[@]}" -eq 0 ]
