@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --release --target wasm32-unknown-unknown --lib
 rm -rf pkg
-wasm-bindgen --target web --out-dir pkg target/wasm32-unknown-unknown/release/gemma_webgpu.wasm
+wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/gemma_webgpu.wasm"
 cp README.md pkg/
 python3 - <<'PY'
 import json, os, re

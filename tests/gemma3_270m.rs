@@ -48,14 +48,40 @@ fn reference() -> (Vec<Prompt>, Vec<u32>, Vec<u32>, Vec<f32>) {
     (prompts, r.ids("text.ids"), r.ids("text.top_ids"), r.f32("text.top_logp"))
 }
 
+/// The converter's code as `scripts/prepare-demo-model.sh` stamps it: the first 16 hex digits of
+/// the SHA-256 of its sources concatenated in byte order of their paths.
+fn converter_hash() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    fn rs_files(dir: &Path, out: &mut Vec<String>, root: &Path) {
+        for entry in std::fs::read_dir(dir).expect("read src/convert") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                rs_files(&path, out, root);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path.strip_prefix(root).expect("under the root").to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut files = vec!["src/quant.rs".to_string(), "src/format.rs".to_string()];
+    rs_files(&root.join("src/convert"), &mut files, root);
+    files.sort();
+    let all: Vec<u8> = files.iter().flat_map(|f| std::fs::read(root.join(f)).expect("source")).collect();
+    gemma_webgpu::format::sha256_hex(&all)[..16].to_string()
+}
+
 /// The demo's conversion (`scripts/prepare-demo-model.sh`: int4 layers, int8 embedding), which
 /// the test command makes once per run for the native and the browser tests: used when its
-/// stamp says it is that conversion in this format version, else converted here.
+/// stamp says it is that conversion, in this format version, by this converter; else converted
+/// here.
 fn demo_conversion() -> (PathBuf, bool) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("www/models/default");
     let stamp = std::fs::read_to_string(dir.join(".prepared")).unwrap_or_default();
-    let want = format!("format {}: gemma convert gemma-3-270m-q4_k_m.gguf --quant int4 --embed int8", gemma_webgpu::format::FORMAT_VERSION);
-    if stamp.starts_with(&want) {
+    let want = format!(
+        "format {}: gemma convert gemma-3-270m-q4_k_m.gguf --quant int4 --embed int8 --shard-mb 32; converter {}",
+        gemma_webgpu::format::FORMAT_VERSION,
+        converter_hash()
+    );
+    if stamp.trim_end() == want {
         println!("using the demo's conversion in {}", dir.display());
         (dir, false)
     } else {
