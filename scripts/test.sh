@@ -81,20 +81,6 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 stage "native build, with clippy (test profile: optimized)"
 suite "native build" cargo test --locked --all-targets --no-run
 
-# The npm package's release build is mostly one long single-threaded step (link-time
-# optimization into one codegen unit), and the test stages below leave 10-20% of the CPU idle:
-# it runs from here on in the background, at the lowest priority and in its own target
-# directory (no lock shared with the test builds), and its stage below waits for it.
-pkg_log=$(mktemp)
-(
-  start=$(date +%s)
-  env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS CARGO_TARGET_DIR=target/pkg-build nice -n 19 bash scripts/build-pkg.sh
-  rc=$?
-  echo "(built in the background in $(($(date +%s) - start)) s, beside the stages above)"
-  exit $rc
-) > "$pkg_log" 2>&1 &
-pkg_pid=$!
-
 # The real Gemma 3 270M is converted once per run, with the CLI just built, into the demo's
 # model directory; the native 270M tests and the browser tests both use it.
 stage "demo model (the real Gemma 3 270M, converted once)"
@@ -112,10 +98,8 @@ export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
 suite "browser tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast --target wasm32-unknown-unknown --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$0"' "$log"
 
-stage "npm package (release wasm, wasm-bindgen; waiting for the background build)"
-suite "npm package" wait "$pkg_pid"
-cat "$pkg_log"
-rm -f "$pkg_log"
+stage "npm package (release wasm, wasm-bindgen)"
+suite "npm package" env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/build-pkg.sh
 
 stage "end-to-end: npm package, demo page, real 270M in Chromium"
 suite "e2e install" bash -c 'cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error'
