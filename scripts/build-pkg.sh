@@ -1,16 +1,41 @@
 #!/usr/bin/env bash
-# Builds the npm package into pkg/ (release, ES module for browsers, TypeScript declarations)
-# and prints the .wasm size: cargo builds the wasm, wasm-bindgen (the CLI pinned in Cargo.lock,
-# installed by scripts/setup.sh) writes the JS bindings, and package.json is written from
-# Cargo.toml as wasm-pack would (`wasm-pack build --release --target web` gives the same
-# package; we do without it so a fresh machine need not compile it). No wasm-opt: Debian's
-# binaryen 108 breaks the externref table wasm-bindgen 0.2.130 emits
-# ("WebAssembly.Table.set(): Argument 1 is invalid").
+# Builds the npm package into pkg/ (ES module for browsers, TypeScript declarations) and prints
+# the .wasm size: cargo builds the wasm, wasm-bindgen (the CLI pinned in Cargo.lock, installed by
+# scripts/setup.sh) writes the JS bindings, and package.json is written from Cargo.toml as
+# wasm-pack would (`wasm-pack build --release --target web` gives the same package; we do without
+# it so a fresh machine need not compile it). No wasm-opt: Debian's binaryen 108 breaks the
+# externref table wasm-bindgen 0.2.130 emits ("WebAssembly.Table.set(): Argument 1 is invalid").
+#
+#   bash scripts/build-pkg.sh                the release build (fat LTO, one codegen unit): what
+#                                            scripts/demo.sh serves and what is published
+#   bash scripts/build-pkg.sh --test-profile the library as the browser tests build it (`test`
+#                                            profile: opt-level 3, debug assertions and overflow
+#                                            checks on, no LTO). scripts/test.sh packages this
+#                                            one for the end-to-end tests: cargo finds it already
+#                                            built by the browser tests, where a release build
+#                                            would compile every dependency again (154 s of CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --locked --release --target wasm32-unknown-unknown --lib
+target="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown"
+case "${1:-}" in
+  "")
+    cargo build --locked --release --target wasm32-unknown-unknown --lib
+    built="$target/release/gemma_webgpu.wasm"
+    ;;
+  --test-profile)
+    # Building a browser test builds the library with it (every crate type: the cdylib too),
+    # with the dev-dependencies' features, which a plain `cargo build` would not unify the same
+    # way (and so would rebuild the dependencies).
+    cargo test --locked --target wasm32-unknown-unknown --test web_api --no-run
+    built="$target/debug/gemma_webgpu.wasm"
+    ;;
+  *)
+    echo "usage: $0 [--test-profile]" >&2
+    exit 2
+    ;;
+esac
 rm -rf pkg
-wasm-bindgen --target web --out-dir pkg "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/gemma_webgpu.wasm"
+wasm-bindgen --target web --out-dir pkg "$built"
 cp README.md pkg/
 python3 - <<'PY'
 import json, os, re

@@ -43,6 +43,42 @@ suite() {
   return 0
 }
 
+# The test executables in cargo's JSON messages (stdin), as "name path" lines.
+executables() {
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m["target"]["kind"]:
+        print(m["target"]["name"], m["executable"])
+'
+}
+
+# Suites that run at the same time: `spawn what command...` starts one in the background with
+# its output in a file of its own; `join` waits for all of them, then prints and logs each
+# output in the order they were started and records those that exited non-zero.
+jobs_dir=$(mktemp -d)
+spawned=()
+spawn() {
+  local what=$1
+  shift
+  "$@" > "$jobs_dir/${#spawned[@]}.out" 2>&1 &
+  spawned+=("$!:$what")
+}
+join() {
+  local i entry rc
+  for i in "${!spawned[@]}"; do
+    entry=${spawned[$i]}
+    wait "${entry%%:*}"
+    rc=$?
+    tee -a "$log" < "$jobs_dir/$i.out"
+    [ "$rc" -eq 0 ] || failures+=("${entry#*:} (exit $rc)")
+  done
+  spawned=()
+  rm -f "$jobs_dir"/*.out
+  return 0
+}
+
 summary() {
   local status=$?
   stage ""
@@ -50,7 +86,7 @@ summary() {
   echo "== stage times (wall clock)"
   cat "$times"
   printf '%-44s %6ds\n' "total" $(($(date +%s) - started))
-  rm -f "$log" "$times"
+  rm -rf "$log" "$times" "$jobs_dir"
   # The count comes last, for whoever reads the closing line.
   [ -n "$result" ] && echo "$result"
   return $status
@@ -72,8 +108,8 @@ suite "rustfmt" cargo fmt --check
 # compiles our own crate's targets (RUSTC_WORKSPACE_WRAPPER, which `cargo clippy` itself uses;
 # dependencies are built by plain rustc and shared), with warnings as errors. So the native
 # test build lints every native target (library, CLI, unit and integration tests, examples)
-# and the browser test build lints the library and the browser tests for wasm32. The npm
-# package below is built without it (clippy-driver turns MIR optimizations off).
+# and the browser test build lints the library and the browser tests for wasm32. (clippy-driver
+# turns MIR optimizations off; LLVM's are unchanged.)
 export RUSTC_WORKSPACE_WRAPPER
 RUSTC_WORKSPACE_WRAPPER="$(rustc --print sysroot)/bin/clippy-driver"
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
@@ -89,26 +125,46 @@ suite "demo model" env GEMMA_BIN=target/debug/gemma bash scripts/prepare-demo-mo
 stage "native tests (cargo test)"
 suite "native tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast -- --nocapture 2>&1 | tee -a "$0"' "$log"
 
-stage "browser tests, with clippy (cargo test --target wasm32, headless Chromium)"
-# wasm-bindgen-test-runner serves each test binary to Chromium through chromedriver (headless;
-# webdriver.json adds Chromium's flags), as `wasm-pack test --headless --chrome` would.
+stage "browser test build, with clippy (wasm32)"
+# cargo builds the three browser test binaries; then each runs in its own headless Chromium, all
+# three at once (`cargo test` would run them one after the other): SwiftShader compiles a
+# pipeline on one thread, and one binary at a time kept this 2-core machine 60% busy (measured:
+# 341 s one after the other, 234 s together at 91%). wasm-bindgen-test-runner serves a test
+# binary to Chromium through chromedriver (headless; webdriver.json adds Chromium's flags), as
+# `wasm-pack test --headless --chrome` would.
 export CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver}
-export CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner
 # The runner gives the whole browser run of a test binary this many seconds (default 20).
 export WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-1200}
-suite "browser tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast --target wasm32-unknown-unknown --test web --test web_model --test web_api -- --nocapture 2>&1 | tee -a "$0"' "$log"
+web_bins=$(mktemp)
+build_browser_tests() {
+  cargo test --locked --target wasm32-unknown-unknown --test web --test web_model --test web_api --no-run \
+    --message-format=json-render-diagnostics | executables > "$web_bins"
+}
+suite "browser test build" build_browser_tests
 
-stage "npm package (release wasm, wasm-bindgen)"
-suite "npm package" env -u RUSTC_WORKSPACE_WRAPPER -u CLIPPY_ARGS bash scripts/build-pkg.sh
+stage "browser tests (headless Chromium, three at once)"
+while read -r name wasm; do
+  spawn "browser tests ($name)" bash -c 'echo "     Running tests/$1.rs ($2)"; wasm-bindgen-test-runner "$2" --nocapture' _ "$name" "$wasm"
+done < "$web_bins"
+rm -f "$web_bins"
+join
+
+# The end-to-end tests run the npm package made from the library the browser tests just built
+# (test profile: opt-level 3 with debug assertions and overflow checks), so no dependency is
+# compiled a third time; the release build (LTO) differs from it in build settings only.
+stage "npm package (the browser tests' wasm, wasm-bindgen)"
+suite "npm package" bash scripts/build-pkg.sh --test-profile
 
 stage "end-to-end: npm package, demo page, real 270M in Chromium"
 suite "e2e install" bash -c 'cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error'
-# Each prints "test result: ok. N passed; M failed" like the Rust runners, and a line saying
-# which runner it is, so a script that dies early is seen as a runner without a result.
+# The three scripts run at the same time, each with its own server and Chromium (one after the
+# other they kept this 2-core machine about 80% busy). Each prints "test result: ok. N passed;
+# M failed" like the Rust runners, after a line saying which runner it is, so a script that dies
+# early is seen as a runner without a result.
 for t in consumer demo gemma3; do
-  echo "     Running tests/e2e/$t.test.mjs" >> "$log"
-  suite "e2e $t" bash -c 'set -o pipefail; node "tests/e2e/$1.test.mjs" 2>&1 | tee -a "$0"' "$log" "$t"
+  spawn "e2e $t" bash -c 'echo "     Running tests/e2e/$1.test.mjs"; node "tests/e2e/$1.test.mjs"' _ "$t"
 done
+join
 
 # Every runner (a cargo test binary, a doc-test run, an e2e script) prints one "test result"
 # line when it gets to the end.
