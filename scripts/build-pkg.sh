@@ -16,18 +16,28 @@
 #                                            would compile every dependency again (154 s of CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown"
 case "${1:-}" in
   "")
     cargo build --locked --release --target wasm32-unknown-unknown --lib
-    built="$target/release/gemma_webgpu.wasm"
+    built="${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/release/gemma_webgpu.wasm"
     ;;
   --test-profile)
     # Building a browser test builds the library with it (every crate type: the cdylib too),
     # with the dev-dependencies' features, which a plain `cargo build` would not unify the same
-    # way (and so would rebuild the dependencies).
-    cargo test --locked --target wasm32-unknown-unknown --test web_api --no-run
-    built="$target/debug/gemma_webgpu.wasm"
+    # way (and so would rebuild the dependencies). Cargo leaves that cdylib in deps/ without
+    # copying it up; its JSON message for the library names the file.
+    built=$(cargo test --locked --target wasm32-unknown-unknown --test web_api --no-run --message-format=json-render-diagnostics |
+      python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gemma_webgpu":
+        print("\n".join(f for f in m["filenames"] if f.endswith(".wasm")))
+')
+    if [ -z "$built" ]; then
+      echo "build-pkg.sh: cargo reported no gemma_webgpu.wasm for the browser tests' build" >&2
+      exit 1
+    fi
     ;;
   *)
     echo "usage: $0 [--test-profile]" >&2
