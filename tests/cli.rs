@@ -1,8 +1,10 @@
-//! The `gemma` binary end to end on a tiny fixture: convert, logits (.npy, prefill = decode),
-//! generate, bench --json; and its errors: one line, non-zero exit, no panic — including a
-//! corrupt and a truncated shard, and a prompt longer than the context.
+//! The `gemma` binary end to end on a tiny fixture: convert, logits (.npy, prefill and decode
+//! against Hugging Face's logits), generate (greedy against Hugging Face's continuation),
+//! bench --json; and its errors: one line, non-zero exit, no panic — including a corrupt and a
+//! truncated shard, and a prompt longer than the context.
 #![cfg(not(target_arch = "wasm32"))]
 
+mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -53,14 +55,25 @@ fn convert_logits_generate_and_bench() {
     let dir = tmp("model");
     let d = dir.display().to_string();
     assert!(gemma(&["convert", &fixture(), &d, "--quant", "f32", "--shard-mb", "1"]).status.success());
+    // The fixture's 40 tokens through `logits`, prefill and decode, against HF's logits (f32
+    // weights and KV cache: what tests/reference.rs bounds at 1e-3 through the library).
+    let r = support::reference("tiny-f32");
+    let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let (npy_p, npy_d) = (dir.join("prefill.npy"), dir.join("decode.npy"));
-    let tokens = "2,17,300,5,9,77,101,3,250,11,40,41";
-    ok(&["logits", &d, "--tokens", tokens, "--kv-f32", "--out", &npy_p.display().to_string()]);
-    ok(&["logits", &d, "--tokens", tokens, "--kv-f32", "--decode", "--out", &npy_d.display().to_string()]);
-    let ((shape, p), (_, q)) = (read_npy(&npy_p), read_npy(&npy_d));
-    assert_eq!(shape, vec![12, 512]);
-    let diff = p.iter().zip(&q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(diff < 1e-3, "--decode differs from prefill by {diff}");
+    let tokens = list(&r.ids("input_ids"));
+    ok(&["logits", &d, "--tokens", &tokens, "--kv-f32", "--out", &npy_p.display().to_string()]);
+    ok(&["logits", &d, "--tokens", &tokens, "--kv-f32", "--decode", "--out", &npy_d.display().to_string()]);
+    let ((shape, p), (shape_d, q)) = (read_npy(&npy_p), read_npy(&npy_d));
+    assert_eq!((shape, shape_d), (vec![40, 512], vec![40, 512]));
+    let hf = r.f32("logits");
+    let (e_p, e_d) = (support::max_abs_diff(&p, &hf), support::max_abs_diff(&q, &hf));
+    println!("gemma logits: max |logit - HF| prefill {e_p:.2e}, --decode {e_d:.2e}");
+    assert!(e_p <= 1e-3 && e_d <= 1e-3, "gemma logits differs from HF by {e_p} (prefill) / {e_d} (--decode)");
+    // Greedy generation reproduces HF's 16-token greedy continuation ("id " per token: the
+    // model has no tokenizer.json).
+    let prompt = list(&r.ids("greedy_prompt"));
+    let greedy = ok(&["generate", &d, "--tokens", &prompt, "--max-tokens", "16", "--temperature", "0", "--kv-f32"]);
+    assert_eq!(greedy.split_whitespace().map(|t| t.parse::<u32>().expect("an id")).collect::<Vec<_>>(), r.ids("greedy_ids"), "{greedy}");
     let text = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "0"]);
     let ids: Vec<&str> = text.split_whitespace().collect();
     assert_eq!(ids.len(), 6, "{text}");

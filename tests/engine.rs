@@ -31,6 +31,10 @@ fn tokens(n: usize) -> Vec<u32> {
     std::iter::once(2).chain((1..n as u32).map(|i| (i * 7919 + 13) % 509 + 3)).collect()
 }
 
+/// About 3x the largest GPU-CPU distance measured on lavapipe (2026-11-30): f32 2.3e-5, fp16
+/// 9.2e-6, int4 3.3e-5, int8 4.1e-5, the same by prefill and by decode.
+const TOLERANCE: f32 = 1.2e-4;
+
 #[test]
 fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
     for dtype in [DType::F32, DType::F16, DType::Int4, DType::Int8] {
@@ -45,12 +49,12 @@ fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
             let prefill = gpu.logits(&seq, false).await.expect("prefill logits");
             let err = support::max_abs_diff(&prefill, &want.logits);
             println!("{}: prefill max |GPU - CPU| logit = {err:.2e}", dtype.name());
-            assert!(err < 2e-3, "{} prefill logits differ by {err}", dtype.name());
+            assert!(err < TOLERANCE, "{} prefill logits differ by {err}", dtype.name());
             gpu.reset();
             let decode = gpu.logits(&seq, true).await.expect("decode logits");
             let err = support::max_abs_diff(&decode, &want.logits);
             println!("{}: decode max |GPU - CPU| logit = {err:.2e}", dtype.name());
-            assert!(err < 2e-3, "{} decode logits differ by {err}", dtype.name());
+            assert!(err < TOLERANCE, "{} decode logits differ by {err}", dtype.name());
             // Greedy sampling on the GPU picks the CPU's arg-max.
             gpu.reset();
             let next = gpu.step(&seq, &Sampling::GREEDY).await.expect("step");

@@ -51,10 +51,13 @@ fn gemma3_config_is_read_as_data() {
     assert!(e.to_string().contains("yarn"), "{e}");
 }
 
+/// Bounds about 3x what was measured on lavapipe (2026-11-30): f32 3.2e-5, the fp16 KV cache
+/// 2.3e-2, fp16 weights 5.8e-2 (this fixture's logits exceed 30 with no soft-cap, so fp16
+/// rounding moves them by that much).
 #[test]
 fn gemma3_matches_hugging_face() {
     let (ids, want, prompt, greedy) = reference();
-    for (quant, kv, tol) in [(DType::F32, KvType::F32, 1e-3f32), (DType::F32, KvType::F16, 0.5), (DType::F16, KvType::F32, 0.5)] {
+    for (quant, kv, tol) in [(DType::F32, KvType::F32, 1e-4f32), (DType::F32, KvType::F16, 6e-2), (DType::F16, KvType::F32, 0.15)] {
         let (dir, _) = convert_to(quant);
         let mut gpu = engine(&dir, kv);
         pollster::block_on(async {
@@ -86,7 +89,8 @@ fn gemma3_int4_matches_its_cpu_twin() {
     let err = support::max_abs_diff(&got, &twin);
     // The twin itself is the HF model up to int4 rounding: how far that moves the logits.
     println!("tiny-gemma3 int4: max |GPU - CPU twin| {err:.2e}; twin vs HF (int4 rounding) {:.2}", support::max_abs_diff(&twin, &want));
-    assert!(err <= 2e-3, "int4 GPU vs twin: {err}");
+    // Measured 4.0e-5 on lavapipe (2026-11-30).
+    assert!(err <= 1.2e-4, "int4 GPU vs twin: {err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -104,6 +108,7 @@ fn mixed_int4_layers_and_fp16_embedding_match_their_cpu_twin() {
     gpu.reset();
     let dec = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, true)).expect("decode"), &cpu.forward(&ids, KvType::F32).logits);
     println!("tiny-gemma3 int4 layers + fp16 embedding: max |GPU - CPU twin| prefill {err:.2e}, decode {dec:.2e}");
-    assert!(err <= 2e-3 && dec <= 2e-3, "{err} / {dec}");
+    // Measured 4.1e-5 both ways on lavapipe (2026-11-30).
+    assert!(err <= 1.2e-4 && dec <= 1.2e-4, "{err} / {dec}");
     let _ = std::fs::remove_dir_all(&dir);
 }

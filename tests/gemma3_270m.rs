@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 
 use gemma_webgpu::convert::{self, gguf::Gguf};
 use gemma_webgpu::model::engine::{Engine, KvType};
+use gemma_webgpu::ops::sample::Sampling;
 use gemma_webgpu::quant::DType;
+use gemma_webgpu::session::{GenerateParams, Session};
 use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
 fn gguf_path() -> PathBuf {
@@ -178,8 +180,8 @@ fn real_gemma3_f32_matches_transformers() {
                 "prompt {i}: f32 weights, f32 KV: max |logit - HF| at HF's top-64 {worst:.2e}; top-1 {top1}/{}; greedy {agree}/{n} tokens identical{decoded}",
                 p.ids.len()
             );
-            // Measured 4.6e-5 to 9.8e-5 on lavapipe.
-            assert!(worst <= 5e-4, "prompt {i}: logits differ by {worst}");
+            // Measured 9.9e-5, 1.30e-4 and 5.0e-5 on lavapipe (2026-11-30): 3x the largest.
+            assert!(worst <= 4e-4, "prompt {i}: logits differ by {worst}");
             assert_eq!(top1, p.ids.len(), "prompt {i}: top-1");
             assert_eq!(agree, n, "prompt {i}: greedy continuation");
         });
@@ -240,7 +242,7 @@ fn agreement(dir: &Path, temporary: bool, decode: bool) -> (Vec<usize>, f64, f64
     }
     let (agreement, mean_kl) = (top1 as f64 / text.len() as f64, kl_sum / text.len() as f64);
     println!(
-        "{}, fp16 KV: greedy tokens identical to HF per prompt {agreed:?} (of 32) ({greedy_s:.0} s); over {} tokens of text: top-1 agreement {:.1}%, mean KL {mean_kl:.4} ({:.0} s)",
+        "{}, fp16 KV: greedy tokens identical to HF per prompt {agreed:?} (of 32) ({greedy_s:.0} s); over {} tokens of text: top-1 agreement {:.1}%, mean KL {mean_kl:.2e} ({:.0} s)",
         dir.display(),
         text.len(),
         agreement * 100.0,
@@ -284,6 +286,20 @@ fn real_gemma3_int8_agrees_with_transformers() {
 #[test]
 fn real_gemma3_int4_agreement_is_bounded() {
     let (dir, temporary) = demo_conversion();
+    // The demo's Complete mode at temperature 0, through `Session` as the package runs it: the
+    // text the demo test asserts in Chromium (tests/e2e/demo.test.mjs), from the same fixture.
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture().join("demo-completion.json")).expect("demo-completion.json")).expect("JSON");
+    let (prompt, max_tokens, want) = (fixture["prompt"].as_str(), fixture["max_tokens"].as_u64(), fixture["text"].as_str());
+    let (Some(prompt), Some(max_tokens), Some(want)) = (prompt, max_tokens, want) else { panic!("demo-completion.json: {fixture}") };
+    let gpu = support::engine(&dir, 4096, 64, KvType::F16);
+    let tok = Tokenizer::from_json(&std::fs::read(dir.join("tokenizer.json")).expect("tokenizer.json"), gpu.config.bos_token_id).expect("tokenizer");
+    let mut session = Session::new(gpu, Some(std::rc::Rc::new(tok)));
+    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new() };
+    let got = pollster::block_on(session.generate(prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+    println!("demo completion of {prompt:?}: {got:?}");
+    assert_eq!(got, want, "the greedy completion of {prompt:?} (tests/fixtures/gemma3-270m/demo-completion.json)");
+    drop(session);
     let (agreed, top1, kl) = agreement(&dir, temporary, true);
     // Per prompt, so no prompt can fall unnoticed (the third measured 0: its first token differs).
     assert!(agreed.len() == 3 && agreed[0] >= 4 && agreed[1] >= 6, "int4: greedy agreement {agreed:?}");

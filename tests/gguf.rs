@@ -146,6 +146,26 @@ fn q4_0(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
     (b, q.iter().map(|v| (*v as f32 - 8.0) * d).collect())
 }
 
+/// Q4_1: f16 d, f16 m, 16 bytes of nibbles as Q4_0; x = q * d + m.
+fn q4_1(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let (d, m) = (r.scale(), -r.scale());
+    let q: Vec<u8> = (0..32).map(|_| r.below(16) as u8).collect();
+    let mut b = [f16::from_f32(d).to_le_bytes(), f16::from_f32(m).to_le_bytes()].concat();
+    b.extend((0..16).map(|j| q[j] | (q[j + 16] << 4)));
+    (b, q.iter().map(|v| *v as f32 * d + m).collect())
+}
+
+/// Q5_1: f16 d, f16 m, u32 of fifth bits and 16 bytes of low nibbles as Q5_0; x = q * d + m.
+fn q5_1(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let (d, m) = (r.scale(), -r.scale());
+    let q: Vec<u8> = (0..32).map(|_| r.below(32) as u8).collect();
+    let qh: u32 = (0..32).map(|i| ((q[i] >> 4) as u32) << i).sum();
+    let mut b = [f16::from_f32(d).to_le_bytes(), f16::from_f32(m).to_le_bytes()].concat();
+    b.extend(qh.to_le_bytes());
+    b.extend((0..16).map(|j| (q[j] & 15) | ((q[j + 16] & 15) << 4)));
+    (b, q.iter().map(|v| *v as f32 * d + m).collect())
+}
+
 /// Q5_0: f16 d, u32 of fifth bits (bit i for value i), 16 bytes of low nibbles as Q4_0;
 /// x = (q - 16) * d.
 fn q5_0(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
@@ -167,15 +187,46 @@ fn q4_k(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
     let mn: Vec<u8> = (0..8).map(|_| r.below(64) as u8).collect();
     let q: Vec<u8> = (0..256).map(|_| r.below(16) as u8).collect();
     let mut b = [f16::from_f32(d).to_le_bytes(), f16::from_f32(dmin).to_le_bytes()].concat();
+    b.extend(k_scales(&sc, &mn));
+    for g in 0..4 {
+        b.extend((0..32).map(|i| q[64 * g + i] | (q[64 * g + 32 + i] << 4)));
+    }
+    let x = (0..256).map(|v| d * sc[v / 32] as f32 * q[v] as f32 - dmin * mn[v / 32] as f32).collect();
+    (b, x)
+}
+
+/// The 12 bytes in which Q4_K and Q5_K pack eight 6-bit scales and eight 6-bit mins: scale
+/// and min j < 4 in the low 6 bits of bytes j and j + 4; for j >= 4 their low nibbles share
+/// byte j + 4 and their top two bits sit in the top bits of bytes j - 4 and j.
+fn k_scales(sc: &[u8], mn: &[u8]) -> [u8; 12] {
     let mut packed = [0u8; 12];
     for j in 0..4 {
         packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
         packed[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
         packed[j + 8] = (sc[j + 4] & 15) | ((mn[j + 4] & 15) << 4);
     }
-    b.extend(packed);
+    packed
+}
+
+/// Q5_K: Q4_K's header (f16 d, f16 dmin, 12 bytes of scales and mins), 32 bytes of fifth bits
+/// (value 64g + i has bit 2g of byte i, value 64g + 32 + i bit 2g + 1), then Q4_K's 128 bytes
+/// of nibbles; x = d * scale[v / 32] * q - dmin * min[v / 32].
+fn q5_k(r: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    let (d, dmin) = (r.scale(), r.scale());
+    let sc: Vec<u8> = (0..8).map(|_| r.below(64) as u8).collect();
+    let mn: Vec<u8> = (0..8).map(|_| r.below(64) as u8).collect();
+    let q: Vec<u8> = (0..256).map(|_| r.below(32) as u8).collect();
+    let mut b = [f16::from_f32(d).to_le_bytes(), f16::from_f32(dmin).to_le_bytes()].concat();
+    b.extend(k_scales(&sc, &mn));
+    let mut qh = [0u8; 32];
     for g in 0..4 {
-        b.extend((0..32).map(|i| q[64 * g + i] | (q[64 * g + 32 + i] << 4)));
+        for i in 0..32 {
+            qh[i] |= ((q[64 * g + i] >> 4) << (2 * g)) | ((q[64 * g + 32 + i] >> 4) << (2 * g + 1));
+        }
+    }
+    b.extend(qh);
+    for g in 0..4 {
+        b.extend((0..32).map(|i| (q[64 * g + i] & 15) | ((q[64 * g + 32 + i] & 15) << 4)));
     }
     let x = (0..256).map(|v| d * sc[v / 32] as f32 * q[v] as f32 - dmin * mn[v / 32] as f32).collect();
     (b, x)
@@ -220,8 +271,11 @@ enum Enc {
     Bf16,
     Q8_0,
     Q4_0,
+    Q4_1,
     Q5_0,
+    Q5_1,
     Q4K,
+    Q5K,
     Q6K,
 }
 
@@ -244,8 +298,11 @@ fn matrix(r: &mut Rng, name: &str, rows: usize, cols: usize, enc: Enc) -> (T, Ve
         }
         Enc::Q8_0 => with_ty(8, blocks(r, n, 32, q8_0)),
         Enc::Q4_0 => with_ty(2, blocks(r, n, 32, q4_0)),
+        Enc::Q4_1 => with_ty(3, blocks(r, n, 32, q4_1)),
         Enc::Q5_0 => with_ty(6, blocks(r, n, 32, q5_0)),
+        Enc::Q5_1 => with_ty(7, blocks(r, n, 32, q5_1)),
         Enc::Q4K => with_ty(12, blocks(r, n, 256, q4_k)),
+        Enc::Q5K => with_ty(13, blocks(r, n, 256, q5_k)),
         Enc::Q6K => with_ty(14, blocks(r, n, 256, q6_k)),
     };
     (T { name: name.into(), dims: vec![cols as u64, rows as u64], ty, data }, values)
@@ -349,15 +406,17 @@ fn tensor_table(seed: u64) -> (Vec<T>, Vec<(String, Vec<f32>)>) {
         let (b, m) = (format!("blk.{l}."), format!("model.layers.{l}."));
         let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
         add(norm(&mut r, &(b.clone() + "attn_norm.weight"), H), m.clone() + "input_layernorm.weight");
-        add(matrix(&mut r, &(b.clone() + "attn_q.weight"), q, H, Enc::Q8_0), m.clone() + "self_attn.q_proj.weight");
-        add(matrix(&mut r, &(b.clone() + "attn_k.weight"), kv, H, Enc::Q5_0), m.clone() + "self_attn.k_proj.weight");
+        // Layer 0 has the types of a Q4_K_M file, layer 1 the others the importer reads.
+        let first = l == 0;
+        add(matrix(&mut r, &(b.clone() + "attn_q.weight"), q, H, if first { Enc::Q8_0 } else { Enc::Q4_1 }), m.clone() + "self_attn.q_proj.weight");
+        add(matrix(&mut r, &(b.clone() + "attn_k.weight"), kv, H, if first { Enc::Q5_0 } else { Enc::Q5_1 }), m.clone() + "self_attn.k_proj.weight");
         add(matrix(&mut r, &(b.clone() + "attn_v.weight"), kv, H, if l == 0 { Enc::Bf16 } else { Enc::F32 }), m.clone() + "self_attn.v_proj.weight");
         add(matrix(&mut r, &(b.clone() + "attn_output.weight"), H, q, Enc::Q6K), m.clone() + "self_attn.o_proj.weight");
         add(norm(&mut r, &(b.clone() + "post_attention_norm.weight"), H), m.clone() + "post_attention_layernorm.weight");
         add(norm(&mut r, &(b.clone() + "ffn_norm.weight"), H), m.clone() + "pre_feedforward_layernorm.weight");
         add(matrix(&mut r, &(b.clone() + "ffn_gate.weight"), I, H, Enc::Q8_0), m.clone() + "mlp.gate_proj.weight");
         add(matrix(&mut r, &(b.clone() + "ffn_up.weight"), I, H, Enc::Q4_0), m.clone() + "mlp.up_proj.weight");
-        add(matrix(&mut r, &(b.clone() + "ffn_down.weight"), H, I, Enc::Q4K), m.clone() + "mlp.down_proj.weight");
+        add(matrix(&mut r, &(b.clone() + "ffn_down.weight"), H, I, if first { Enc::Q4K } else { Enc::Q5K }), m.clone() + "mlp.down_proj.weight");
         add(norm(&mut r, &(b.clone() + "post_ffw_norm.weight"), H), m.clone() + "post_feedforward_layernorm.weight");
     }
     add(norm(&mut r, "output_norm.weight", H), "model.norm.weight".into());

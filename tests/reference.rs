@@ -58,14 +58,16 @@ fn engine_one_chunk(dir: &Path, kv: KvType) -> gemma_webgpu::model::engine::Engi
 
 /// f32 and fp16 conversions reproduce the reference logits at every position, by prefill and
 /// by decode, and the greedy continuation exactly. (quant, f32 KV cache, tolerance on logits,
-/// greedy must match): with an f32 cache the f32 model is exact to 1e-3; the default fp16
-/// cache rounds K and V, which these fixtures' large attention logits (up to 80 before the
-/// cap) amplify, so its distance is measured and bounded separately.
+/// greedy must match): with an f32 cache the f32 model measured 1.56e-4 (tiny-f32) and 1.48e-4
+/// (tiny-bf16-gqa3) on lavapipe (2026-11-30), bounded at 3x; the default fp16 cache rounds K
+/// and V, which these fixtures' large attention logits (up to 80 before the cap) amplify
+/// (measured 0.236 and 0.180), and fp16 weights measured 0.307 on tiny-f32 (tiny-bf16-gqa3's
+/// bf16 weights are fp16-exact: 1.2e-4): both bounded at 0.5. Top-1 agrees at every position.
 #[test]
 fn converted_models_match_hugging_face() {
     for name in FIXTURES {
         for (quant, kv, tol, greedy_exact) in
-            [(DType::F32, KvType::F32, 1e-3f32, true), (DType::F16, KvType::F32, 0.5, false), (DType::F32, KvType::F16, 0.5, false)]
+            [(DType::F32, KvType::F32, 4.5e-4f32, true), (DType::F16, KvType::F32, 0.5, false), (DType::F32, KvType::F16, 0.5, false)]
         {
             let dir = convert_to(name, quant);
             let mut gpu = engine(&dir, kv);
@@ -81,7 +83,7 @@ fn converted_models_match_hugging_face() {
                 let kv = format!("{kv:?} KV");
                 println!("{name} {} weights, {kv}: max |logit - HF| prefill {e_pre:.2e}, decode {e_dec:.2e}; top-1 {top1}/{}", quant.name(), r.ids.len());
                 assert!(e_pre <= tol && e_dec <= tol, "{name} {} {kv}: logits differ from HF by {e_pre} / {e_dec} (> {tol})", quant.name());
-                assert!(top1 + 1 >= r.ids.len(), "{name} {} {kv}: top-1 agreement {top1}/{}", quant.name(), r.ids.len());
+                assert_eq!(top1, r.ids.len(), "{name} {} {kv}: top-1 agreement", quant.name());
                 if greedy_exact {
                     // The last chunk's residual stream is the last layer's output.
                     let h = gpu.config.hidden_size as usize;
@@ -90,7 +92,9 @@ fn converted_models_match_hugging_face() {
                     let err = support::max_abs_diff(&layer_out, &last[last.len() - rows * h..]);
                     let scale = last.iter().fold(0f32, |m, x| m.max(x.abs()));
                     println!("{name}: last layer output max |GPU - HF| {err:.2e} (values up to {scale:.1})");
-                    assert!(err <= 1e-5 * scale.max(1.0) * 10.0, "{name}: last layer output differs by {err}");
+                    // Measured 7.3e-5 and 5.9e-5 on values up to 27.4 and 24.3: 2.7e-6 of the
+                    // largest value at most, bounded at 1e-5 of it.
+                    assert!(err <= 1e-5 * scale.max(1.0), "{name}: last layer output differs by {err}");
                     let got = support::greedy(&mut gpu, &r.greedy_prompt, r.greedy_ids.len()).await;
                     assert_eq!(got, r.greedy_ids, "{name}: greedy continuation");
                     assert!(r.ids.len() as u32 > MATVEC_BATCH_MAX_M, "the one-chunk prefill must take the tiled kernel");
@@ -118,7 +122,8 @@ fn every_layer_matches_hugging_face() {
             let scale = theirs.iter().fold(0f32, |m, x| m.max(x.abs()));
             let err = support::max_abs_diff(ours, theirs);
             println!("{name} layer {l}: max |CPU - HF| {err:.2e} (values up to {scale:.1})");
-            assert!(err <= 1e-4 * scale.max(1.0), "{name}: layer {l} output differs from HF by {err}");
+            // Measured up to 2.9e-6 of the layer's largest value (8.0e-5 on 27.4), 2026-11-30.
+            assert!(err <= 1e-5 * scale.max(1.0), "{name}: layer {l} output differs from HF by {err}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -148,10 +153,12 @@ fn int4_matches_its_dequantized_twin_and_stays_near_the_reference() {
     let vs_ref = support::max_abs_diff(&got, &r.logits);
     let top1 = argmax_rows(&got, v).iter().zip(argmax_rows(&r.logits, v)).filter(|(a, b)| **a == *b).count();
     println!("{name} int4: max |GPU - CPU twin| {err:.2e}; vs unquantized HF: max |diff| {vs_ref:.2}, top-1 agreement {top1}/{}", r.ids.len());
-    assert!(err <= 2e-3, "{name}: int4 GPU differs from its CPU twin by {err}");
+    // Measured 1.98e-4 on lavapipe (2026-11-30).
+    assert!(err <= 6e-4, "{name}: int4 GPU differs from its CPU twin by {err}");
     // These random fixtures are adversarial for 4 bits (weights scaled up until both
-    // soft-caps engage); the bound only guards against a broken codec.
-    assert!(vs_ref.is_finite() && top1 * 5 >= r.ids.len(), "{name}: int4 top-1 agreement {top1}/{} is below 20%", r.ids.len());
+    // soft-caps engage): measured max |diff| 28.1 and top-1 16/40, bounded at 2x and 14/40, so
+    // a codec that got worse (not only a broken one) fails.
+    assert!(vs_ref <= 56.0 && top1 >= 14, "{name}: int4 vs HF: max |diff| {vs_ref}, top-1 agreement {top1}/{}", r.ids.len());
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -181,10 +188,11 @@ fn sliding_window_is_pinned_by_the_reference() {
         let cpu = CpuModel::from_manifest(&m, &|i| read_shard(&dir, &manifest, i)).expect("cpu");
         let err = support::max_abs_diff(&cpu.forward(&r.ids, KvType::F32).logits, &r.logits);
         println!("{what}: max |logit - HF| {err:.2e}");
+        // Measured 1.34e-4 as configured and 27.2 to 36.9 for the wrong windows (2026-11-30).
         if should_match {
-            assert!(err <= 1e-3, "{what}: {err}");
+            assert!(err <= 4e-4, "{what}: {err}");
         } else {
-            assert!(err > 1e-1, "{what}: matches HF within {err}, so the test cannot see this error");
+            assert!(err > 20.0, "{what}: misses HF by only {err}: the test barely sees this error");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,8 @@
 //! The Gemma 2 engine in headless Chromium's WebGPU (SwiftShader in CI), on the tiny Hugging
 //! Face fixtures converted in memory (no file system in a browser): logits at every position by
 //! prefill and by decode against the HF reference, greedy continuations, and an int4 model
-//! against its CPU twin. Same engine code and tolerances as `tests/reference.rs`.
+//! against its CPU twin. Same engine code as `tests/reference.rs`; the bounds are set from what
+//! was measured here, on SwiftShader.
 #![cfg(target_arch = "wasm32")]
 
 mod support;
@@ -67,7 +68,8 @@ async fn engine_matches_hugging_face_in_the_browser() {
         let decode = e(gpu.logits(&ids, true).await);
         let (ep, ed) = (support::max_abs_diff(&prefill, &logits), support::max_abs_diff(&decode, &logits));
         console_log!("{}: f32 weights, f32 KV: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}", f.name);
-        assert!(ep <= 1e-3 && ed <= 1e-3, "{}: {ep} / {ed}", f.name);
+        // Measured 1.98e-4 (tiny-f32) and 1.72e-4 (tiny-bf16-gqa3) on SwiftShader, 2026-11-30.
+        assert!(ep <= 6e-4 && ed <= 6e-4, "{}: {ep} / {ed}", f.name);
         assert_eq!(support::greedy(&mut gpu, &prompt, greedy.len()).await, greedy, "{}: greedy continuation", f.name);
     }
 }
@@ -79,8 +81,12 @@ async fn int4_and_fp16_kv_match_their_cpu_twins_in_the_browser() {
     let (mut gpu, cpu) = load_model(f, DType::Int4, KvType::F32).await;
     let err = support::max_abs_diff(&e(gpu.logits(&ids, false).await), &cpu.forward(&ids, KvType::F32).logits);
     console_log!("{}: int4 weights: max |GPU - CPU twin| {err:.2e}", f.name);
-    assert!(err <= 2e-3, "int4: {err}");
-    // The default fp16 cache, on shorter input (rounding flips amplify over long ones).
+    // Measured 3.4e-4 on SwiftShader (2026-11-30).
+    assert!(err <= 1e-3, "int4: {err}");
+    // The default fp16 cache, on shorter input: this fixture's attention logits (up to 77)
+    // amplify a K/V value that rounds to fp16 differently on the two sides, more so the longer
+    // the input. Measured 4.4e-3 on 12 tokens (2026-11-30); tests/engine.rs checks the fp16
+    // cache on 21 tokens of a milder model natively (4e-5, bounded at 1.2e-4).
     let (mut gpu, cpu) = load_model(f, DType::F16, KvType::F16).await;
     let short = &ids[..12];
     let err = support::max_abs_diff(&e(gpu.logits(short, false).await), &cpu.forward(short, KvType::F16).logits);

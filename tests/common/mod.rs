@@ -27,6 +27,8 @@ pub struct Report {
     pub kernel: &'static str,
     pub cases: usize,
     pub max_err: f64,
+    /// Measured figures worth printing beside the count (e.g. a test statistic).
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -37,11 +39,18 @@ impl Report {
         self.cases += 1;
         self.max_err = self.max_err.max(err);
     }
+    fn note(&mut self, note: String) {
+        self.notes.push(note);
+    }
 }
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} cases passed, max error {:.3e}", self.kernel, self.cases, self.max_err)
+        write!(f, "{}: {} cases passed, max error {:.3e}", self.kernel, self.cases, self.max_err)?;
+        if !self.notes.is_empty() {
+            write!(f, "; {}", self.notes.join("; "))?;
+        }
+        Ok(())
     }
 }
 
@@ -591,7 +600,54 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         return Err(format!("sample: 16 seeds over 64 equal logits gave only {} distinct ids", seen.len()));
     }
     rep.add(0.0);
+    sample_distribution(ctx, &op, &mut rep).await?;
     Ok(rep)
+}
+
+/// The sampler's draws against the softmax they should follow, computed here from the logits
+/// alone (not by `reference::sample`, which shares the kernel's walk and its random draw): 400
+/// successive draws with one seed (counter 0..400, as a generation's steps) over 6 logits,
+/// binned, and Pearson's chi-squared statistic against the expected counts. The draws are
+/// deterministic, so the statistic is a fixed number; the bound is the statistic's 0.1% point
+/// (a fair sampler fails it once in a thousand seeds; a wrong temperature, a biased draw or a
+/// leak past top-k fails it by far).
+async fn sample_distribution(ctx: &GpuContext, op: &Sampler, rep: &mut Report) -> Result<(), String> {
+    const DRAWS: u32 = 400;
+    let logits = [1.0f32, 0.2, -0.4, 0.7, -1.0, 0.0];
+    let (lb, out) = (buf(ctx, &logits)?, zeros(ctx, 1)?);
+    let bound = op.bind(ctx, &lb, &out);
+    // (settings, ids kept, chi-squared 0.1% point for (kept - 1) degrees of freedom)
+    let cases = [
+        (Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 }, vec![0usize, 1, 2, 3, 4, 5], 20.52),
+        (Sampling { temperature: 0.6, top_k: 3, top_p: 1.0, seed: 8 }, vec![0, 1, 3], 13.82),
+    ];
+    for (s, kept, critical) in cases {
+        let weights: Vec<f64> = kept.iter().map(|&i| (logits[i] as f64 / s.temperature as f64).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        let mut counts = [0u32; 6];
+        for counter in 0..DRAWS {
+            e(run_pass(ctx, "sample", |p| bound.dispatch(p, logits.len() as u32, &s, counter).expect("shape checked")).await)?;
+            let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0] as usize;
+            if !kept.contains(&got) {
+                return Err(format!("sample [{s:?} counter={counter}]: drew id {got}, outside the kept ids {kept:?}"));
+            }
+            counts[got] += 1;
+        }
+        let chi2: f64 = kept
+            .iter()
+            .zip(&weights)
+            .map(|(&i, w)| {
+                let expected = DRAWS as f64 * w / total;
+                (counts[i] as f64 - expected).powi(2) / expected
+            })
+            .sum();
+        if chi2 > critical {
+            return Err(format!("sample [{s:?}]: {DRAWS} draws gave counts {counts:?}, chi-squared {chi2:.1} > {critical} against the softmax"));
+        }
+        rep.add(0.0);
+        rep.note(format!("chi-squared {chi2:.1} (bound {critical}) over {DRAWS} draws, top_k {}", s.top_k));
+    }
+    Ok(())
 }
 
 /// Misuse is a clear error value, never a panic, and the device stays usable afterwards.
