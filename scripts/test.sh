@@ -142,7 +142,7 @@ build_browser_tests() {
 }
 suite "browser test build" build_browser_tests
 
-stage "browser tests (headless Chromium, three at once)"
+stage "browser tests (headless Chromium, four runners at once)"
 # The kernel tests' matmul case compiles 20 pipelines (about 90 s on SwiftShader, half of its
 # binary's time): it gets a runner of its own, so that the runners end closer together.
 run_browser_tests() {

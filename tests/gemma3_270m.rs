@@ -193,10 +193,11 @@ fn real_gemma3_f32_matches_transformers() {
 /// `dir` (removed afterwards when `temporary`). The greedy runs go through the decode kernels
 /// when `decode`, else they are read off one forward pass per prompt (the same count; see
 /// `support::teacher_forced_agreement`).
-fn agreement(dir: &Path, temporary: bool, decode: bool) -> (Vec<usize>, f64, f64) {
+fn agreement(dir: &Path, temporary: bool, decode: bool, text_tokens: usize) -> (Vec<usize>, f64, f64) {
     let mut gpu = engine(dir, KvType::F16);
     let v = gpu.config.vocab_size as usize;
     let (prompts, text, top_ids, top_logp) = reference();
+    let text = &text[..text_tokens.min(text.len())];
     let mut agreed = Vec::new();
     let t0 = std::time::Instant::now();
     for p in &prompts {
@@ -255,8 +256,8 @@ fn agreement(dir: &Path, temporary: bool, decode: bool) -> (Vec<usize>, f64, f64
 /// top-1 and KL over the text are within bounds. The greedy runs are teacher-forced (one
 /// batched pass each): the decode kernels are checked on these weights by the f32 test and by
 /// the demo's int4 test, which decodes.
-fn assert_near_exact(dtype: DType, greedy_min: usize, top1_min: f64, kl_max: f64) {
-    let (agreed, top1, kl) = agreement(&convert_to(dtype), true, false);
+fn assert_near_exact(dtype: DType, greedy_min: usize, text_tokens: usize, top1_min: f64, kl_max: f64) {
+    let (agreed, top1, kl) = agreement(&convert_to(dtype), true, false, text_tokens);
     let name = dtype.name();
     assert!(agreed.iter().all(|n| *n >= greedy_min), "{name}: greedy agreement {agreed:?}");
     assert!(top1 >= top1_min, "{name}: top-1 agreement {top1}");
@@ -266,8 +267,11 @@ fn assert_near_exact(dtype: DType, greedy_min: usize, top1_min: f64, kl_max: f64
 /// fp16 weights with the default fp16 KV cache stay close to the reference.
 #[test]
 fn real_gemma3_fp16_agrees_with_transformers() {
-    // Measured: 32/32 greedy tokens on every prompt, 100% top-1, mean KL < 5e-5.
-    assert_near_exact(DType::F16, 32, 0.99, 1e-3);
+    // Measured (2026-11-30): 32/32 greedy tokens on every prompt; over the whole text 100%
+    // top-1 and mean KL 1.08e-6. The test reads the first
+    // half of the text, which holds the claim as well and keeps this, the longest of these
+    // tests, from setting the test command's length.
+    assert_near_exact(DType::F16, 32, 142, 0.99, 1e-5);
 }
 
 /// int8 (groups of 32, one fp16 scale) holds the GGUF's 5-, 6- and 8-bit blocks almost
@@ -275,7 +279,8 @@ fn real_gemma3_fp16_agrees_with_transformers() {
 /// mean KL 0.0005.
 #[test]
 fn real_gemma3_int8_agrees_with_transformers() {
-    assert_near_exact(DType::Int8, 24, 0.97, 2e-3);
+    // Measured 98.9% top-1 and mean KL 5.08e-4 over the whole text (2026-11-30).
+    assert_near_exact(DType::Int8, 24, usize::MAX, 0.97, 1.5e-3);
 }
 
 /// The demo's default: int4 layers (affine, groups of 32) with an int8 embedding, as llama.cpp
@@ -300,7 +305,7 @@ fn real_gemma3_int4_agreement_is_bounded() {
     println!("demo completion of {prompt:?}: {got:?}");
     assert_eq!(got, want, "the greedy completion of {prompt:?} (tests/fixtures/gemma3-270m/demo-completion.json)");
     drop(session);
-    let (agreed, top1, kl) = agreement(&dir, temporary, true);
+    let (agreed, top1, kl) = agreement(&dir, temporary, true, usize::MAX);
     // Per prompt, so no prompt can fall unnoticed (the third measured 0: its first token differs).
     assert!(agreed.len() == 3 && agreed[0] >= 4 && agreed[1] >= 6, "int4: greedy agreement {agreed:?}");
     assert!(top1 >= 0.70, "int4: top-1 agreement {top1}");

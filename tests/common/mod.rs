@@ -600,6 +600,10 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         return Err(format!("sample: 16 seeds over 64 equal logits gave only {} distinct ids", seen.len()));
     }
     rep.add(0.0);
+    // Natively only: it is a property of the shader's arithmetic, which the cases above
+    // already check the browser's compiler reproduces, and 800 draws cost the browser's
+    // longest test runner about 15 s.
+    #[cfg(not(target_arch = "wasm32"))]
     sample_distribution(ctx, &op, &mut rep).await?;
     Ok(rep)
 }
@@ -611,6 +615,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
 /// deterministic, so the statistic is a fixed number; the bound is the statistic's 0.1% point
 /// (a fair sampler fails it once in a thousand seeds; a wrong temperature, a biased draw or a
 /// leak past top-k fails it by far).
+#[cfg(not(target_arch = "wasm32"))]
 async fn sample_distribution(ctx: &GpuContext, op: &Sampler, rep: &mut Report) -> Result<(), String> {
     const DRAWS: u32 = 400;
     let logits = [1.0f32, 0.2, -0.4, 0.7, -1.0, 0.0];
