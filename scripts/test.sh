@@ -126,8 +126,8 @@ stage "native tests (cargo test)"
 suite "native tests" bash -c 'set -o pipefail; cargo test --locked --no-fail-fast -- --nocapture 2>&1 | tee -a "$0"' "$log"
 
 stage "browser test build, with clippy (wasm32)"
-# cargo builds the three browser test binaries; then each runs in its own headless Chromium, all
-# three at once (`cargo test` would run them one after the other): SwiftShader compiles a
+# cargo builds the three browser test binaries; then they run at the same time, each in its own
+# headless Chromium (`cargo test` would run them one after the other): SwiftShader compiles a
 # pipeline on one thread, and one binary at a time kept this 2-core machine 60% busy (measured:
 # 341 s one after the other, 234 s together at 91%). wasm-bindgen-test-runner serves a test
 # binary to Chromium through chromedriver (headless; webdriver.json adds Chromium's flags), as

@@ -1,5 +1,6 @@
 //! The kernel tests in headless Chromium's WebGPU (SwiftShader in CI):
-//! `cargo test --target wasm32-unknown-unknown` with wasm-bindgen-test-runner (scripts/test.sh). Same cases as `tests/kernels.rs`.
+//! `cargo test --target wasm32-unknown-unknown` with wasm-bindgen-test-runner (scripts/test.sh). Same cases as `tests/kernels.rs`,
+//! except the sampler's chi-squared check of its draws, which runs natively only.
 #![cfg(target_arch = "wasm32")]
 
 mod common;
