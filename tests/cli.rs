@@ -56,7 +56,8 @@ fn convert_logits_generate_and_bench() {
     let d = dir.display().to_string();
     assert!(gemma(&["convert", &fixture(), &d, "--quant", "f32", "--shard-mb", "1"]).status.success());
     // The fixture's 40 tokens through `logits`, prefill and decode, against HF's logits (f32
-    // weights and KV cache: what tests/reference.rs bounds at 1e-3 through the library).
+    // weights and KV cache, as tests/reference.rs checks through the library): measured 1.25e-4
+    // and 1.56e-4 on lavapipe (2026-11-30), bounded as there.
     let r = support::reference("tiny-f32");
     let list = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let (npy_p, npy_d) = (dir.join("prefill.npy"), dir.join("decode.npy"));
@@ -68,7 +69,7 @@ fn convert_logits_generate_and_bench() {
     let hf = r.f32("logits");
     let (e_p, e_d) = (support::max_abs_diff(&p, &hf), support::max_abs_diff(&q, &hf));
     println!("gemma logits: max |logit - HF| prefill {e_p:.2e}, --decode {e_d:.2e}");
-    assert!(e_p <= 1e-3 && e_d <= 1e-3, "gemma logits differs from HF by {e_p} (prefill) / {e_d} (--decode)");
+    assert!(e_p <= 4.5e-4 && e_d <= 4.5e-4, "gemma logits differs from HF by {e_p} (prefill) / {e_d} (--decode)");
     // Greedy generation reproduces HF's 16-token greedy continuation ("id " per token: the
     // model has no tokenizer.json).
     let prompt = list(&r.ids("greedy_prompt"));

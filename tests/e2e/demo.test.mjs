@@ -45,10 +45,10 @@ if (missing.length) {
 }
 
 const manifest = JSON.parse(fs.readFileSync(manifestPath, 'utf8'));
-/** Shard file name -> its manifest entry ({ file, size, sha256 }). */
 /** The greedy completion both backends must give (see its "about"). */
 const COMPLETION_FILE = 'tests/fixtures/gemma3-270m/demo-completion.json';
 const COMPLETION = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, COMPLETION_FILE), 'utf8'));
+/** Shard file name -> its manifest entry ({ file, size, sha256 }). */
 const shards = new Map(manifest.shards.map((s) => [s.file, s]));
 
 // ---------------------------------------------------------------------------------------------
