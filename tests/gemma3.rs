@@ -78,6 +78,52 @@ fn gemma3_matches_hugging_face() {
     }
 }
 
+/// Linear RoPE scaling (factor 8 on the global layers, as Gemma 3 4B and larger use) against
+/// Hugging Face: tools/make_gemma3_fixture.py --rope-linear-factor 8 writes the same model with
+/// the scaled global layer, and its reference. HF's own logits move by 7.4 between factor 1 and
+/// 8 (meta.json), so the engine must apply the factor to land within the bound, and the same
+/// weights read with the factor left out must miss.
+#[test]
+fn linear_rope_scaling_matches_hugging_face() {
+    const SCALED: &str = "tiny-gemma3-rope-linear";
+    let config = std::fs::read_to_string(fixture(SCALED).join("config.json")).expect("config");
+    let c = ModelConfig::from_hf_json(&config).expect("parse");
+    assert_eq!((c.rope(0), c.rope(5)), ((10_000.0, 1.0), (1_000_000.0, 8.0)));
+    let r = support::reference(SCALED);
+    let (ids, want, prompt, greedy) = (r.ids("input_ids"), r.f32("logits"), r.ids("greedy_prompt"), r.ids("greedy_ids"));
+    let (dir, _) = support::convert_to(SCALED, DType::F32, 96 << 10);
+    let mut gpu = engine(&dir, KvType::F32);
+    pollster::block_on(async {
+        let prefill = gpu.logits(&ids, false).await.expect("prefill");
+        gpu.reset();
+        let decode = gpu.logits(&ids, true).await.expect("decode");
+        let (ep, ed) = (support::max_abs_diff(&prefill, &want), support::max_abs_diff(&decode, &want));
+        println!("tiny-gemma3, linear RoPE x8 on the global layer: max |logit - HF| prefill {ep:.2e}, decode {ed:.2e}");
+        // Measured 3.5e-5 both ways on lavapipe (2026-12-01); the unscaled fixture's bound, 1e-4.
+        assert!(ep <= 1e-4 && ed <= 1e-4, "{ep} / {ed}");
+        assert_eq!(support::greedy(&mut gpu, &prompt, greedy.len()).await, greedy, "greedy continuation");
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The same weights with the factor left out of the config.
+    let unscaled = support::temp_dir("rope-unscaled");
+    std::fs::create_dir_all(&unscaled).expect("dir");
+    for f in ["model.safetensors", "config.json"] {
+        std::fs::copy(fixture(SCALED).join(f), unscaled.join(f)).expect("copy");
+    }
+    let mut v: serde_json::Value = serde_json::from_str(&config).expect("json");
+    v["rope_parameters"]["full_attention"] = serde_json::json!({ "rope_type": "default", "rope_theta": 1_000_000.0 });
+    std::fs::write(unscaled.join("config.json"), v.to_string()).expect("write config");
+    let out = support::temp_dir("rope-unscaled-model");
+    convert::convert_hf(&unscaled, &out, DType::F32, 96 << 10, false).expect("convert");
+    let mut gpu = engine(&out, KvType::F32);
+    let err = support::max_abs_diff(&pollster::block_on(gpu.logits(&ids, false)).expect("prefill"), &want);
+    println!("the same weights without the factor: max |logit - HF| {err:.2}");
+    assert!(err > 1.0, "without the factor the logits should miss HF's, by {err} only");
+    let _ = std::fs::remove_dir_all(&unscaled);
+    let _ = std::fs::remove_dir_all(&out);
+}
+
 #[test]
 fn gemma3_int4_matches_its_cpu_twin() {
     let (ids, want, _, _) = reference();

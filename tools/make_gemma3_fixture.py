@@ -14,10 +14,17 @@ Writes config.json + model.safetensors (save_pretrained) and reference.safetenso
   greedy_prompt int32 [P]; greedy_ids int32 [N] (argmax loop re-running the full forward).
 meta.json records versions, the seed and a few diagnostics the script asserts.
 
+With ``--rope-linear-factor F`` it writes tests/fixtures/tiny-gemma3-rope-linear/ instead: the same
+model and weights, but the global layers' RoPE uses Hugging Face's "linear" scaling by F (as
+Gemma 3 4B and larger do, with F = 8), and meta.json records how far factor 1 would move the
+logits (the script asserts that the scaling matters).
+
 Run from the repository root (torch + transformers, no network):
     /opt/refenv/bin/python tools/make_gemma3_fixture.py
+    /opt/refenv/bin/python tools/make_gemma3_fixture.py --rope-linear-factor 8
 """
 
+import argparse
 import json
 import os
 import shutil
@@ -28,9 +35,20 @@ from safetensors.torch import save_file
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OUT = os.path.join(ROOT, "tests", "fixtures", "tiny-gemma3")
 T, P, N = 40, 9, 16
 SEED = 4242
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--rope-linear-factor", type=float, default=None, help="linear RoPE scaling of the global layers")
+ARGS = parser.parse_args()
+OUT = os.path.join(ROOT, "tests", "fixtures", "tiny-gemma3" if ARGS.rope_linear_factor is None else "tiny-gemma3-rope-linear")
+
+
+def rope_parameters(global_theta, local_theta, factor):
+    full = {"rope_type": "default", "rope_theta": global_theta}
+    if factor is not None:
+        full = {"rope_type": "linear", "rope_theta": global_theta, "factor": factor}
+    return {"sliding_attention": {"rope_type": "default", "rope_theta": local_theta}, "full_attention": full}
+
 
 torch.manual_seed(SEED)
 torch.set_num_threads(1)
@@ -51,6 +69,7 @@ config = Gemma3TextConfig(
     pad_token_id=0,
     tie_word_embeddings=True,
     attn_implementation="eager",
+    **({} if ARGS.rope_linear_factor is None else {"rope_parameters": rope_parameters(1_000_000.0, 10_000.0, ARGS.rope_linear_factor)}),
 )
 config._attn_implementation = "eager"
 assert config.layer_types == ["sliding_attention"] * 5 + ["full_attention"] + ["sliding_attention"], config.layer_types
@@ -88,14 +107,25 @@ with torch.no_grad():
     later[20:] = torch.randint(3, config.vocab_size, (T - 20,), generator=g)
     causal = float((model(later[None]).logits[0, :20] - logits[:20]).abs().max())
     assert causal < 1e-4, causal
-    swapped = Gemma3TextConfig(**{**config.to_dict(), "rope_parameters": {
-        "sliding_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
-        "full_attention": {"rope_type": "default", "rope_theta": 10_000.0}}})
-    swapped._attn_implementation = "eager"
-    other = Gemma3ForCausalLM(swapped).float().eval()
-    other.load_state_dict(model.state_dict())
-    rope_effect = float((other(ids[None]).logits[0] - logits).abs().max())
-    assert rope_effect > 0.5, rope_effect
+
+    def logit_change(rope):
+        """How far the logits move when the same weights run with other RoPE parameters."""
+        other_config = Gemma3TextConfig(**{**config.to_dict(), "rope_parameters": rope})
+        other_config._attn_implementation = "eager"
+        other = Gemma3ForCausalLM(other_config).float().eval()
+        other.load_state_dict(model.state_dict())
+        return float((other(ids[None]).logits[0] - logits).abs().max())
+
+    extra = {}
+    if ARGS.rope_linear_factor is None:
+        rope_effect = logit_change(rope_parameters(10_000.0, 1_000_000.0, None))
+        assert rope_effect > 0.5, rope_effect
+        extra["swapped_rope_bases_max_logit_change"] = rope_effect
+    else:
+        factor_effect = logit_change(rope_parameters(1_000_000.0, 10_000.0, None))
+        assert factor_effect > 0.5, factor_effect
+        extra["rope_linear_factor"] = ARGS.rope_linear_factor
+        extra["factor_1_max_logit_change"] = factor_effect
 
 shutil.rmtree(OUT, ignore_errors=True)
 model.save_pretrained(OUT, safe_serialization=True)
@@ -118,7 +148,7 @@ meta = dict(
     layer_types=config.layer_types,
     max_abs_logit=max_logit,
     causality_max_diff=causal,
-    swapped_rope_bases_max_logit_change=rope_effect,
+    **extra,
 )
 with open(os.path.join(OUT, "meta.json"), "w") as f:
     json.dump(meta, f, indent=2)

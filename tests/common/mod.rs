@@ -186,24 +186,63 @@ pub async fn rope(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("rope");
     let mut rng = Rng::new(3);
     let op = e(Rope::new(ctx).await)?;
-    let theta = 10000.0;
-    for &(t, heads, d, pos_start) in &[(37usize, 8usize, 256usize, 0usize), (37, 4, 256, 8150), (3, 3, 128, 100), (1, 1, 2, 5)] {
-        let table = e(RopeTable::new(ctx, d as u32, theta, 8192))?;
+    // (T, heads, D, first position, theta, linear factor): factor 8 with base 10^6 is Gemma 3's
+    // global layers in the 4B and larger models.
+    let cases = [
+        (37usize, 8usize, 256usize, 0usize, 10_000.0f32, 1.0f32),
+        (37, 4, 256, 8150, 10_000.0, 1.0),
+        (3, 3, 128, 100, 10_000.0, 1.0),
+        (1, 1, 2, 5, 10_000.0, 1.0),
+        (37, 4, 256, 8150, 1_000_000.0, 8.0),
+        (5, 2, 128, 3, 10_000.0, 8.0),
+    ];
+    for (t, heads, d, pos_start, theta, factor) in cases {
+        let table = e(RopeTable::scaled(ctx, d as u32, theta, factor, 8192))?;
         let x = rng.vec(t * heads * d, 1.0);
         let xb = buf(ctx, &x)?;
         let bound = op.bind(ctx, &xb, &table);
         e(run_pass(ctx, "rope", |p| bound.dispatch(p, t as u32, heads as u32, pos_start as u32).expect("shape checked")).await)?;
         let got = read(ctx, &xb, x.len()).await?;
-        let want = reference::rope(&x, heads, d, theta, pos_start);
+        let want = reference::rope_scaled(&x, heads, d, theta, factor, pos_start);
         // Error relative to the pair's magnitude (a rotation preserves it).
         let half = d / 2;
-        let scale: Vec<f64> = (0..x.len())
-            .map(|i| {
-                let (h0, j) = (i - i % d, (i % d) % half);
-                ((x[h0 + j] as f64).powi(2) + (x[h0 + j + half] as f64).powi(2)).sqrt()
-            })
-            .collect();
-        rep.add(compare("rope", &format!("T={t} heads={heads} D={d} pos={pos_start}"), &got, &want, Some(&scale), 1e-5, 1e-7)?);
+        let pair = |i: usize| {
+            let (h0, j) = (i - i % d, (i % d) % half);
+            ((x[h0 + j] as f64).powi(2) + (x[h0 + j + half] as f64).powi(2)).sqrt()
+        };
+        let scale: Vec<f64> = (0..x.len()).map(pair).collect();
+        let case = format!("T={t} heads={heads} D={d} pos={pos_start} theta={theta} factor={factor}");
+        rep.add(compare("rope", &case, &got, &want, Some(&scale), 1e-5, 1e-7)?);
+        if factor != 1.0 {
+            // The scaled table against a rule written here in f64 (the launcher and the CPU
+            // twin share `inv_freq / factor`): angle = pos / (factor * theta^(2j / D)).
+            // Hugging Face rounds the angle to f32, about 4 ulp of it over the steps, so the
+            // allowance grows with the angle: 1e-5 + 5e-7 * angle, times the pair's size.
+            let mut exact = x.clone();
+            let mut angle_scale = scale.clone();
+            for (r, row) in exact.chunks_mut(heads * d).enumerate() {
+                let pos = (pos_start + r) as f64;
+                for (h, head) in row.chunks_mut(d).enumerate() {
+                    for j in 0..half {
+                        let a = pos / (factor as f64 * (theta as f64).powf((2 * j) as f64 / d as f64));
+                        let (s, c) = a.sin_cos();
+                        let (x1, x2) = (head[j] as f64, head[j + half] as f64);
+                        head[j] = (x1 * c - x2 * s) as f32;
+                        head[j + half] = (x2 * c + x1 * s) as f32;
+                        for i in [j, j + half] {
+                            angle_scale[r * heads * d + h * d + i] *= 1.0 + 0.05 * a;
+                        }
+                    }
+                }
+            }
+            compare("rope (f64 rule)", &case, &got, &exact, Some(&angle_scale), 1e-5, 1e-7)?;
+            // And the factor reached the kernel: unscaled angles are far from these.
+            let unscaled = reference::rope(&x, heads, d, theta, pos_start);
+            let moved = got.iter().zip(&unscaled).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            if moved < 0.1 {
+                return Err(format!("rope [{case}]: the output is within {moved} of the unscaled rotation"));
+            }
+        }
     }
     Ok(rep)
 }
