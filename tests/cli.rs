@@ -195,3 +195,65 @@ fn sharded_checkpoints_with_an_index_convert() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// Bytes of one weight matrix as stored: f32, or int4 (format 2: 4-bit codes and an fp16 scale
+/// and minimum per 32 weights of a row, 5 bits per weight).
+fn matrix_bytes(rows: u64, cols: u64, int4: bool) -> u64 {
+    if int4 {
+        rows * cols / 2 + rows * (cols / 32) * 4
+    } else {
+        rows * cols * 4
+    }
+}
+
+/// Weight bytes of a Gemma 2 shape, written out here from the architecture (the embedding,
+/// seven matrices and four norms per layer, the final norm; norms stay f32), independent of the
+/// converter's tensor table.
+#[allow(clippy::too_many_arguments)]
+fn gemma2_weight_bytes(v: u64, h: u64, i: u64, layers: u64, heads: u64, kv_heads: u64, d: u64, int4: bool) -> u64 {
+    let m = |r, c| matrix_bytes(r, c, int4);
+    let layer = m(heads * d, h) + 2 * m(kv_heads * d, h) + m(h, heads * d) + 2 * m(i, h) + m(h, i) + 4 * h * 4;
+    m(v, h) + layers * layer + h * 4
+}
+
+/// fp16 K and V of every layer: global layers hold the whole context, sliding-window layers a
+/// ring of `window + prefill_chunk - 1` slots (at most the context).
+fn kv_bytes(global: u64, sliding: u64, context: u64, window: u64, chunk: u64, kv_heads: u64, d: u64) -> u64 {
+    (global * context + sliding * context.min(window + chunk - 1)) * kv_heads * d * 2 * 2
+}
+
+/// `bench --json` reports the memory the format and the cache layout imply, checked on a small
+/// int4 model synthesized here (whose context is long enough for the sliding layers' rings to
+/// be shorter than it); the README's 2B figures are the same arithmetic on the 2B's shape.
+#[test]
+fn bench_memory_is_the_formats_and_the_readme_states_it() {
+    let dir = tmp("synth");
+    // The tiny fixture's shape (V 512, H 64, I 128, 4 layers alternating sliding (window 8) and
+    // global, 4 heads / 2 KV heads of 16) with room for a 512-token context.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&fixture()).join("config.json")).expect("config")).expect("json");
+    config["max_position_embeddings"] = 1024.into();
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config.to_string()).expect("config");
+    let model = dir.join("model");
+    ok(&["synth", &model.display().to_string(), "--preset", &config_path.display().to_string(), "--quant", "int4"]);
+    let json = ok(&["bench", &model.display().to_string(), "--prompt-tokens", "4", "--gen-tokens", "1", "--max-context", "512", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
+    assert_eq!(v["weights_bytes"].as_u64(), Some(gemma2_weight_bytes(512, 64, 128, 4, 4, 2, 16, true)), "{json}");
+    // Two global layers of 512 slots and two sliding ones of 8 + 128 - 1 (default chunk 128).
+    assert_eq!(v["kv_cache_bytes"].as_u64(), Some(kv_bytes(2, 2, 512, 8, 128, 2, 16)), "{json}");
+    assert_eq!(v["kv_cache_bytes"].as_u64(), Some((2 * 512 + 2 * 135) * 2 * 16 * 4), "{json}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // The README's 2B figures (gemma synth --preset 2b --quant int4: V 256000, H 2304, I 9216,
+    // 26 layers alternating sliding (window 4096) and global, 8 heads / 4 KV heads of 256).
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("README.md");
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let weights = mib(gemma2_weight_bytes(256_000, 2304, 9216, 26, 8, 4, 256, true));
+    let (kv_4k, kv_8k) = (mib(kv_bytes(13, 13, 4096, 4096, 128, 4, 256)), mib(kv_bytes(13, 13, 8192, 4096, 128, 4, 256)));
+    for (what, figure) in [("weights", &weights), ("KV cache at 4096", &kv_4k), ("KV cache at 8192", &kv_8k)] {
+        assert!(readme.contains(figure.as_str()), "README.md's 2B figures should state the {what}: {figure}");
+    }
+    assert!(readme.contains("4223-slot ring"), "README.md: the 2B's sliding layers keep 4096 + 128 - 1 slots at 8192");
+}

@@ -304,6 +304,17 @@ fn real_gemma3_int4_agreement_is_bounded() {
     let got = pollster::block_on(session.generate(prompt, &params, &mut |_| {}, &|| false)).expect("generate");
     println!("demo completion of {prompt:?}: {got:?}");
     assert_eq!(got, want, "the greedy completion of {prompt:?} (tests/fixtures/gemma3-270m/demo-completion.json)");
+    // A greedy chat reply, which tests/e2e/gemma3.html asserts in Chromium from the same fixture.
+    let chat = &fixture["chat"];
+    let (Some(message), Some(max_tokens), Some(want)) = (chat["message"].as_str(), chat["max_tokens"].as_u64(), chat["reply"].as_str()) else {
+        panic!("demo-completion.json: chat: {chat}")
+    };
+    session.reset();
+    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new() };
+    let messages = [Message { role: "user".into(), content: message.into() }];
+    let got = pollster::block_on(session.chat(&messages, &params, &mut |_| {}, &|| false)).expect("chat");
+    println!("greedy chat reply to {message:?}: {got:?}");
+    assert_eq!(got, want, "the greedy chat reply to {message:?} (tests/fixtures/gemma3-270m/demo-completion.json)");
     drop(session);
     let (agreed, top1, kl) = agreement(&dir, temporary, true, usize::MAX);
     // Per prompt, so no prompt can fall unnoticed (the third measured 0: its first token differs).

@@ -32,6 +32,9 @@ struct Server {
     requests: Vec<String>,
     /// file → how many more times to serve it with a flipped byte.
     corrupt: HashMap<String, u32>,
+    /// file → how many more requests for it fail as a network failure would (a rejected
+    /// promise, no response).
+    fail: HashMap<String, u32>,
 }
 
 impl Server {
@@ -68,6 +71,10 @@ fn model(url: &str, quant: DType) -> Model {
         let file = u.strip_prefix(&base).unwrap_or(&u).to_string();
         let mut s = s.borrow_mut();
         s.requests.push(file.clone());
+        if let Some(n) = s.fail.get_mut(&file).filter(|n| **n > 0) {
+            *n -= 1;
+            return Promise::reject(&js_sys::TypeError::new("Failed to fetch").into());
+        }
         let init = web_sys::ResponseInit::new();
         let body = match s.files.get(&file).cloned() {
             Some(mut b) => {
@@ -130,6 +137,25 @@ fn err_message(e: &JsValue) -> String {
     get(e, "message").as_string().unwrap_or_default()
 }
 
+/// The (phase, message) pairs an `onProgress` callback received.
+type Events = Rc<RefCell<Vec<(String, String)>>>;
+
+/// An `onProgress` callback and what it receives.
+fn recorder() -> (JsValue, Events) {
+    let events: Events = Rc::default();
+    let ev = events.clone();
+    let f = Closure::<dyn FnMut(JsValue)>::new(move |p: JsValue| {
+        ev.borrow_mut().push((get(&p, "phase").as_string().unwrap_or_default(), get(&p, "message").as_string().unwrap_or_default()));
+    })
+    .into_js_value();
+    (f, events)
+}
+
+/// The messages of the 'warning' events.
+fn warnings(events: &Events) -> Vec<String> {
+    events.borrow().iter().filter(|e| e.0 == "warning").map(|e| e.1.clone()).collect()
+}
+
 async fn load(m: &Model, extra: &[(&str, JsValue)]) -> Result<JsValue, JsValue> {
     let mut opts = vec![("fetch", m.fetch.clone().into()), ("cache", false.into())];
     opts.extend(extra.iter().cloned());
@@ -186,7 +212,8 @@ async fn api_loads_with_progress_and_matches_hugging_face() {
     assert_eq!(got.len(), want.len());
     let err = support::max_abs_diff(&got, &want);
     console_log!("JS API logits(): max |logit - HF| {err:.2e} over {} positions", ids.len());
-    assert!(err <= 1e-3, "logits differ from HF by {err}");
+    // Measured 1.23e-4 in Chromium on SwiftShader (2026-12-01); bounded as tests/reference.rs.
+    assert!(err <= 4.5e-4, "logits differ from HF by {err}");
 
     // Tokenizer: BOS first, byte fallback for characters outside the vocabulary.
     let ids = call(&g, "tokenize", &["Hello world, é!".into()]).expect("tokenize").dyn_into::<js_sys::Uint32Array>().expect("Uint32Array").to_vec();
@@ -396,10 +423,19 @@ async fn shards_persist_in_the_browser_cache() {
     assert_eq!(get(&entries[0], "complete").as_bool(), Some(true));
     assert_eq!(num(&entries[0], "files") as usize, m.shards.len());
 
-    // Again: every shard from the cache, none from the network.
+    // Again, offline (the server has lost the manifest): the complete cached copy is used,
+    // every shard comes from the cache ('cache' progress events), none from the network.
     m.server.borrow_mut().requests.clear();
-    let g = load(&m, &cached).await.expect("second load");
+    let manifest = m.server.borrow_mut().files.remove("manifest.json").expect("manifest");
+    let (on_progress, events) = recorder();
+    let g = load(&m, &[("cache", JsValue::TRUE), ("onProgress", on_progress)]).await.expect("offline load");
+    m.server.borrow_mut().files.insert("manifest.json".into(), manifest);
     assert_eq!(m.server.borrow().count("model-"), 0, "shard requests: {:?}", m.server.borrow().requests);
+    assert_eq!(m.server.borrow().count("manifest.json"), 1, "{:?}", m.server.borrow().requests);
+    let cache_events = events.borrow().iter().filter(|e| e.0 == "cache").count();
+    assert!(cache_events >= m.shards.len(), "{cache_events} 'cache' events for {} shards", m.shards.len());
+    let warned = warnings(&events);
+    assert!(warned.iter().any(|w| w.contains("404") && w.contains("using the copy in the browser cache")), "{warned:?}");
     assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
 
     // A damaged cached shard is detected and fetched again (only that one).
@@ -443,4 +479,78 @@ async fn shards_persist_in_the_browser_cache() {
     clear_cache().await;
     let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
     assert_eq!(Array::from(&list).length(), 0);
+}
+
+/// The README's load paths that the other tests do not take: network failures retried twice
+/// (and a third failure ends the load), a storage quota error that turns caching off for the
+/// load with a warning, and the errors a bad manifest or a browser without WebGPU give through
+/// the JS API, each by name, before anything is downloaded.
+#[wasm_bindgen_test]
+async fn retries_quota_and_named_load_errors() {
+    clear_cache().await;
+    let m = model("https://models.test/retry/", DType::Int4);
+    let shard = m.shards[0].clone();
+
+    // One network failure of a shard and a cache whose every put fails with the quota error.
+    m.server.borrow_mut().fail.insert(shard.clone(), 1);
+    let proto = get(&get(&js_sys::global(), "Cache"), "prototype");
+    let put = get(&proto, "put");
+    let quota = Function::new_no_args("return Promise.reject(new DOMException('The quota has been exceeded.', 'QuotaExceededError'))");
+    Reflect::set(&proto, &"put".into(), &quota).expect("replace Cache.put");
+    let (on_progress, events) = recorder();
+    let loaded = load(&m, &[("cache", JsValue::TRUE), ("onProgress", on_progress)]).await;
+    Reflect::set(&proto, &"put".into(), &put).expect("restore Cache.put");
+    let g = loaded.expect("the load survives a network failure and a full quota");
+    assert_eq!(m.server.borrow().count(&shard), 2, "one failure, one retry: {:?}", m.server.borrow().requests);
+    let warned = warnings(&events);
+    assert!(warned.iter().any(|w| w.contains(&shard) && w.contains("Failed to fetch") && w.contains("retrying")), "{warned:?}");
+    assert!(warned.iter().any(|w| w.contains("QuotaExceededError") && w.contains("without caching")), "{warned:?}");
+    assert!(!generate(&g, "Hello", &sampled(5, 4)).await.expect("generate").is_empty());
+    call(&g, "dispose", &[]).expect("dispose");
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    let complete = Array::from(&list).iter().filter(|e| get(e, "complete").as_bool() == Some(true)).count();
+    assert_eq!(complete, 0, "caching was off for that load");
+
+    // Three network failures in a row: DownloadError naming the file and the three tries.
+    m.server.borrow_mut().fail.insert(shard.clone(), 3);
+    let e = load(&m, &[]).await.expect_err("three failures");
+    assert_eq!(err_name(&e), "DownloadError", "{}", err_message(&e));
+    assert!(err_message(&e).contains(&shard) && err_message(&e).contains("tried 3 times"), "{}", err_message(&e));
+
+    // Bad manifests: ModelFormatError (an HTML page, another format version) and
+    // ModelConfigError (a config no Gemma has), before any shard is requested.
+    let manifest = m.server.borrow().files["manifest.json"].clone();
+    let text = String::from_utf8(manifest.clone()).expect("utf-8");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["format_version"] = 99.into();
+    let other_version = v.to_string();
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["config"]["head_dim"] = 12.into();
+    let bad_head_dim = v.to_string();
+    for (body, name, needle) in [
+        ("<!doctype html><title>Not here</title>".to_string(), "ModelFormatError", "not a valid manifest"),
+        (other_version, "ModelFormatError", "version 99"),
+        (bad_head_dim, "ModelConfigError", "head_dim"),
+    ] {
+        m.server.borrow_mut().files.insert("manifest.json".into(), body.into_bytes());
+        m.server.borrow_mut().requests.clear();
+        let e = load(&m, &[]).await.expect_err(name);
+        assert_eq!(err_name(&e), name, "{}", err_message(&e));
+        assert!(err_message(&e).contains(needle), "{name}: {}", err_message(&e));
+        assert_eq!(m.server.borrow().count("model-"), 0, "{:?}", m.server.borrow().requests);
+    }
+    m.server.borrow_mut().files.insert("manifest.json".into(), manifest);
+
+    // A browser without WebGPU: NoWebGPUError before the manifest is fetched.
+    let navigator = get(&js_sys::global(), "navigator");
+    let hide = Function::new_with_args("n", "Object.defineProperty(n, 'gpu', { value: undefined, configurable: true })");
+    hide.call1(&JsValue::NULL, &navigator).expect("hide navigator.gpu");
+    m.server.borrow_mut().requests.clear();
+    let e = load(&m, &[]).await;
+    Function::new_with_args("n", "delete n.gpu").call1(&JsValue::NULL, &navigator).expect("restore navigator.gpu");
+    assert!(get(&navigator, "gpu").is_object(), "navigator.gpu is back");
+    let e = e.expect_err("no WebGPU");
+    assert_eq!(err_name(&e), "NoWebGPUError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("navigator.gpu"), "{}", err_message(&e));
+    assert!(m.server.borrow().requests.is_empty(), "{:?}", m.server.borrow().requests);
 }

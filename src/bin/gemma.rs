@@ -327,6 +327,8 @@ mod cli {
             ("gpu_memory_mib", format!("{:.1}", gpu.gpu_bytes() as f64 / (1 << 20) as f64)),
             ("weights_mib", format!("{:.1}", gpu.weight_bytes() as f64 / (1 << 20) as f64)),
             ("kv_cache_mib", format!("{:.1}", gpu.kv_cache_bytes() as f64 / (1 << 20) as f64)),
+            ("weights_bytes", format!("{}", gpu.weight_bytes())),
+            ("kv_cache_bytes", format!("{}", gpu.kv_cache_bytes())),
             ("max_context", format!("{}", gpu.max_context())),
             ("submits_per_token", format!("{}", s.submits)),
             ("dispatches_per_token", format!("{}", s.dispatches)),

@@ -9,12 +9,14 @@ import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
 import { CHROMIUM_ARGS, CHROMIUM_PATH, VIEWPORT, collectConsole, dumpConsole, printResult } from './harness.mjs';
 
-// Bounds for the demo's default conversion (int4 layers, int8 embedding, fp16 KV cache), as
-// tests/gemma3_270m.rs asserts natively, just under what was measured: natively greedy [5, 8, 0]
-// tokens over the three prompts, 73.6% top-1 and mean KL 0.123 over the whole text. The page
-// checks prompts 0 and 2 (measured here: [5, 0], as natively) and the text's first 64 tokens
-// (75.0%, 0.105). The README has the measurements.
-const BOUNDS = { greedyMin: [4, 0], top1Min: 0.70, klMax: 0.14 };
+// Bounds for this page's run of the demo's default conversion (int4 layers, int8 embedding, fp16
+// KV cache), set from what the page measured here (SwiftShader, 2026-12-01) with a small margin:
+// greedy [5, 0] tokens on prompts 0 and 2 (the second's first token differs from HF's, as
+// natively), HF's token among our top 5 at [31, 31] of 32 positions, and over the text's first
+// 64 tokens 75.0% top-1 (48/64) and mean KL 0.105. So: one greedy token fewer on prompt 0, two
+// top-5 positions fewer per prompt, two top-1 tokens fewer (46/64), KL 1.25x. The native test
+// bounds the whole text (tests/gemma3_270m.rs); the README has both.
+const BOUNDS = { greedyMin: [4, 0], top5Min: [29, 29], top1Min: 46 / 64, klMax: 0.13 };
 
 const server = await startServer();
 const lines = [];
@@ -40,9 +42,13 @@ try {
     // Per prompt, so one cannot fall unnoticed (the second measured 0: its first token differs).
     const greedyOk = agree.length === BOUNDS.greedyMin.length && agree.every((n, i) => n >= BOUNDS.greedyMin[i]);
     check(`greedy agreement per prompt >= ${JSON.stringify(BOUNDS.greedyMin)} tokens`, greedyOk, JSON.stringify(agree));
-    check(`top-1 agreement >= ${BOUNDS.top1Min}`, get('top-1 agreement') >= BOUNDS.top1Min, get('top-1 agreement'));
+    const top5 = get("HF's token in our top 5, per prompt (of 32)");
+    const top5Ok = top5.length === BOUNDS.top5Min.length && top5.every((n, i) => n >= BOUNDS.top5Min[i]);
+    check(`HF's token in our top 5 per prompt >= ${JSON.stringify(BOUNDS.top5Min)} of 32`, top5Ok, JSON.stringify(top5));
+    check(`top-1 agreement >= ${BOUNDS.top1Min.toFixed(4)}`, get('top-1 agreement') >= BOUNDS.top1Min, get('top-1 agreement'));
     check(`mean KL <= ${BOUNDS.klMax}`, get('mean KL') <= BOUNDS.klMax, get('mean KL'));
-    check('a greedy chat reply is real English text', /[A-Za-z]{3,}/.test(get('chat reply') ?? ''), JSON.stringify(get('chat reply')));
+    check('the greedy chat reply is the one natively (demo-completion.json)', get('chat reply') === get('chat reply expected'),
+      `${JSON.stringify(get('chat reply'))} vs ${JSON.stringify(get('chat reply expected'))}`);
   }
 } catch (e) {
   check('the page reported a result', false, e?.message ?? e);
