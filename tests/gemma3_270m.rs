@@ -20,6 +20,15 @@ fn gguf_path() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data/gemma-3-270m-q4_k_m.gguf"));
     assert!(p.exists(), "{} is missing: run `bash scripts/fetch-gemma3.sh` and set GEMMA3_GGUF to the path it prints", p.display());
+    // The file the reference was computed from (its SHA-256 is in the fixture's meta.json),
+    // checked once per run of this binary.
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture().join("meta.json")).expect("meta.json")).expect("JSON");
+        let want = meta["gguf_sha256"].as_str().expect("meta.json: gguf_sha256");
+        let got = gemma_webgpu::format::sha256_hex(&std::fs::read(&p).expect("read the GGUF"));
+        assert_eq!(got, want, "{} is not the GGUF the reference was computed from: run `bash scripts/fetch-gemma3.sh`", p.display());
+    });
     p
 }
 
