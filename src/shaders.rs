@@ -38,6 +38,10 @@ shared_consts! {
     ATTN_KEYS = 64;
     /// The largest head dimension attention supports (Gemma: 256; 128 for the 27B models).
     MAX_HEAD_DIM = 256;
+    /// Split decode attention: the most query heads one KV head serves (Gemma 2: 2, Gemma 3:
+    /// 2 or 4; more take the one-workgroup-per-head kernel), and the most splits of the keys.
+    ATTN_MAX_GROUP = 4;
+    ATTN_MAX_SPLITS = 128;
     /// Matmul output tile: rows of x and rows of W per workgroup.
     MATMUL_TILE = 64;
     /// Invocations per matmul workgroup (8 x 8, each an 8 x 8 block of the tile).
@@ -86,7 +90,9 @@ shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(SOFTCAP, "softcap.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON]);
+shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON]);
+shader!(ATTENTION_COMBINE, "attention_combine.wgsl", []);
 shader!(SAMPLE, "sample.wgsl", []);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[Shader] = &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, SOFTCAP, KV_CACHE, ATTENTION, SAMPLE];
+pub const ALL: &[Shader] = &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, SOFTCAP, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE];

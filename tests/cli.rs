@@ -95,15 +95,22 @@ fn convert_logits_generate_and_bench() {
     assert_eq!(v["submits_per_token"], 1, "{json}");
     assert_eq!(v["readback_bytes_per_token"], 4, "{json}");
     assert!(v["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0, "{json}");
-    // Dispatches per decoded token, counted from this Gemma 2 model: 16 per layer (4 norms, two
+    // Dispatches per decoded token, counted from this Gemma 2 model: 17 per layer (4 norms, two
     // of them adding into the residual; 7 matrix-vector products; RoPE of q and of k; the KV
-    // write; attention; GeGLU), the embedding gather and the LM head once per embedding part,
+    // write; attention's split and combine; GeGLU), the embedding gather and the LM head once
+    // per embedding part,
     // the final norm, the final soft-cap and sampling.
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("manifest")).expect("json");
     let layers = manifest["config"]["num_hidden_layers"].as_u64().expect("layers");
     let embed = manifest["tensors"].as_array().expect("tensors").iter().find(|t| t["name"] == "model.embed_tokens.weight").expect("embedding");
     let parts = embed["parts"].as_array().expect("parts").len() as u64;
-    assert_eq!(v["dispatches_per_token"].as_u64(), Some(16 * layers + 2 * parts + 3), "{json}");
+    assert_eq!(v["dispatches_per_token"].as_u64(), Some(17 * layers + 2 * parts + 3), "{json}");
+    // Deep in a conversation (the cache taken as holding 40 positions), and with decode
+    // attention as one workgroup per query head: one attention dispatch per layer.
+    let json = ok(&["bench", &d, "--prompt-tokens", "4", "--gen-tokens", "2", "--max-context", "64", "--depth", "40", "--attention", "blocked", "--json"]);
+    let blocked: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
+    assert_eq!(blocked["depth"], 40, "{json}");
+    assert_eq!(blocked["dispatches_per_token"].as_u64(), Some(16 * layers + 2 * parts + 3), "{json}");
 
     // --profile: GPU timestamps per kernel; the decode table accounts for every dispatch.
     let text = ok(&["bench", &d, "--prompt-tokens", "8", "--gen-tokens", "2", "--max-context", "64", "--profile"]);
@@ -116,7 +123,7 @@ fn convert_logits_generate_and_bench() {
         })
         .collect();
     let counted: f64 = rows.iter().map(|r| r.1).sum();
-    assert_eq!(counted as u64, 16 * layers + 2 * parts + 3, "{text}");
+    assert_eq!(counted as u64, 17 * layers + 2 * parts + 3, "{text}");
     let matvec = rows.iter().find(|r| r.0 == "layers/matvec.wgsl").expect("layer matvecs");
     assert_eq!(matvec.1 as u64, 7 * layers, "{text}");
     assert!(rows.iter().all(|r| r.2 >= 0.0) && rows.iter().any(|r| r.2 > 0.0), "{text}");
@@ -140,6 +147,9 @@ fn errors_are_one_line_and_exit_non_zero() {
     fails(&["generate", &d, "--tokens", "2,3", "--max-context", "100000"], "max_position_embeddings");
     fails(&["generate", &d, "--tokens", "2,3", "--top-p", "0"], "top_p");
     fails(&["convert", &fixture(), &d, "--quant", "int3"], "--quant");
+    fails(&["bench", &d, "--depth", "64", "--max-context", "64"], "no room");
+    fails(&["bench", &d, "--depth", "60", "--prompt-tokens", "8", "--max-context", "64"], "context");
+    fails(&["bench", &d, "--attention", "fast"], "--attention");
     // A corrupt shard (one flipped byte) and a truncated one.
     let shard = dir.join("model-00000.bin");
     let mut bytes = std::fs::read(&shard).expect("shard");

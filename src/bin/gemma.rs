@@ -44,7 +44,11 @@ mod cli {
                  [--temperature 0.7] [--top-k 64] [--top-p 0.95] [--seed 0] [--stop TEXT]...
                  [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
-  gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]";
+  gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]
+              [--depth N] [--attention split|blocked]
+      --depth N: start the prompt at position N of a cache taken as full (not computed: the
+      timing of a long conversation without its prefill); --attention blocked: decode attention
+      with one workgroup per query head instead of split across the keys, for comparison";
 
     type Res<T> = Result<T, String>;
 
@@ -294,11 +298,17 @@ mod cli {
     }
 
     async fn cmd_bench(args: &Args) -> Res<()> {
-        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile"])?;
+        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile", "--depth", "--attention"])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
+        let depth: u32 = args.num("--depth", 0)?;
         let t0 = Instant::now();
         let mut gpu = load_dir(&dir, args).await?;
+        match args.get("--attention") {
+            None | Some("split") => {}
+            Some("blocked") => gpu.set_split_decode_attention(false),
+            Some(other) => return Err(format!("--attention must be split or blocked, got '{other}'")),
+        }
         let load_s = t0.elapsed().as_secs_f64();
         let v = gpu.config.vocab_size;
         let prompt: Vec<u32> = std::iter::once(gpu.config.bos_token_id).chain((1..n_prompt as u32).map(|i| (i * 7919 + 11) % (v - 3) + 3)).collect();
@@ -306,6 +316,7 @@ mod cli {
         // Warm-up: compiles nothing new, but first submits on some drivers are slow.
         gpu.step(&prompt[..1], &greedy).await.map_err(|e| e.to_string())?;
         gpu.reset();
+        gpu.assume_cached_for_benchmark(depth).map_err(|e| e.to_string())?;
         let t1 = Instant::now();
         let mut next = gpu.step(&prompt, &greedy).await.map_err(|e| e.to_string())?;
         let prefill_s = t1.elapsed().as_secs_f64();
@@ -320,6 +331,7 @@ mod cli {
             ("adapter", format!("\"{}\"", format!("{} ({}, {})", r.name, r.backend, r.device_type).replace('"', "'"))),
             ("model_dir", format!("\"{}\"", dir.display())),
             ("load_s", format!("{load_s:.2}")),
+            ("depth", format!("{depth}")),
             ("prompt_tokens", format!("{n_prompt}")),
             ("prefill_tok_s", format!("{:.3}", n_prompt as f64 / prefill_s)),
             ("gen_tokens", format!("{n_gen}")),
@@ -343,7 +355,7 @@ mod cli {
             }
         }
         if args.has("--profile") {
-            profile(&mut gpu, &prompt, n_gen).await?;
+            profile(&mut gpu, &prompt, n_gen, depth).await?;
         }
         Ok(())
     }
@@ -351,12 +363,13 @@ mod cli {
     /// Prefill `prompt` and decode `n_gen` tokens again with every kernel timed by GPU
     /// timestamps, and print where the time went: per kernel (recorder label / shader), its
     /// dispatches and milliseconds per token and its share.
-    async fn profile(gpu: &mut Engine, prompt: &[u32], n_gen: usize) -> Res<()> {
+    async fn profile(gpu: &mut Engine, prompt: &[u32], n_gen: usize, depth: u32) -> Res<()> {
         if !gpu.set_profiling(true) {
             return Err(format!("--profile: {} has no timestamp queries", gpu.ctx.report.name));
         }
         let greedy = Sampling::GREEDY;
         gpu.reset();
+        gpu.assume_cached_for_benchmark(depth).map_err(|e| e.to_string())?;
         let mut next = gpu.step(prompt, &greedy).await.map_err(|e| e.to_string())?;
         print_profile(gpu, &format!("prefill of {} tokens", prompt.len()), 1);
         gpu.reset_profile();

@@ -52,6 +52,8 @@ activations!((c, chunk) => {
     v: [chunk, c.kv_width()],
     /// [T, NH*D] attention output, heads concatenated.
     attn: [chunk, c.q_width()],
+    /// Split decode attention's partial results: [NH, splits, D + 2] (`ops::attention`).
+    attn_part: [c.num_attention_heads, crate::ops::attention::part_len_per_head(c.head_dim)],
     /// [T, H] a branch's output (attention after o_proj, or the MLP after down_proj).
     o: [chunk, c.hidden_size],
     /// [T, I] gate projection.
@@ -76,9 +78,9 @@ mod tests {
     fn the_table_names_every_buffer_with_its_shape() {
         let c = crate::convert::preset("2b").expect("preset");
         let t = Activations::table(&c, 128);
-        assert_eq!(t.len(), 16);
+        assert_eq!(t.len(), 17);
         assert_eq!(t[1], ("x", 128 * 2304));
         assert_eq!(t[3], ("q_pre", 0), "Gemma 2 has no q norm");
-        assert_eq!(t[15], ("logits", 256_000));
+        assert_eq!(t[16], ("logits", 256_000));
     }
 }

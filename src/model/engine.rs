@@ -61,7 +61,7 @@ impl Engine {
         let embed = WeightUse { dtype: weights.embed_tokens.dtype, cols: weights.embed_tokens.cols, prefill: false };
         let matrices = weights.layers.iter().flat_map(|l| l.matrices().map(|m| WeightUse { dtype: m.dtype, cols: m.cols, prefill: true }));
         let uses: Vec<WeightUse> = std::iter::once(embed).chain(matrices).collect();
-        let ops = Ops::new(&ctx, &uses).await?;
+        let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32).await?;
         let acts = Activations::allocate(&ctx, c, chunk)?;
         let caches = allocate_caches(&ctx, c, max_context, chunk, options.kv == KvType::F32)?;
         let (ropes, rope_of) = rope_tables(&ctx, c, max_context)?;
@@ -102,6 +102,26 @@ impl Engine {
     /// Tokens currently in the KV cache.
     pub fn position(&self) -> u32 {
         self.pos
+    }
+
+    /// Benchmarks only: take the first `n` positions as already cached without computing them
+    /// (the cache keeps whatever it holds), so that the next steps cost what they would at
+    /// that depth of a conversation. What the model computes afterwards is meaningless until
+    /// [`reset`](Self::reset).
+    pub fn assume_cached_for_benchmark(&mut self, n: u32) -> Result<()> {
+        if n >= self.max_context() {
+            return Err(Error::invalid("depth", format!("{n} positions leave no room in a {}-token context", self.max_context())));
+        }
+        self.pos = n;
+        Ok(())
+    }
+
+    /// Decode attention through the split kernels (`true`, the default) or one workgroup per
+    /// query head, as a prefill block: for comparing the two in one run.
+    pub fn set_split_decode_attention(&mut self, on: bool) {
+        for layer in &mut self.layers {
+            layer.attention.split_decode = on;
+        }
     }
 
     /// Forget the conversation (the cache is overwritten as new tokens arrive).

@@ -1,4 +1,11 @@
 //! Soft-capped, optionally sliding-window, grouped-query attention over a `KvCache`.
+//!
+//! Two kernels compute it. A block of queries (prefill) takes `attention.wgsl`: one workgroup
+//! per (query head, query), walking the keys in tiles. One query (decode) takes the split
+//! kernels when a KV head serves at most `ATTN_MAX_GROUP` query heads: `attention_split.wgsl`
+//! gives each workgroup one KV head and one stretch of the keys (so a long context fills the
+//! GPU with workgroups, and each key is read once for all the query heads that share it), and
+//! `attention_combine.wgsl` merges the stretches' partial softmaxes per query head.
 
 use super::kv_cache::KvCache;
 use super::{check_fits, check_groups, uniform, words};
@@ -9,6 +16,22 @@ use crate::shaders;
 /// Largest head dimension the kernel supports (Gemma 2 and Gemma 3 use 256, their 27B
 /// models 128).
 pub const MAX_HEAD_DIM: u32 = crate::shaders::consts::MAX_HEAD_DIM;
+use crate::shaders::consts::{ATTN_KEYS, ATTN_MAX_GROUP, ATTN_MAX_SPLITS};
+
+/// f32 elements of the split kernel's partial results per query head (the `part` buffer holds
+/// `n_heads` of these): one record of `head_dim + 2` (the unnormalised output, its running
+/// maximum and sum) per split.
+pub fn part_len_per_head(head_dim: u32) -> u64 {
+    ATTN_MAX_SPLITS as u64 * (head_dim as u64 + 2)
+}
+
+/// `(keys per split, splits)` for `visible` keys: as many splits of whole tiles as the keys
+/// fill, at most `ATTN_MAX_SPLITS` (longer contexts give each split more tiles).
+pub fn split_plan(visible: u32) -> (u32, u32) {
+    let tiles = visible.div_ceil(ATTN_KEYS).max(1);
+    let chunk = tiles.div_ceil(ATTN_MAX_SPLITS) * ATTN_KEYS;
+    (chunk, visible.div_ceil(chunk).max(1))
+}
 
 uniform! {
     pub struct AttentionParams {
@@ -44,38 +67,105 @@ pub struct AttentionShape {
     pub softcap: f32,
 }
 
+uniform! {
+    pub struct SplitParams {
+        pub q_pos_start: u32,
+        pub n_heads: u32,
+        pub n_kv_heads: u32,
+        pub head_dim: u32,
+        pub window: u32,
+        pub capacity: u32,
+        pub chunk: u32,
+        pub n_splits: u32,
+        pub scale: f32,
+        pub softcap: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
+
+uniform! {
+    pub struct CombineParams {
+        pub n_heads: u32,
+        pub head_dim: u32,
+        pub n_splits: u32,
+        pub _pad0: u32,
+    }
+}
+
+/// The kernels that read one cache type.
+#[derive(Debug)]
+struct ForCache {
+    blocked: Kernel,
+    split: Kernel,
+}
+
+impl ForCache {
+    async fn new(ctx: &GpuContext, f32: bool) -> Result<Self> {
+        let kv = [("KV_F32", if f32 { 1.0 } else { 0.0 })];
+        Ok(Self { blocked: Kernel::new(ctx, &shaders::ATTENTION, &kv).await?, split: Kernel::new(ctx, &shaders::ATTENTION_SPLIT, &kv).await? })
+    }
+}
+
 #[derive(Debug)]
 pub struct Attention {
-    f16: Kernel,
-    f32: Kernel,
+    f16: Option<ForCache>,
+    f32: Option<ForCache>,
+    combine: Kernel,
 }
 
 #[derive(Debug)]
 pub struct AttentionBinding {
     bound: Bound<AttentionParams>,
+    split: Bound<SplitParams>,
+    combine: Bound<CombineParams>,
     q_len: u64,
     out_len: u64,
+    part_len: u64,
     capacity: u32,
     width: u32,
+    /// Whether one query takes the split kernels (default) or, as a prefill block does, one
+    /// workgroup per query head (`gemma bench --attention blocked` compares the two).
+    pub split_decode: bool,
 }
 
 impl Attention {
+    /// The kernels for both cache types (fp16 and f32).
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self {
-            f16: Kernel::new(ctx, &shaders::ATTENTION, &[("KV_F32", 0.0)]).await?,
-            f32: Kernel::new(ctx, &shaders::ATTENTION, &[("KV_F32", 1.0)]).await?,
-        })
+        Ok(Self { f16: Some(ForCache::new(ctx, false).await?), f32: Some(ForCache::new(ctx, true).await?), combine: Self::combine(ctx).await? })
     }
 
-    /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE).
-    pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer) -> AttentionBinding {
-        AttentionBinding {
-            bound: if cache.f32 { &self.f32 } else { &self.f16 }.bind(ctx, &[q, &cache.k, &cache.v, out]),
+    /// The kernels for one cache type only (`f32`, or fp16), as a model needs: fewer pipelines
+    /// to compile at load.
+    pub async fn for_cache(ctx: &GpuContext, f32: bool) -> Result<Self> {
+        let kernels = Some(ForCache::new(ctx, f32).await?);
+        let combine = Self::combine(ctx).await?;
+        Ok(if f32 { Self { f16: None, f32: kernels, combine } } else { Self { f16: kernels, f32: None, combine } })
+    }
+
+    async fn combine(ctx: &GpuContext) -> Result<Kernel> {
+        Kernel::new(ctx, &shaders::ATTENTION_COMBINE, &[]).await
+    }
+
+    /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE); `part`: scratch for one decode
+    /// query's split results, `n_heads * part_len_per_head(head_dim)` f32 (one buffer may serve
+    /// every layer).
+    pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer, part: &wgpu::Buffer) -> Result<AttentionBinding> {
+        let kernels = if cache.f32 { &self.f32 } else { &self.f16 };
+        let k = kernels
+            .as_ref()
+            .ok_or_else(|| Error::shape("attention", format!("no kernels were compiled for {} caches", if cache.f32 { "f32" } else { "fp16" })))?;
+        Ok(AttentionBinding {
+            bound: k.blocked.bind(ctx, &[q, &cache.k, &cache.v, out]),
+            split: k.split.bind(ctx, &[q, &cache.k, &cache.v, part]),
+            combine: self.combine.bind(ctx, &[part, out]),
             q_len: words(q),
             out_len: words(out),
+            part_len: words(part),
             capacity: cache.capacity,
             width: cache.width,
-        }
+            split_decode: true,
+        })
     }
 }
 
@@ -110,6 +200,9 @@ impl AttentionBinding {
                 ),
             ));
         }
+        if self.split_decode && s.n_queries == 1 && s.n_heads / s.n_kv_heads <= ATTN_MAX_GROUP {
+            return self.dispatch_split(rec, s, first_needed as u32);
+        }
         let gy = check_groups(op, "queries", s.n_queries as u64)?;
         let params = AttentionParams {
             n_queries: s.n_queries,
@@ -124,6 +217,29 @@ impl AttentionBinding {
             ..Default::default()
         };
         self.bound.dispatch(rec, &params, [s.n_heads, gy, 1]);
+        Ok(())
+    }
+
+    /// One query: the split kernel over `first..=q_pos_start`, then the combine.
+    fn dispatch_split(&self, rec: &mut Recorder<'_>, s: &AttentionShape, first: u32) -> Result<()> {
+        let (chunk, n_splits) = split_plan(s.q_pos_start - first + 1);
+        let need = s.n_heads as u64 * n_splits as u64 * (s.head_dim as u64 + 2);
+        check_fits("attention", "part", need, self.part_len)?;
+        let params = SplitParams {
+            q_pos_start: s.q_pos_start,
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+            window: s.window,
+            capacity: self.capacity,
+            chunk,
+            n_splits,
+            scale: s.scale,
+            softcap: s.softcap,
+            ..Default::default()
+        };
+        self.split.dispatch(rec, &params, [s.n_kv_heads, n_splits, 1]);
+        self.combine.dispatch(rec, &CombineParams { n_heads: s.n_heads, head_dim: s.head_dim, n_splits, ..Default::default() }, [s.n_heads, 1, 1]);
         Ok(())
     }
 }

@@ -110,7 +110,8 @@ pub struct Ops {
 }
 
 impl Ops {
-    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse]) -> Result<Self> {
+    /// `kv_f32`: the KV cache's type (attention is compiled for that one only).
+    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse], kv_f32: bool) -> Result<Self> {
         let mut weights: Vec<WeightKernels> = Vec::new();
         for u in uses {
             if !weights.iter().any(|k| k.dtype == u.dtype) {
@@ -124,7 +125,7 @@ impl Ops {
             geglu: geglu::GeGlu::new(ctx).await?,
             softcap: softcap::SoftCap::new(ctx).await?,
             kv_write: kv_cache::KvWrite::new(ctx).await?,
-            attention: attention::Attention::new(ctx).await?,
+            attention: attention::Attention::for_cache(ctx, kv_f32).await?,
             sample: sample::Sampler::new(ctx).await?,
         })
     }

@@ -7,7 +7,7 @@
 
 use gemma_webgpu::gpu::weights::GpuWeight;
 use gemma_webgpu::gpu::{run_pass, ContextOptions, GpuContext};
-use gemma_webgpu::ops::attention::{Attention, AttentionShape};
+use gemma_webgpu::ops::attention::{part_len_per_head, Attention, AttentionShape};
 use gemma_webgpu::ops::embedding::Embedding;
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
@@ -452,6 +452,12 @@ const ATTN_CASES: &[AttnCase] = &[
     AttnCase { name: "ring gqa2 D256 W16 blocks of 5", n_heads: 4, n_kv_heads: 2, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 70, block: 5, capacity: 20, qk_std: 4.0 },
     AttnCase { name: "decode gqa3 D128 W8 ring", n_heads: 3, n_kv_heads: 1, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 40, block: 1, capacity: 8, qk_std: 4.5 },
     AttnCase { name: "decode gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 45, block: 1, capacity: 45, qk_std: 4.0 },
+    // Decode past one tile of keys through a ring: the split kernel's splits wrap the ring.
+    AttnCase { name: "decode gqa2 D64 W100 ring", n_heads: 4, n_kv_heads: 2, head_dim: 64, window: 100, query_pre_attn_scalar: 64.0, softcap: 50.0, positions: 140, block: 1, capacity: 100, qk_std: 2.0 },
+    // GQA 1, no cap; and 5 query heads on one KV head, more than the split kernel serves: the
+    // one-workgroup-per-head kernel decodes it.
+    AttnCase { name: "decode gqa1 D64 global no-cap", n_heads: 2, n_kv_heads: 2, head_dim: 64, window: 0, query_pre_attn_scalar: 64.0, softcap: 0.0, positions: 70, block: 1, capacity: 70, qk_std: 1.0 },
+    AttnCase { name: "decode gqa5 D64 global", n_heads: 5, n_kv_heads: 1, head_dim: 64, window: 0, query_pre_attn_scalar: 64.0, softcap: 50.0, positions: 20, block: 1, capacity: 20, qk_std: 2.0 },
 ];
 
 pub async fn attention(ctx: &GpuContext) -> TestResult {
@@ -466,6 +472,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
         let v = f16_round(&rng.vec(c.positions * kw, 1.0));
         let scale = c.query_pre_attn_scalar.powf(-0.5);
         let cache = e(KvCache::new(ctx, "cache", c.capacity as u32, kw as u32))?;
+        let part = zeros(ctx, c.n_heads * part_len_per_head(c.head_dim as u32) as usize)?;
         let mut got = Vec::with_capacity(q.len());
         let mut start = 0;
         while start < c.positions {
@@ -473,7 +480,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             let (kb, vb) = (buf(ctx, &k[start * kw..(start + t) * kw])?, buf(ctx, &v[start * kw..(start + t) * kw])?);
             let (qb, ob) = (buf(ctx, &q[start * qw..(start + t) * qw])?, zeros(ctx, t * qw)?);
             let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
-            let bound = attn.bind(ctx, &qb, &cache, &ob);
+            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
             let shape = AttentionShape {
                 n_queries: t as u32,
                 q_pos_start: start as u32,
@@ -510,33 +517,39 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
         rep.add(compare("attention", c.name, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
     }
     // One decode query at the end of an 8192-token context (global, and a 4096 window): long
-    // key loops are where llvmpipe's per-invocation loop budget would cut a kernel short.
-    let (n_heads, n_kv_heads, head_dim, ctx_len) = (2usize, 1usize, 256usize, 8192usize);
-    let kw = n_kv_heads * head_dim;
-    let k = f16_round(&rng.vec(ctx_len * kw, 1.0));
-    let v = f16_round(&rng.vec(ctx_len * kw, 1.0));
-    let q = rng.vec(n_heads * head_dim, 1.0);
-    let cache = e(KvCache::new(ctx, "cache", ctx_len as u32, kw as u32))?;
-    let (kb, vb, qb, ob) = (buf(ctx, &k)?, buf(ctx, &v)?, buf(ctx, &q)?, zeros(ctx, q.len())?);
-    let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
-    e(run_pass(ctx, "kv_write", |p| kv_bound.dispatch(p, ctx_len as u32, 0).expect("shape checked")).await)?;
-    let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-    for window in [0usize, 4096] {
-        let bound = attn.bind(ctx, &qb, &cache, &ob);
-        let shape = AttentionShape {
-            n_queries: 1,
-            q_pos_start: (ctx_len - 1) as u32,
-            n_heads: n_heads as u32,
-            n_kv_heads: n_kv_heads as u32,
-            head_dim: head_dim as u32,
-            window: window as u32,
-            scale: 1.0 / 16.0,
-            softcap: 50.0,
-        };
-        e(run_pass(ctx, "attention", |p| bound.dispatch(p, &shape).expect("shape checked")).await)?;
-        let got = read(ctx, &ob, q.len()).await?;
-        let want = reference::attention(&q, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - 1, window, 1.0 / 16.0, 50.0);
-        rep.add(compare("attention", &format!("decode at position 8191, window {window}"), &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
+    // key loops are where llvmpipe's per-invocation loop budget would cut a kernel short, and
+    // the split kernel takes its most splits (64 of 128 keys, 64 of 64). Four query heads on
+    // one KV head (Gemma 3 270M's grouping, the split kernel's largest), then 2B's 8 on 4.
+    for (n_heads, n_kv_heads) in [(4usize, 1usize), (8, 4)] {
+        let (head_dim, ctx_len) = (256usize, 8192usize);
+        let kw = n_kv_heads * head_dim;
+        let k = f16_round(&rng.vec(ctx_len * kw, 1.0));
+        let v = f16_round(&rng.vec(ctx_len * kw, 1.0));
+        let q = rng.vec(n_heads * head_dim, 1.0);
+        let cache = e(KvCache::new(ctx, "cache", ctx_len as u32, kw as u32))?;
+        let part = zeros(ctx, n_heads * part_len_per_head(head_dim as u32) as usize)?;
+        let (kb, vb, qb, ob) = (buf(ctx, &k)?, buf(ctx, &v)?, buf(ctx, &q)?, zeros(ctx, q.len())?);
+        let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
+        e(run_pass(ctx, "kv_write", |p| kv_bound.dispatch(p, ctx_len as u32, 0).expect("shape checked")).await)?;
+        let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        for window in [0usize, 4096] {
+            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
+            let shape = AttentionShape {
+                n_queries: 1,
+                q_pos_start: (ctx_len - 1) as u32,
+                n_heads: n_heads as u32,
+                n_kv_heads: n_kv_heads as u32,
+                head_dim: head_dim as u32,
+                window: window as u32,
+                scale: 1.0 / 16.0,
+                softcap: 50.0,
+            };
+            e(run_pass(ctx, "attention", |p| bound.dispatch(p, &shape).expect("shape checked")).await)?;
+            let got = read(ctx, &ob, q.len()).await?;
+            let want = reference::attention(&q, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - 1, window, 1.0 / 16.0, 50.0);
+            let case = format!("decode at position 8191, window {window}, {n_heads} heads on {n_kv_heads}");
+            rep.add(compare("attention", &case, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
+        }
     }
     if max_pre_cap < 50.0 {
         return Err(format!("attention: the soft-cap never engaged (max |pre-cap score| {max_pre_cap}); raise qk_std"));
@@ -722,7 +735,8 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     let cache = e(KvCache::new(ctx, "cache", 8, 16))?;
     let (qb, ob, kb) = (zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?);
     let shape = AttentionShape { n_queries: 4, q_pos_start: 20, n_heads: 1, n_kv_heads: 1, head_dim: 16, window: 8, scale: 0.25, softcap: 50.0 };
-    let bound = attn.bind(ctx, &qb, &cache, &ob);
+    let part = zeros(ctx, part_len_per_head(16) as usize)?;
+    let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
     let kv_bound = kvw.bind(ctx, &kb, &kb, &cache);
     let mut results = Vec::new();
     e(run_pass(ctx, "errors", |p| {
