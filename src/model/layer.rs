@@ -89,7 +89,7 @@ impl LayerBindings {
             qk_norm,
             rope_q: ops.rope.bind(ctx, &a.q, rope),
             rope_k: ops.rope.bind(ctx, &a.k, rope),
-            kv_write: ops.kv_write.bind(ctx, &a.k, &a.v, cache),
+            kv_write: ops.kv_write.bind(ctx, &a.k, &a.v, cache)?,
             attention: ops.attention.bind(ctx, &a.q, cache, &a.attn, &a.attn_part)?,
             o_proj: linear(&a.attn, &w.o_proj, &a.o)?,
             post_attention_norm: ops.rmsnorm.bind(ctx, &a.o, &w.post_attention_layernorm, &a.x, true),

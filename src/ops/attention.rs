@@ -7,7 +7,7 @@
 //! GPU with workgroups, and each key is read once for all the query heads that share it), and
 //! `attention_combine.wgsl` merges the stretches' partial softmaxes per query head.
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{kv_name, KvCache};
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::{Bound, GpuContext, Kernel, Recorder};
@@ -93,25 +93,13 @@ uniform! {
     }
 }
 
-/// The kernels that read one cache type.
-#[derive(Debug)]
-struct ForCache {
-    blocked: Kernel,
-    split: Kernel,
-}
-
-impl ForCache {
-    async fn new(ctx: &GpuContext, f32: bool) -> Result<Self> {
-        let kv = [("KV_F32", if f32 { 1.0 } else { 0.0 })];
-        Ok(Self { blocked: Kernel::new(ctx, &shaders::ATTENTION, &kv).await?, split: Kernel::new(ctx, &shaders::ATTENTION_SPLIT, &kv).await? })
-    }
-}
-
+/// The attention kernels, compiled for one cache type (fp16, or f32).
 #[derive(Debug)]
 pub struct Attention {
-    f16: Option<ForCache>,
-    f32: Option<ForCache>,
+    blocked: Kernel,
+    split: Kernel,
     combine: Kernel,
+    f32: bool,
 }
 
 #[derive(Debug)]
@@ -130,34 +118,27 @@ pub struct AttentionBinding {
 }
 
 impl Attention {
-    /// The kernels for both cache types (fp16 and f32).
-    pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self { f16: Some(ForCache::new(ctx, false).await?), f32: Some(ForCache::new(ctx, true).await?), combine: Self::combine(ctx).await? })
-    }
-
-    /// The kernels for one cache type only (`f32`, or fp16), as a model needs: fewer pipelines
-    /// to compile at load.
+    /// For caches of f32 (`f32`) or fp16 values.
     pub async fn for_cache(ctx: &GpuContext, f32: bool) -> Result<Self> {
-        let kernels = Some(ForCache::new(ctx, f32).await?);
-        let combine = Self::combine(ctx).await?;
-        Ok(if f32 { Self { f16: None, f32: kernels, combine } } else { Self { f16: kernels, f32: None, combine } })
-    }
-
-    async fn combine(ctx: &GpuContext) -> Result<Kernel> {
-        Kernel::new(ctx, &shaders::ATTENTION_COMBINE, &[]).await
+        let kv = [("KV_F32", if f32 { 1.0 } else { 0.0 })];
+        Ok(Self {
+            blocked: Kernel::new(ctx, &shaders::ATTENTION, &kv).await?,
+            split: Kernel::new(ctx, &shaders::ATTENTION_SPLIT, &kv).await?,
+            combine: Kernel::new(ctx, &shaders::ATTENTION_COMBINE, &[]).await?,
+            f32,
+        })
     }
 
     /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE); `part`: scratch for one decode
     /// query's split results, `n_heads * part_len_per_head(head_dim)` f32 (one buffer may serve
     /// every layer).
     pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer, part: &wgpu::Buffer) -> Result<AttentionBinding> {
-        let kernels = if cache.f32 { &self.f32 } else { &self.f16 };
-        let k = kernels
-            .as_ref()
-            .ok_or_else(|| Error::shape("attention", format!("no kernels were compiled for {} caches", if cache.f32 { "f32" } else { "fp16" })))?;
+        if cache.f32 != self.f32 {
+            return Err(Error::shape("attention", format!("compiled for {} caches, given {}", kv_name(self.f32), kv_name(cache.f32))));
+        }
         Ok(AttentionBinding {
-            bound: k.blocked.bind(ctx, &[q, &cache.k, &cache.v, out]),
-            split: k.split.bind(ctx, &[q, &cache.k, &cache.v, part]),
+            bound: self.blocked.bind(ctx, &[q, &cache.k, &cache.v, out]),
+            split: self.split.bind(ctx, &[q, &cache.k, &cache.v, part]),
             combine: self.combine.bind(ctx, &[part, out]),
             q_len: words(q),
             out_len: words(out),

@@ -46,10 +46,11 @@ impl KvCache {
     }
 }
 
+/// The cache write, compiled for one cache type (fp16, or f32).
 #[derive(Debug)]
 pub struct KvWrite {
-    f16: Kernel,
-    f32: Kernel,
+    kernel: Kernel,
+    f32: bool,
 }
 
 #[derive(Debug)]
@@ -61,18 +62,31 @@ pub struct KvWriteBinding {
 }
 
 impl KvWrite {
-    pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self { f16: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 0.0)]).await?, f32: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", 1.0)]).await? })
+    /// For caches of f32 (`f32`) or fp16 values.
+    pub async fn for_cache(ctx: &GpuContext, f32: bool) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::KV_CACHE, &[("KV_F32", if f32 { 1.0 } else { 0.0 })]).await?, f32 })
     }
 
     /// `k`, `v`: f32 [T, width], the new rows (K after RoPE).
-    pub fn bind(&self, ctx: &GpuContext, k: &wgpu::Buffer, v: &wgpu::Buffer, cache: &KvCache) -> KvWriteBinding {
-        KvWriteBinding {
-            bound: if cache.f32 { &self.f32 } else { &self.f16 }.bind(ctx, &[k, v, &cache.k, &cache.v]),
+    pub fn bind(&self, ctx: &GpuContext, k: &wgpu::Buffer, v: &wgpu::Buffer, cache: &KvCache) -> Result<KvWriteBinding> {
+        if cache.f32 != self.f32 {
+            return Err(Error::shape("kv_write", format!("compiled for {} caches, given {}", kv_name(self.f32), kv_name(cache.f32))));
+        }
+        Ok(KvWriteBinding {
+            bound: self.kernel.bind(ctx, &[k, v, &cache.k, &cache.v]),
             src_len: words(k).min(words(v)),
             width: cache.width,
             capacity: cache.capacity,
-        }
+        })
+    }
+}
+
+/// "f32" or "fp16", the cache types as errors name them.
+pub(crate) fn kv_name(f32: bool) -> &'static str {
+    if f32 {
+        "f32"
+    } else {
+        "fp16"
     }
 }
 

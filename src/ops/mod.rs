@@ -124,7 +124,7 @@ impl Ops {
             rope: rope::Rope::new(ctx).await?,
             geglu: geglu::GeGlu::new(ctx).await?,
             softcap: softcap::SoftCap::new(ctx).await?,
-            kv_write: kv_cache::KvWrite::new(ctx).await?,
+            kv_write: kv_cache::KvWrite::for_cache(ctx, kv_f32).await?,
             attention: attention::Attention::for_cache(ctx, kv_f32).await?,
             sample: sample::Sampler::new(ctx).await?,
         })

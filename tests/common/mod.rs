@@ -388,7 +388,7 @@ fn f16_round(x: &[f32]) -> Vec<f32> {
 pub async fn kv_cache(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("kv_cache");
     let mut rng = Rng::new(8);
-    let op = e(KvWrite::new(ctx).await)?;
+    let op = e(KvWrite::for_cache(ctx, false).await)?;
     // (rows written per call, calls, width, capacity): the second wraps a ring twice.
     for &(t, calls, width, capacity) in &[(37usize, 1usize, 1024usize, 64usize), (7, 20, 256, 24)] {
         let cache = e(KvCache::new(ctx, "cache", capacity as u32, width as u32))?;
@@ -397,7 +397,7 @@ pub async fn kv_cache(ctx: &GpuContext) -> TestResult {
         for c in 0..calls {
             let (k, v) = (rng.vec(t * width, 3.0), rng.vec(t * width, 3.0));
             let (kb, vb) = (buf(ctx, &k)?, buf(ctx, &v)?);
-            let bound = op.bind(ctx, &kb, &vb, &cache);
+            let bound = e(op.bind(ctx, &kb, &vb, &cache))?;
             e(run_pass(ctx, "kv_write", |p| bound.dispatch(p, t as u32, (c * t) as u32).expect("shape checked")).await)?;
             all_k.extend(k);
             all_v.extend(v);
@@ -463,7 +463,7 @@ const ATTN_CASES: &[AttnCase] = &[
 pub async fn attention(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("attention");
     let mut rng = Rng::new(9);
-    let (attn, kvw) = (e(Attention::new(ctx).await)?, e(KvWrite::new(ctx).await)?);
+    let (attn, kvw) = (e(Attention::for_cache(ctx, false).await)?, e(KvWrite::for_cache(ctx, false).await)?);
     let mut max_pre_cap = 0f32;
     for c in ATTN_CASES {
         let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -479,7 +479,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             let t = c.block.min(c.positions - start);
             let (kb, vb) = (buf(ctx, &k[start * kw..(start + t) * kw])?, buf(ctx, &v[start * kw..(start + t) * kw])?);
             let (qb, ob) = (buf(ctx, &q[start * qw..(start + t) * qw])?, zeros(ctx, t * qw)?);
-            let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
+            let kv_bound = e(kvw.bind(ctx, &kb, &vb, &cache))?;
             let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
             let shape = AttentionShape {
                 n_queries: t as u32,
@@ -529,7 +529,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
         let cache = e(KvCache::new(ctx, "cache", ctx_len as u32, kw as u32))?;
         let part = zeros(ctx, n_heads * part_len_per_head(head_dim as u32) as usize)?;
         let (kb, vb, qb, ob) = (buf(ctx, &k)?, buf(ctx, &v)?, buf(ctx, &q)?, zeros(ctx, q.len())?);
-        let kv_bound = kvw.bind(ctx, &kb, &vb, &cache);
+        let kv_bound = e(kvw.bind(ctx, &kb, &vb, &cache))?;
         e(run_pass(ctx, "kv_write", |p| kv_bound.dispatch(p, ctx_len as u32, 0).expect("shape checked")).await)?;
         let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
         for window in [0usize, 4096] {
@@ -731,13 +731,13 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     expect_err("binding cap", upload, "maxStorageBufferBindingSize")?;
     rep.add(0.0);
     // Ring too small for the keys a block of queries needs; too many rows for a ring.
-    let (attn, kvw) = (e(Attention::new(ctx).await)?, e(KvWrite::new(ctx).await)?);
+    let (attn, kvw) = (e(Attention::for_cache(ctx, false).await)?, e(KvWrite::for_cache(ctx, false).await)?);
     let cache = e(KvCache::new(ctx, "cache", 8, 16))?;
     let (qb, ob, kb) = (zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?);
     let shape = AttentionShape { n_queries: 4, q_pos_start: 20, n_heads: 1, n_kv_heads: 1, head_dim: 16, window: 8, scale: 0.25, softcap: 50.0 };
     let part = zeros(ctx, part_len_per_head(16) as usize)?;
     let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
-    let kv_bound = kvw.bind(ctx, &kb, &kb, &cache);
+    let kv_bound = e(kvw.bind(ctx, &kb, &kb, &cache))?;
     let mut results = Vec::new();
     e(run_pass(ctx, "errors", |p| {
         results.push(bound.dispatch(p, &shape));
@@ -749,6 +749,10 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     expect_err("ring", results.next().unwrap_or(Ok(())), "keeps only the last 8")?;
     expect_err("ring overwrite", results.next().unwrap_or(Ok(())), "overwrite each other")?;
     expect_err("head_dim", results.next().unwrap_or(Ok(())), "multiple of 8")?;
+    // An f32 cache given to kernels compiled for fp16 caches.
+    let cache32 = e(KvCache::with_type(ctx, "cache32", 8, 16, true))?;
+    expect_err("attention cache type", attn.bind(ctx, &qb, &cache32, &ob, &part).map(|_| ()), "compiled for fp16 caches, given f32")?;
+    expect_err("kv_write cache type", kvw.bind(ctx, &kb, &kb, &cache32).map(|_| ()), "compiled for fp16 caches, given f32")?;
     rep.add(0.0);
     // The device is still fine: a kernel runs and gives the right answer.
     softcap(ctx).await?;
