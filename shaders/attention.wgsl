@@ -10,31 +10,11 @@
 // Masked keys are never visited (equivalent to -inf after the cap). Key j lives in slot
 // j % capacity; the host checks every visible key is still resident in a ring.
 
-override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
-
 const KT: u32 = ATTN_KEYS; // keys per tile, one per invocation
 const PER_THREAD: u32 = MAX_HEAD_DIM / KT;
 
-struct Params {
-    n_queries: u32,
-    q_pos_start: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    window: u32,    // 0: global (causal only)
-    capacity: u32,  // cache slots
-    _pad0: u32,
-    scale: f32,     // query_pre_attn_scalar^-0.5
-    softcap: f32,   // 0: no soft-cap
-    _pad1: u32,
-    _pad2: u32,
-}
-
 @group(0) @binding(0) var<storage, read> q: array<f32>;           // [T, n_heads * head_dim]
-@group(0) @binding(1) var<storage, read> k_cache: array<u32>;     // [capacity, n_kv_heads * head_dim] fp16 or f32
-@group(0) @binding(2) var<storage, read> v_cache: array<u32>;     // same
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;   // [T, n_heads * head_dim]
-@group(0) @binding(4) var<uniform> p: Params;
 
 var<workgroup> qs: array<vec4<f32>, MAX_HEAD_DIM / 4u>;
 var<workgroup> probs: array<f32, KT>;
@@ -44,24 +24,6 @@ var<workgroup> slots: array<u32, KT>;
 // iteration of an invocation against one shared budget of 65535 (README.md, "A note on
 // lavapipe"), and
 // a tile costs about 130 iterations, which allows about 31k keys.
-
-// u32 words per cached value pair, as a shift: fp16 packs 2 values per word, f32 uses 2 words.
-fn words(values: u32) -> u32 {
-    if KV_F32 {
-        return values;
-    }
-    return values / 2u;
-}
-
-// Key dimensions 4i..4i+3 of the key whose head starts at word `base`.
-fn k_vec4(base: u32, i: u32) -> vec4<f32> {
-    if KV_F32 {
-        let b = base + 4u * i;
-        return vec4<f32>(bitcast<f32>(k_cache[b]), bitcast<f32>(k_cache[b + 1u]), bitcast<f32>(k_cache[b + 2u]), bitcast<f32>(k_cache[b + 3u]));
-    }
-    let b = base + 2u * i;
-    return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
-}
 
 // probs[jj] * v[key jj][d]; `head_word` is where this kv head starts inside a slot.
 fn v_term(jj: u32, n_valid: u32, slot_words: u32, head_word: u32, d: u32) -> f32 {

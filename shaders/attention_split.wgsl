@@ -15,54 +15,16 @@
 // unroll them and index the per-head registers with constants (SwiftShader spills arrays it
 // must index dynamically).
 
-override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
-
 const KT: u32 = ATTN_KEYS;
 const MAX_GROUP: u32 = ATTN_MAX_GROUP;
 // Cache words of one head's V per invocation, at most (f32 at MAX_HEAD_DIM).
 const WPT: u32 = MAX_HEAD_DIM / KT;
 
-struct Params {
-    q_pos_start: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    head_dim: u32,
-    window: u32,    // 0: global (causal only)
-    capacity: u32,  // cache slots
-    chunk: u32,     // keys per split, a multiple of KT
-    n_splits: u32,
-    scale: f32,
-    softcap: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
-
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;     // [n_heads * head_dim / 4]
-@group(0) @binding(1) var<storage, read> k_cache: array<u32>;     // [capacity, n_kv_heads * head_dim]
-@group(0) @binding(2) var<storage, read> v_cache: array<u32>;     // same
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;  // [n_heads, n_splits, head_dim + 2]
-@group(0) @binding(4) var<uniform> p: Params;
 
 var<workgroup> probs: array<f32, MAX_GROUP * KT>;  // [head in group][key in tile]
 var<workgroup> slots: array<u32, KT>;
-
-// u32 words per `values` cached values.
-fn words(values: u32) -> u32 {
-    if KV_F32 {
-        return values;
-    }
-    return values / 2u;
-}
-
-// Key dimensions 4i..4i+3 of the key whose head starts at word `base`.
-fn k_vec4(base: u32, i: u32) -> vec4<f32> {
-    if KV_F32 {
-        let b = base + 4u * i;
-        return vec4<f32>(bitcast<f32>(k_cache[b]), bitcast<f32>(k_cache[b + 1u]), bitcast<f32>(k_cache[b + 2u]), bitcast<f32>(k_cache[b + 3u]));
-    }
-    let b = base + 2u * i;
-    return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
-}
 
 // The values in cache word `w` (fp16: two; f32: one, in x).
 fn v_word(w: u32) -> vec2<f32> {

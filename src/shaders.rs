@@ -7,6 +7,7 @@
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
 const LINEAR: &str = include_str!("../shaders/linear.wgsl");
+const ATTENTION_COMMON: &str = include_str!("../shaders/attention_common.wgsl");
 
 macro_rules! shared_consts {
     ($( $(#[$doc:meta])* $name:ident = $value:expr; )*) => {
@@ -89,8 +90,8 @@ shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(SOFTCAP, "softcap.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
-shader!(ATTENTION, "attention.wgsl", [COMMON]);
-shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON]);
+shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
+shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_COMBINE, "attention_combine.wgsl", []);
 shader!(SAMPLE, "sample.wgsl", []);
 

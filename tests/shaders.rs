@@ -66,7 +66,7 @@ fn uniform_structs_match_their_rust_mirrors() {
     check_uniform::<softcap::SoftCapParams>(&shaders::SOFTCAP);
     check_uniform::<kv_cache::KvWriteParams>(&shaders::KV_CACHE);
     check_uniform::<attention::AttentionParams>(&shaders::ATTENTION);
-    check_uniform::<attention::SplitParams>(&shaders::ATTENTION_SPLIT);
+    check_uniform::<attention::AttentionParams>(&shaders::ATTENTION_SPLIT);
     check_uniform::<attention::CombineParams>(&shaders::ATTENTION_COMBINE);
     check_uniform::<sample::SampleParams>(&shaders::SAMPLE);
 }

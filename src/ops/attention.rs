@@ -34,6 +34,8 @@ pub fn split_plan(visible: u32) -> (u32, u32) {
 }
 
 uniform! {
+    /// The uniform of both attention.wgsl and attention_split.wgsl (attention_common.wgsl);
+    /// `chunk` (keys per split) and `n_splits` are the split kernel's.
     pub struct AttentionParams {
         pub n_queries: u32,
         pub q_pos_start: u32,
@@ -42,11 +44,11 @@ uniform! {
         pub head_dim: u32,
         pub window: u32,
         pub capacity: u32,
-        pub _pad0: u32,
+        pub chunk: u32,
         pub scale: f32,
         pub softcap: f32,
-        pub _pad1: u32,
-        pub _pad2: u32,
+        pub n_splits: u32,
+        pub _pad0: u32,
     }
 }
 
@@ -65,23 +67,6 @@ pub struct AttentionShape {
     pub scale: f32,
     /// Logit soft-cap c (`c * tanh(z / c)`, applied before the mask); 0 = none.
     pub softcap: f32,
-}
-
-uniform! {
-    pub struct SplitParams {
-        pub q_pos_start: u32,
-        pub n_heads: u32,
-        pub n_kv_heads: u32,
-        pub head_dim: u32,
-        pub window: u32,
-        pub capacity: u32,
-        pub chunk: u32,
-        pub n_splits: u32,
-        pub scale: f32,
-        pub softcap: f32,
-        pub _pad0: u32,
-        pub _pad1: u32,
-    }
 }
 
 uniform! {
@@ -105,7 +90,7 @@ pub struct Attention {
 #[derive(Debug)]
 pub struct AttentionBinding {
     bound: Bound<AttentionParams>,
-    split: Bound<SplitParams>,
+    split: Bound<AttentionParams>,
     combine: Bound<CombineParams>,
     q_len: u64,
     out_len: u64,
@@ -181,10 +166,6 @@ impl AttentionBinding {
                 ),
             ));
         }
-        if self.split_decode && s.n_queries == 1 && s.n_heads / s.n_kv_heads <= ATTN_MAX_GROUP {
-            return self.dispatch_split(rec, s, first_needed as u32);
-        }
-        let gy = check_groups(op, "queries", s.n_queries as u64)?;
         let params = AttentionParams {
             n_queries: s.n_queries,
             q_pos_start: s.q_pos_start,
@@ -197,30 +178,22 @@ impl AttentionBinding {
             softcap: s.softcap,
             ..Default::default()
         };
+        if self.split_decode && s.n_queries == 1 && s.n_heads / s.n_kv_heads <= ATTN_MAX_GROUP {
+            return self.dispatch_split(rec, params, first_needed as u32);
+        }
+        let gy = check_groups(op, "queries", s.n_queries as u64)?;
         self.bound.dispatch(rec, &params, [s.n_heads, gy, 1]);
         Ok(())
     }
 
     /// One query: the split kernel over `first..=q_pos_start`, then the combine.
-    fn dispatch_split(&self, rec: &mut Recorder<'_>, s: &AttentionShape, first: u32) -> Result<()> {
-        let (chunk, n_splits) = split_plan(s.q_pos_start - first + 1);
-        let need = s.n_heads as u64 * n_splits as u64 * (s.head_dim as u64 + 2);
+    fn dispatch_split(&self, rec: &mut Recorder<'_>, params: AttentionParams, first: u32) -> Result<()> {
+        let (chunk, n_splits) = split_plan(params.q_pos_start - first + 1);
+        let need = params.n_heads as u64 * n_splits as u64 * (params.head_dim as u64 + 2);
         check_fits("attention", "part", need, self.part_len)?;
-        let params = SplitParams {
-            q_pos_start: s.q_pos_start,
-            n_heads: s.n_heads,
-            n_kv_heads: s.n_kv_heads,
-            head_dim: s.head_dim,
-            window: s.window,
-            capacity: self.capacity,
-            chunk,
-            n_splits,
-            scale: s.scale,
-            softcap: s.softcap,
-            ..Default::default()
-        };
-        self.split.dispatch(rec, &params, [s.n_kv_heads, n_splits, 1]);
-        self.combine.dispatch(rec, &CombineParams { n_heads: s.n_heads, head_dim: s.head_dim, n_splits, ..Default::default() }, [s.n_heads, 1, 1]);
+        self.split.dispatch(rec, &AttentionParams { chunk, n_splits, ..params }, [params.n_kv_heads, n_splits, 1]);
+        let combine = CombineParams { n_heads: params.n_heads, head_dim: params.head_dim, n_splits, ..Default::default() };
+        self.combine.dispatch(rec, &combine, [params.n_heads, 1, 1]);
         Ok(())
     }
 }
