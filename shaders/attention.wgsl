@@ -52,10 +52,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
 
     let i = p.q_pos_start + t;
-    var lo = 0u;
-    if p.window > 0u && i + 1u > p.window {
-        lo = i + 1u - p.window;
-    }
+    let lo = first_key(i);
     let end = i + 1u;
     let slot_words = words(p.n_kv_heads * d_len);
     let head_word = words(g * d_len);

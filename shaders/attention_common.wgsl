@@ -1,6 +1,6 @@
 // attention_common.wgsl: what attention.wgsl (a block of queries) and attention_split.wgsl (one
 // query, split across the keys) share (prepended to each; see src/shaders.rs): the cache layout,
-// the uniform (src/ops/attention.rs `AttentionParams`) and the key reads.
+// the uniform (src/ops/attention.rs `AttentionParams`), the key reads and the window's start.
 
 override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
 
@@ -39,4 +39,12 @@ fn k_vec4(base: u32, i: u32) -> vec4<f32> {
     }
     let b = base + 2u * i;
     return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
+}
+
+// The first key query position i sees: 0, or the window's start.
+fn first_key(i: u32) -> u32 {
+    if p.window > 0u && i + 1u > p.window {
+        return i + 1u - p.window;
+    }
+    return 0u;
 }

@@ -41,10 +41,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let d_len = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
     let i = p.q_pos_start;
-    var lo = 0u;
-    if p.window > 0u && i + 1u > p.window {
-        lo = i + 1u - p.window;
-    }
+    let lo = first_key(i);
     let start = lo + split * p.chunk;
     let end = min(start + p.chunk, i + 1u);
     let slot_words = words(p.n_kv_heads * d_len);
