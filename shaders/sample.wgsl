@@ -1,36 +1,30 @@
 // sample.wgsl: pick the next token from one row of logits on the GPU; only the id is read back.
-// One workgroup of WG threads.
+// The second of the sampler's two kernels: one workgroup of WG threads.
 //   greedy (temperature <= 0 or top_k == 1): argmax, ties to the lowest id.
 //   otherwise, with logits l, max m and mass(i) = exp((l_i - m) / temperature):
 //     1. top-k: keep ids whose logit >= the k-th largest logit (ties at the boundary kept);
 //        top_k = 0 or >= n keeps all. Found by radix select on the order-preserving u32 key
-//        (four passes over the logits, 8 bits each).
+//        (four rounds, 8 bits each).
 //     2. top-p: of those, keep the smallest set of highest logits whose mass >= top_p * total
 //        (ties kept together); top_p >= 1 keeps all. A bisection on the key.
 //     3. u = uniform [0,1) from PCG(seed, counter); walk the kept ids in index order and pick
 //        the first whose cumulative mass exceeds u * kept mass.
-// The CPU twin (reference::sample) implements the same definition. With top-k on (at most
-// CAND ids, ties included), the kept ids are compacted into workgroup memory in index order
-// (two more passes), so the top-p bisection and the draw never read the logits again: seven
-// passes over the logits in all with the default top-k 64 / top-p 0.95, where a bisection for
-// each took ~67. Without top-k (or with more than CAND kept), the bisection and the draw go
-// over every logit (3 + 32 passes with top-p).
-
-
-struct Params {
-    n: u32,
-    top_k: u32,
-    seed: u32,
-    counter: u32,
-    temperature: f32,
-    top_p: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
+// The CPU twin (reference::sample) implements the same definition.
+//
+// What it reads: with greedy settings or 1 <= top_k <= SAMPLE_LOCAL, sample_select.wgsl has
+// already read the logits once and left each chunk's candidates (its arg-max, or every id at
+// or above its own k-th largest key), which hold the global answer; this kernel reads only
+// those (the "source" below), never the logits: one pass over the logits per token. Where a
+// chunk had more ties than it could keep (OVERFLOW), or top_k is 0 or above SAMPLE_LOCAL, the
+// source is the logits themselves. With top-k on and at most CAND ids kept (ties included),
+// the kept ids are compacted into workgroup memory in index order, so the top-p bisection and
+// the draw read the source no more; otherwise they go over the whole source (3 + 32 passes
+// with top-p).
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;        // [n]
-@group(0) @binding(1) var<storage, read_write> result: array<u32>;  // [0] = chosen id
-@group(0) @binding(2) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> cands: array<u32>;         // see sample_select.wgsl
+@group(0) @binding(2) var<storage, read_write> result: array<u32>;  // [0] = chosen id
+@group(0) @binding(3) var<uniform> p: Params;
 
 var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
@@ -38,13 +32,40 @@ var<workgroup> bounds: vec2<u32>;   // bisection interval [lo, hi] in key space
 var<workgroup> bcast_f: f32;
 var<workgroup> bcast_u: u32;
 
-// Order-preserving map from f32 to u32: a < b  <=>  order_key(a) < order_key(b).
-fn order_key(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    if (b & 0x80000000u) != 0u {
-        return ~b;
+// The list steps 1-3 go over: the candidates (C chunks x SAMPLE_LOCAL slots, the empty ones
+// with key 0) or every logit.
+var<private> from_cands: bool;
+var<private> n_ch: u32;
+
+fn src_len() -> u32 {
+    if from_cands {
+        return n_ch * SAMPLE_LOCAL;
     }
-    return b | 0x80000000u;
+    return p.n;
+}
+
+fn src_key(j: u32) -> u32 {
+    if from_cands {
+        if j % SAMPLE_LOCAL < cands[j / SAMPLE_LOCAL] {
+            return cands[n_ch + 2u * j];
+        }
+        return 0u;
+    }
+    return order_key(logits[j]);
+}
+
+fn src_idx(j: u32) -> u32 {
+    if from_cands {
+        return cands[n_ch + 2u * j + 1u];
+    }
+    return j;
+}
+
+fn src_mass(j: u32, m: f32, inv_t: f32) -> f32 {
+    if from_cands {
+        return exp((key_value(cands[n_ch + 2u * j]) - m) * inv_t);
+    }
+    return exp((logits[j] - m) * inv_t);
 }
 
 fn pcg(v: u32) -> u32 {
@@ -69,27 +90,40 @@ fn sum_all(lid: u32, v: f32) -> f32 {
     return workgroupUniformLoad(&bcast_f);
 }
 
-// Passes over the logits stride by WG and handle UNROLL ids per iteration: llvmpipe (lavapipe)
+// Sum of v over the workgroup, returned to every thread.
+fn sum_u(lid: u32, v: u32) -> u32 {
+    red_u[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            red_u[lid] += red_u[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        bcast_u = red_u[0];
+    }
+    return workgroupUniformLoad(&bcast_u);
+}
+
+// Passes over the source stride by WG and handle UNROLL ids per iteration: llvmpipe (lavapipe)
 // cuts any loop off after 65535 iterations, and 32 bisection steps over a 256k vocabulary at
 // one id per iteration would exceed that.
 const UNROLL: u32 = 4u;
 
-fn mass_of(i: u32, threshold: u32, m: f32, inv_t: f32) -> f32 {
-    if i < p.n {
-        let l = logits[i];
-        if order_key(l) >= threshold {
-            return exp((l - m) * inv_t);
-        }
+fn mass_of(j: u32, threshold: u32, m: f32, inv_t: f32) -> f32 {
+    if j < src_len() && src_key(j) >= threshold {
+        return src_mass(j, m, inv_t);
     }
     return 0.0;
 }
 
-// Mass of the ids this thread strides over whose key is >= threshold.
+// Mass of the source's ids this thread strides over whose key is >= threshold.
 fn mass_at_least(lid: u32, threshold: u32, m: f32, inv_t: f32) -> f32 {
     var s = 0.0;
-    for (var i = lid; i < p.n; i += UNROLL * WG) {
-        s += mass_of(i, threshold, m, inv_t) + mass_of(i + WG, threshold, m, inv_t)
-           + mass_of(i + 2u * WG, threshold, m, inv_t) + mass_of(i + 3u * WG, threshold, m, inv_t);
+    for (var j = lid; j < src_len(); j += UNROLL * WG) {
+        s += mass_of(j, threshold, m, inv_t) + mass_of(j + WG, threshold, m, inv_t)
+           + mass_of(j + 2u * WG, threshold, m, inv_t) + mass_of(j + 3u * WG, threshold, m, inv_t);
     }
     return s;
 }
@@ -108,26 +142,26 @@ var<workgroup> cand_idx: array<u32, CAND>;
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> select_state: vec2<u32>;   // radix select: (key bits found so far, rank left)
 
-// Element j of the list the draw walks: the compacted ids (fast) or every logit.
+// Element j of the list the draw walks: the compacted ids (fast) or the whole source.
 fn elem_key(j: u32, fast: bool) -> u32 {
     if fast {
         return cand_key[j];
     }
-    return order_key(logits[j]);
+    return src_key(j);
 }
 
 fn elem_mass(j: u32, fast: bool, m: f32, inv_t: f32) -> f32 {
     if fast {
         return cand_mass[j];
     }
-    return exp((logits[j] - m) * inv_t);
+    return src_mass(j, m, inv_t);
 }
 
 fn elem_idx(j: u32, fast: bool) -> u32 {
     if fast {
         return cand_idx[j];
     }
-    return j;
+    return src_idx(j);
 }
 
 // This thread's share of the mass of the list's ids whose key is >= threshold.
@@ -146,14 +180,38 @@ fn kept_mass(lid: u32, fast: bool, list_n: u32, threshold: u32, m: f32, inv_t: f
 
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
-    // Arg-max (also gives the max m for the softmax).
+    // The source: the candidates, unless a chunk had more ties than it could keep.
+    n_ch = n_chunks();
+    var overflowed = 0u;
+    var valid = 0u;
+    if p.candidates != 0u {
+        for (var c = lid; c < n_ch; c += WG) {
+            let count = cands[c];
+            if count == OVERFLOW {
+                overflowed = 1u;
+            } else {
+                valid += count;
+            }
+        }
+    }
+    let n_overflowed = sum_u(lid, overflowed);
+    let use_cands = p.candidates != 0u && n_overflowed == 0u;
+    let n_valid = select(p.n, sum_u(lid, valid), use_cands);
+    from_cands = use_cands;
+    let len = src_len();
+
+    // Arg-max by value, ties to the lowest id (also gives the max m for the softmax).
     var best_v = -3.4e38;
     var best_i = 0xffffffffu;
-    for (var i = lid; i < p.n; i += WG) {
-        let v = logits[i];
-        if v > best_v {
-            best_v = v;
-            best_i = i;
+    for (var j = lid; j < len; j += WG) {
+        let key = src_key(j);
+        if !use_cands || key != 0u {
+            let v = key_value(key);
+            let i = src_idx(j);
+            if best_i == 0xffffffffu || v > best_v || (v == best_v && i < best_i) {
+                best_v = v;
+                best_i = i;
+            }
         }
     }
     red_f[lid] = best_v;
@@ -163,14 +221,14 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         if lid < s {
             let ov = red_f[lid + s];
             let oi = red_u[lid + s];
-            if ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid]) {
+            if oi != 0xffffffffu && (red_u[lid] == 0xffffffffu || ov > red_f[lid] || (ov == red_f[lid] && oi < red_u[lid])) {
                 red_f[lid] = ov;
                 red_u[lid] = oi;
             }
         }
         workgroupBarrier();
     }
-    if p.temperature <= 0.0 || p.top_k == 1u {
+    if is_greedy() {
         if lid == 0u {
             result[0] = red_u[0];
         }
@@ -183,12 +241,16 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let inv_t = 1.0 / p.temperature;
 
     // 1. top-k threshold tk: the k-th largest key (the largest t with count(key >= t) >= k),
-    //    by radix select: four passes, each counting the next 8 bits of the keys that share
-    //    the bits found so far into 256 bins. top_k = 0 or >= n keeps all (tk = 0).
+    //    by radix select: four rounds, each counting the next 8 bits of the keys that share
+    //    the bits found so far into 256 bins. top_k = 0 or >= n keeps all (tk = 0; 1 over
+    //    the candidates, whose empty slots have key 0).
     if lid == 0u {
-        select_state = vec2<u32>(0u, p.top_k);
+        select_state = vec2<u32>(select(0u, 1u, use_cands), p.top_k);
     }
-    if p.top_k > 0u && p.top_k < p.n {
+    if p.top_k > 0u && p.top_k < n_valid {
+        if lid == 0u {
+            select_state.x = 0u;
+        }
         for (var d = 0u; d < 4u; d++) {
             for (var b = lid; b < 256u; b += WG) {
                 atomicStore(&hist[b], 0u);
@@ -196,8 +258,8 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             let st = workgroupUniformLoad(&select_state);
             let shift = 24u - 8u * d;
             let above = ~(0xffffffffu >> (8u * d));
-            for (var i = lid; i < p.n; i += WG) {
-                let key = order_key(logits[i]);
+            for (var j = lid; j < len; j += WG) {
+                let key = src_key(j);
                 if (key & above) == st.x {
                     atomicAdd(&hist[(key >> shift) & 255u], 1u);
                 }
@@ -224,17 +286,17 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 
     // 2. The ids top-k keeps, in index order, compacted into workgroup memory when they fit
     //    (at most CAND: top_k <= CAND and not too many ties at the boundary). Each thread
-    //    counts its contiguous range, an exclusive scan gives its first slot, then it writes
-    //    its range's ids with their masses. Otherwise (top_k = 0, or too many) the passes
-    //    below go over every logit.
-    let range = (p.n + WG - 1u) / WG;
-    let start = min(lid * range, p.n);
-    let stop = min(start + range, p.n);
+    //    counts its contiguous range of the source, an exclusive scan gives its first slot,
+    //    then it writes its range's ids with their masses. Otherwise (top_k = 0, or too many)
+    //    the passes below go over the whole source.
+    let range = (len + WG - 1u) / WG;
+    let start = min(lid * range, len);
+    let stop = min(start + range, len);
     var kept_n = 0xffffffffu;  // not compacted
     if p.top_k > 0u && p.top_k <= CAND {
         var c = 0u;
-        for (var i = start; i < stop; i++) {
-            if order_key(logits[i]) >= tk {
+        for (var j = start; j < stop; j++) {
+            if src_key(j) >= tk {
                 c++;
             }
         }
@@ -255,13 +317,12 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         kept_n = workgroupUniformLoad(&bcast_u);
         if kept_n <= CAND {
             var slot = red_u[lid] - c;
-            for (var i = start; i < stop; i++) {
-                let l = logits[i];
-                let key = order_key(l);
+            for (var j = start; j < stop; j++) {
+                let key = src_key(j);
                 if key >= tk {
                     cand_key[slot] = key;
-                    cand_mass[slot] = exp((l - m) * inv_t);
-                    cand_idx[slot] = i;
+                    cand_mass[slot] = src_mass(j, m, inv_t);
+                    cand_idx[slot] = src_idx(j);
                     slot++;
                 }
             }
@@ -269,7 +330,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     }
     workgroupBarrier();  // the compacted ids are read by other threads from here on
     let fast = kept_n <= CAND;
-    let list_n = select(p.n, kept_n, fast);
+    let list_n = select(len, kept_n, fast);
     let total = sum_all(lid, kept_mass(lid, fast, list_n, tk, m, inv_t));
 
     // 3. top-p threshold: the largest key t >= tk with mass(key >= t) >= top_p * total.

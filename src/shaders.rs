@@ -8,6 +8,7 @@ const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
 const LINEAR: &str = include_str!("../shaders/linear.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../shaders/attention_common.wgsl");
+const SAMPLE_COMMON: &str = include_str!("../shaders/sample_common.wgsl");
 
 macro_rules! shared_consts {
     ($( $(#[$doc:meta])* $name:ident = $value:expr; )*) => {
@@ -43,6 +44,11 @@ shared_consts! {
     /// 2 or 4; more take the one-workgroup-per-head kernel), and the most splits of the keys.
     ATTN_MAX_GROUP = 4;
     ATTN_MAX_SPLITS = 128;
+    /// Sampler: logits per `sample_select.wgsl` workgroup (`WG` threads, 16 each), and the
+    /// most candidates one chunk hands to `sample.wgsl` (the largest top-k that never reads
+    /// the logits twice).
+    SAMPLE_CHUNK = 4096;
+    SAMPLE_LOCAL = 128;
     /// Matmul output tile: rows of x and rows of W per workgroup.
     MATMUL_TILE = 64;
     /// Invocations per matmul workgroup (8 x 8, each an 8 x 8 block of the tile).
@@ -93,7 +99,9 @@ shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_COMBINE, "attention_combine.wgsl", []);
-shader!(SAMPLE, "sample.wgsl", []);
+shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
+shader!(SAMPLE, "sample.wgsl", [SAMPLE_COMMON]);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[Shader] = &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, SOFTCAP, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE];
+pub const ALL: &[Shader] =
+    &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, SOFTCAP, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_SELECT, SAMPLE];

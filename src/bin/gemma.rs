@@ -45,10 +45,12 @@ mod cli {
                  [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
   gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]
-              [--depth N] [--attention split|blocked]
+              [--depth N] [--attention split|blocked] [--sample]
       --depth N: start the prompt at position N of a cache taken as full (not computed: the
       timing of a long conversation without its prefill); --attention blocked: decode attention
-      with one workgroup per query head instead of split across the keys, for comparison";
+      with one workgroup per query head instead of split across the keys, for comparison;
+      --sample: draw with generate's default sampling (temperature 0.7, top-k 64, top-p 0.95)
+      instead of greedy arg-max";
 
     type Res<T> = Result<T, String>;
 
@@ -58,7 +60,7 @@ mod cli {
         options: Vec<(String, Option<String>)>,
     }
 
-    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--help"];
+    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--help"];
 
     impl Args {
         fn parse(raw: Vec<String>) -> Res<Self> {
@@ -298,7 +300,7 @@ mod cli {
     }
 
     async fn cmd_bench(args: &Args) -> Res<()> {
-        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile", "--depth", "--attention"])?;
+        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile", "--depth", "--attention", "--sample"])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
         let depth: u32 = args.num("--depth", 0)?;
@@ -312,17 +314,17 @@ mod cli {
         let load_s = t0.elapsed().as_secs_f64();
         let v = gpu.config.vocab_size;
         let prompt: Vec<u32> = std::iter::once(gpu.config.bos_token_id).chain((1..n_prompt as u32).map(|i| (i * 7919 + 11) % (v - 3) + 3)).collect();
-        let greedy = Sampling::GREEDY;
+        let sampling = if args.has("--sample") { GenerateParams::default().sampling } else { Sampling::GREEDY };
         // Warm-up: compiles nothing new, but first submits on some drivers are slow.
-        gpu.step(&prompt[..1], &greedy).await.map_err(|e| e.to_string())?;
+        gpu.step(&prompt[..1], &sampling).await.map_err(|e| e.to_string())?;
         gpu.reset();
         gpu.assume_cached_for_benchmark(depth).map_err(|e| e.to_string())?;
         let t1 = Instant::now();
-        let mut next = gpu.step(&prompt, &greedy).await.map_err(|e| e.to_string())?;
+        let mut next = gpu.step(&prompt, &sampling).await.map_err(|e| e.to_string())?;
         let prefill_s = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
         for _ in 0..n_gen {
-            next = gpu.step(&[next], &greedy).await.map_err(|e| e.to_string())?;
+            next = gpu.step(&[next], &sampling).await.map_err(|e| e.to_string())?;
         }
         let decode_s = t2.elapsed().as_secs_f64();
         let s = gpu.last_step;
@@ -343,7 +345,22 @@ mod cli {
             ("kv_cache_bytes", format!("{}", gpu.kv_cache_bytes())),
             ("max_context", format!("{}", gpu.max_context())),
             ("submits_per_token", format!("{}", s.submits)),
+            (
+                "sampling",
+                format!(
+                    "\"{}\"",
+                    if sampling.is_greedy() {
+                        "greedy".to_string()
+                    } else {
+                        format!("temperature {} top-k {} top-p {}", sampling.temperature, sampling.top_k, sampling.top_p)
+                    }
+                ),
+            ),
             ("dispatches_per_token", format!("{}", s.dispatches)),
+            ("uniform_writes_per_token", format!("{}", s.uniform_writes)),
+            ("bytes_read_per_token", format!("{}", s.traffic.read)),
+            ("bytes_written_per_token", format!("{}", s.traffic.written)),
+            ("logit_passes_per_token", format!("{}", s.logit_passes)),
             ("readback_bytes_per_token", format!("{}", s.readback_bytes)),
         ];
         if args.has("--json") {
@@ -355,7 +372,7 @@ mod cli {
             }
         }
         if args.has("--profile") {
-            profile(&mut gpu, &prompt, n_gen, depth).await?;
+            profile(&mut gpu, &prompt, n_gen, depth, &sampling).await?;
         }
         Ok(())
     }
@@ -363,33 +380,49 @@ mod cli {
     /// Prefill `prompt` and decode `n_gen` tokens again with every kernel timed by GPU
     /// timestamps, and print where the time went: per kernel (recorder label / shader), its
     /// dispatches and milliseconds per token and its share.
-    async fn profile(gpu: &mut Engine, prompt: &[u32], n_gen: usize, depth: u32) -> Res<()> {
+    async fn profile(gpu: &mut Engine, prompt: &[u32], n_gen: usize, depth: u32, sampling: &Sampling) -> Res<()> {
         if !gpu.set_profiling(true) {
             return Err(format!("--profile: {} has no timestamp queries", gpu.ctx.report.name));
         }
-        let greedy = Sampling::GREEDY;
         gpu.reset();
         gpu.assume_cached_for_benchmark(depth).map_err(|e| e.to_string())?;
-        let mut next = gpu.step(prompt, &greedy).await.map_err(|e| e.to_string())?;
+        let mut next = gpu.step(prompt, sampling).await.map_err(|e| e.to_string())?;
         print_profile(gpu, &format!("prefill of {} tokens", prompt.len()), 1);
         gpu.reset_profile();
         for _ in 0..n_gen {
-            next = gpu.step(&[next], &greedy).await.map_err(|e| e.to_string())?;
+            next = gpu.step(&[next], sampling).await.map_err(|e| e.to_string())?;
         }
         print_profile(gpu, "decode", n_gen.max(1));
         Ok(())
     }
 
+    /// Per kernel: dispatches, GPU milliseconds and share, the megabytes its dispatches ask
+    /// memory for (read + written, as the kernels are written: a cache may serve some) and
+    /// those bytes over its time; then the totals, and the step's uniform writes and passes
+    /// over the logits.
     fn print_profile(gpu: &Engine, what: &str, per: usize) {
         let Some((kernels, untimed)) = gpu.profile() else { return };
         let total: f64 = kernels.iter().map(|k| k.seconds).sum();
+        let bytes = |k: &gemma_webgpu::gpu::KernelTime| k.traffic.read as f64 + k.traffic.written as f64;
+        let all_bytes: f64 = kernels.iter().map(bytes).sum();
+        let per_f = per as f64;
         println!("\nGPU time, {what} (timestamps; per {}):", if per > 1 { "token" } else { "call" });
-        println!("  {:<28} {:>10} {:>10} {:>7}", "kernel", "dispatches", "ms", "share");
+        println!("  {:<28} {:>10} {:>10} {:>7} {:>10} {:>8}", "kernel", "dispatches", "ms", "share", "MB", "GB/s");
         for k in &kernels {
             let share = if total > 0.0 { 100.0 * k.seconds / total } else { 0.0 };
-            println!("  {:<28} {:>10.1} {:>10.3} {share:>6.1}%", k.name, k.dispatches as f64 / per as f64, 1e3 * k.seconds / per as f64);
+            println!(
+                "  {:<28} {:>10.1} {:>10.3} {share:>6.1}% {:>10.3} {:>8.2}",
+                k.name,
+                k.dispatches as f64 / per_f,
+                1e3 * k.seconds / per_f,
+                bytes(k) / per_f / 1e6,
+                k.bytes_per_second() / 1e9
+            );
         }
-        println!("  {:<28} {:>10} {:>10.3}", "total", "", 1e3 * total / per as f64);
+        let gbs = if total > 0.0 { all_bytes / total / 1e9 } else { 0.0 };
+        println!("  {:<28} {:>10} {:>10.3} {:>7} {:>10.3} {gbs:>8.2}", "total", "", 1e3 * total / per_f, "", all_bytes / per_f / 1e6);
+        let s = gpu.last_step;
+        println!("  last step: {} dispatches, {} uniform writes, {} passes over the logits", s.dispatches, s.uniform_writes, s.logit_passes);
         if untimed > 0 {
             println!("  ({untimed} dispatches were not timed: more than one submit's query set holds)");
         }

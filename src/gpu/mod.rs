@@ -181,6 +181,30 @@ impl Kernel {
     }
 }
 
+/// Bytes one dispatch asks memory for, as its kernel is written to request them (a cache may
+/// serve some of it): what the profile divides by GPU time for an achieved bandwidth.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub read: u64,
+    pub written: u64,
+}
+
+impl Traffic {
+    pub fn new(read: u64, written: u64) -> Self {
+        Self { read, written }
+    }
+
+    /// `read` and `written` 4-byte elements.
+    pub fn words(read: u64, written: u64) -> Self {
+        Self { read: 4 * read, written: 4 * written }
+    }
+
+    pub fn add(&mut self, other: Traffic) {
+        self.read = self.read.saturating_add(other.read);
+        self.written = self.written.saturating_add(other.written);
+    }
+}
+
 /// A kernel with its tensors bound: set its params, then dispatch it inside a compute pass.
 /// Params are written with `queue.write_buffer`, which lands before the next submit, so one
 /// `Bound` may be dispatched once per command buffer. Unchanged params are not rewritten: in a
@@ -197,16 +221,19 @@ pub struct Bound<P> {
 }
 
 impl<P: Pod + PartialEq> Bound<P> {
-    /// Set the params (if they changed) and record one dispatch of `groups` workgroups.
-    pub fn dispatch(&self, rec: &mut Recorder<'_>, params: &P, groups: [u32; 3]) {
+    /// Set the params (if they changed) and record one dispatch of `groups` workgroups, which
+    /// moves `traffic` bytes.
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, params: &P, groups: [u32; 3], traffic: Traffic) {
         let mut last = self.last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if last.as_ref() != Some(params) {
             rec.ctx.queue.write_buffer(&self.params, 0, bytemuck::bytes_of(params));
+            rec.uniform_writes += 1;
             *last = Some(*params);
         }
         drop(last);
         rec.dispatches += 1;
-        let pass = rec.pass(self.name);
+        rec.traffic.add(traffic);
+        let pass = rec.pass(self.name, traffic);
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &self.group, &[]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
@@ -225,13 +252,17 @@ pub struct Recorder<'a> {
     profiler: Option<&'a mut Profiler>,
     /// Dispatches recorded so far (each is a pipeline barrier on WebGPU).
     pub dispatches: u32,
+    /// Uniform buffers rewritten for those dispatches (each a `queue.write_buffer`).
+    pub uniform_writes: u32,
+    /// Bytes those dispatches read and write (`Traffic`).
+    pub traffic: Traffic,
 }
 
 impl<'a> Recorder<'a> {
     /// Record into `enc`; the pass opens at the first dispatch and ends when the recorder is
     /// dropped.
     pub fn begin(ctx: &'a GpuContext, enc: &'a mut wgpu::CommandEncoder, label: &'a str) -> Self {
-        Self { ctx, enc, pass: None, label, profiler: None, dispatches: 0 }
+        Self { ctx, enc, pass: None, label, profiler: None, dispatches: 0, uniform_writes: 0, traffic: Traffic::default() }
     }
 
     /// Time every dispatch with `profiler` (when given), under this recorder's label.
@@ -241,8 +272,8 @@ impl<'a> Recorder<'a> {
     }
 
     /// The pass the next dispatch (of kernel `kernel`) goes into.
-    fn pass(&mut self, kernel: &'static str) -> &mut wgpu::ComputePass<'static> {
-        let timed = self.profiler.as_mut().and_then(|p| p.next(self.label, kernel));
+    fn pass(&mut self, kernel: &'static str, traffic: Traffic) -> &mut wgpu::ComputePass<'static> {
+        let timed = self.profiler.as_mut().and_then(|p| p.next(self.label, kernel, traffic));
         let pass = match (timed, self.pass.take()) {
             (None, Some(open)) => open,
             (timed, previous) => {

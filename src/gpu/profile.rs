@@ -5,7 +5,7 @@
 //! profiler.
 
 use crate::error::{Error, Result};
-use crate::gpu::GpuContext;
+use crate::gpu::{GpuContext, Traffic};
 
 /// Passes one submit may time; more are recorded untimed (and counted as such).
 const CAPACITY: u32 = 2048;
@@ -17,6 +17,19 @@ pub struct KernelTime {
     pub name: String,
     pub dispatches: u64,
     pub seconds: f64,
+    /// Bytes its dispatches asked memory for (`Traffic`), summed like `seconds`.
+    pub traffic: Traffic,
+}
+
+impl KernelTime {
+    /// Bytes read and written per second of its GPU time.
+    pub fn bytes_per_second(&self) -> f64 {
+        if self.seconds > 0.0 {
+            (self.traffic.read as f64 + self.traffic.written as f64) / self.seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 pub struct Profiler {
@@ -25,8 +38,8 @@ pub struct Profiler {
     staging: wgpu::Buffer,
     /// Nanoseconds per timestamp tick.
     period: f64,
-    /// The (label, kernel) of each pass timed in the submit being recorded.
-    pending: Vec<(String, &'static str)>,
+    /// The (label, kernel, traffic) of each pass timed in the submit being recorded.
+    pending: Vec<(String, &'static str, Traffic)>,
     totals: Vec<KernelTime>,
     /// Dispatches recorded while the query set was full.
     pub untimed: u64,
@@ -58,13 +71,13 @@ impl Profiler {
 
     /// The query set and pass index for the next dispatch, or `None` when this submit's
     /// queries are used up.
-    pub(crate) fn next(&mut self, label: &str, kernel: &'static str) -> Option<(&wgpu::QuerySet, u32)> {
+    pub(crate) fn next(&mut self, label: &str, kernel: &'static str, traffic: Traffic) -> Option<(&wgpu::QuerySet, u32)> {
         let i = self.pending.len() as u32;
         if i >= CAPACITY {
             self.untimed += 1;
             return None;
         }
-        self.pending.push((label.to_string(), kernel));
+        self.pending.push((label.to_string(), kernel, traffic));
         Some((&self.queries, i))
     }
 
@@ -88,15 +101,16 @@ impl Profiler {
         if ticks.len() != 2 * n {
             return Err(Error::Readback(format!("{} timestamps for {n} passes", ticks.len())));
         }
-        for ((label, kernel), pair) in self.pending.drain(..).zip(ticks.chunks_exact(2)) {
+        for ((label, kernel, traffic), pair) in self.pending.drain(..).zip(ticks.chunks_exact(2)) {
             let seconds = pair[1].saturating_sub(pair[0]) as f64 * self.period * 1e-9;
             let name = format!("{label}/{kernel}");
             match self.totals.iter_mut().find(|t| t.name == name) {
                 Some(t) => {
                     t.dispatches += 1;
                     t.seconds += seconds;
+                    t.traffic.add(traffic);
                 }
-                None => self.totals.push(KernelTime { name, dispatches: 1, seconds }),
+                None => self.totals.push(KernelTime { name, dispatches: 1, seconds, traffic }),
             }
         }
         Ok(())

@@ -7,7 +7,7 @@
 //! head); a decode step writes a few uniforms, records one command buffer and submits it once.
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder};
+use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder, Traffic};
 use crate::model::activations::Activations;
 use crate::model::config::ModelConfig;
 use crate::model::layer::{allocate_caches, rope_tables, EvalHead, HeadBindings, LayerBindings};
@@ -23,7 +23,21 @@ use crate::ops::{Ops, WeightUse};
 pub struct StepStats {
     pub submits: u32,
     pub dispatches: u32,
+    /// Kernel uniforms rewritten (`queue.write_buffer` before a dispatch whose params changed).
+    pub uniform_writes: u32,
+    /// Bytes the dispatches asked memory for (`Traffic`).
+    pub traffic: Traffic,
+    /// Times a kernel read or wrote the whole row of logits (`HeadBindings::logit_passes`).
+    pub logit_passes: u32,
     pub readback_bytes: u64,
+}
+
+impl StepStats {
+    fn add(&mut self, rec: &Recorder<'_>) {
+        self.dispatches += rec.dispatches;
+        self.uniform_writes += rec.uniform_writes;
+        self.traffic.add(rec.traffic);
+    }
 }
 
 /// A model on the GPU, with its KV cache: Gemma 2 or Gemma 3 (text), as its config says.
@@ -190,7 +204,7 @@ impl Engine {
         for layer in &self.layers {
             layer.record(&mut rec, &self.config, t, self.pos)?;
         }
-        stats.dispatches += rec.dispatches;
+        stats.add(&rec);
         self.pos += t;
         Ok(())
     }
@@ -232,7 +246,8 @@ impl Engine {
         enc.copy_buffer_to_buffer(&self.acts.x, row as u64 * bytes, &self.acts.x_last, 0, bytes);
         let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
         self.head.record(&mut rec, &self.config, sample)?;
-        stats.dispatches += rec.dispatches;
+        stats.add(&rec);
+        stats.logit_passes += HeadBindings::logit_passes(&self.config, sample.map(|(s, _)| s));
         Ok(())
     }
 
@@ -295,7 +310,7 @@ impl Engine {
                 enc.copy_buffer_to_buffer(&self.acts.x, first as u64 * bytes_per_row, &head.x_rows, 0, n as u64 * bytes_per_row);
                 let mut rec = Recorder::begin(&self.ctx, &mut enc, "eval head").profiled(self.profiler.as_mut());
                 head.record(&mut rec, &self.config, n)?;
-                stats.dispatches += rec.dispatches;
+                stats.add(&rec);
                 drop(rec);
                 self.submit("LM head", enc).await?;
                 out.extend(self.ctx.read_back::<f32>(&head.logits_rows, 0, n as u64 * v).await?);

@@ -16,7 +16,7 @@ use crate::ops::kv_cache::{KvCache, KvWriteBinding};
 use crate::ops::linear::{MatMul, MatMulBinding, MatVecBinding};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
-use crate::ops::sample::{SamplerBinding, Sampling};
+use crate::ops::sample::{Sampler, SamplerBinding, Sampling};
 use crate::ops::softcap::SoftCapBinding;
 use crate::ops::Ops;
 
@@ -160,8 +160,16 @@ impl HeadBindings {
             final_norm: ops.rmsnorm.bind(ctx, &a.x_last, &w.norm, &a.h_last, false),
             lm_head: k.matvec.bind(ctx, &a.h_last, &w.embed_tokens, &a.logits)?,
             final_softcap: ops.softcap.bind(ctx, &a.logits),
-            sampler: ops.sample.bind(ctx, &a.logits, &a.ids),
+            sampler: ops.sample.bind(ctx, &a.logits, &a.ids)?,
         })
+    }
+
+    /// Times the head reads or writes the whole row of logits: the LM head writes it, the
+    /// final soft-cap (Gemma 2) reads and writes it, the sampler reads it
+    /// (`Sampler::passes`).
+    pub fn logit_passes(c: &ModelConfig, sample: Option<&Sampling>) -> u32 {
+        let softcap = if c.final_logit_softcapping > 0.0 { 2 } else { 0 };
+        1 + softcap + sample.map_or(0, Sampler::passes)
     }
 
     /// x = embedding(ids) * sqrt(H) for `t` tokens.

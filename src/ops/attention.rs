@@ -10,7 +10,7 @@
 use super::kv_cache::{kv_name, KvCache};
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders;
 
 /// Largest head dimension the kernel supports (Gemma 2 and Gemma 3 use 256, their 27B
@@ -97,6 +97,8 @@ pub struct AttentionBinding {
     part_len: u64,
     capacity: u32,
     width: u32,
+    /// Bytes per cached value (4 or 2).
+    elem: u64,
     /// Whether one query takes the split kernels (default) or, as a prefill block does, one
     /// workgroup per query head (`gemma bench --attention blocked` compares the two).
     pub split_decode: bool,
@@ -130,6 +132,7 @@ impl Attention {
             part_len: words(part),
             capacity: cache.capacity,
             width: cache.width,
+            elem: if cache.f32 { 4 } else { 2 },
             split_decode: true,
         })
     }
@@ -182,7 +185,12 @@ impl AttentionBinding {
             return self.dispatch_split(rec, params, first_needed as u32);
         }
         let gy = check_groups(op, "queries", s.n_queries as u64)?;
-        self.bound.dispatch(rec, &params, [s.n_heads, gy, 1]);
+        // Each (query head, query) workgroup reads the K and V rows of its KV head that the
+        // query sees.
+        let window = if s.window > 0 { s.window as u64 } else { u64::MAX };
+        let seen: u64 = (0..s.n_queries as u64).map(|i| (s.q_pos_start as u64 + i + 1).min(window)).sum();
+        let kv = 2 * seen * s.n_heads as u64 * s.head_dim as u64 * self.elem;
+        self.bound.dispatch(rec, &params, [s.n_heads, gy, 1], Traffic::new(kv + 4 * q_elems, 4 * q_elems));
         Ok(())
     }
 
@@ -191,9 +199,13 @@ impl AttentionBinding {
         let (chunk, n_splits) = split_plan(params.q_pos_start - first + 1);
         let need = params.n_heads as u64 * n_splits as u64 * (params.head_dim as u64 + 2);
         check_fits("attention", "part", need, self.part_len)?;
-        self.split.dispatch(rec, &AttentionParams { chunk, n_splits, ..params }, [params.n_kv_heads, n_splits, 1]);
+        // Each KV head's K and V rows are read once for all its query heads.
+        let (heads, d) = (params.n_heads as u64, params.head_dim as u64);
+        let kv = 2 * (params.q_pos_start - first + 1) as u64 * params.n_kv_heads as u64 * d * self.elem;
+        let split = Traffic::new(kv + 4 * heads * d, 4 * need);
+        self.split.dispatch(rec, &AttentionParams { chunk, n_splits, ..params }, [params.n_kv_heads, n_splits, 1], split);
         let combine = CombineParams { n_heads: params.n_heads, head_dim: params.head_dim, n_splits, ..Default::default() };
-        self.combine.dispatch(rec, &combine, [params.n_heads, 1, 1]);
+        self.combine.dispatch(rec, &combine, [params.n_heads, 1, 1], Traffic::words(need, heads * d));
         Ok(())
     }
 }

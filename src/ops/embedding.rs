@@ -3,7 +3,7 @@
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::weights::GpuWeight;
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::quant::DType;
 use crate::shaders;
 
@@ -30,6 +30,8 @@ pub struct Embedding {
 pub struct EmbeddingBinding {
     parts: Vec<(Bound<EmbeddingParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
     cols: u32,
+    /// Bytes of one row of the table (scales included), for the profile.
+    row_bytes: u64,
     max_tokens: u64,
 }
 
@@ -45,7 +47,8 @@ impl Embedding {
         }
         let max_tokens = words(ids).min(words(out) / table.cols.max(1) as u64);
         let parts = table.parts.iter().map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset)).collect();
-        Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens })
+        let row_bytes = table.bytes() / (table.rows.max(1) as u64);
+        Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens, row_bytes })
     }
 }
 
@@ -54,10 +57,14 @@ impl EmbeddingBinding {
     /// of range leave their output row untouched).
     pub fn dispatch(&self, rec: &mut Recorder<'_>, n_tokens: u32, scale: f32) -> Result<()> {
         check_fits("embedding", "ids/out", n_tokens as u64, self.max_tokens)?;
-        for (bound, row_start, rows, scales_offset) in &self.parts {
+        let n = n_tokens as u64;
+        for (i, (bound, row_start, rows, scales_offset)) in self.parts.iter().enumerate() {
             let params =
                 EmbeddingParams { n_tokens, cols: self.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
-            bound.dispatch(rec, &params, grid(n_tokens));
+            // Every part reads the ids; each token's row is read and written by one part,
+            // counted with the first (which part holds it is known only on the GPU).
+            let traffic = if i == 0 { Traffic::new(4 * n + n * self.row_bytes, 4 * n * self.cols as u64) } else { Traffic::words(n, 0) };
+            bound.dispatch(rec, &params, grid(n_tokens), traffic);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::Result;
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders::{self, consts};
 
 uniform! {
@@ -38,7 +38,7 @@ impl GeGlu {
 impl GeGluBinding {
     pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32) -> Result<()> {
         check_fits("geglu", "gate/up/out", n as u64, self.len)?;
-        self.bound.dispatch(rec, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(consts::WG)));
+        self.bound.dispatch(rec, &GeGluParams { n, ..Default::default() }, grid(n.div_ceil(consts::WG)), Traffic::words(2 * n as u64, n as u64));
         Ok(())
     }
 }

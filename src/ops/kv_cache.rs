@@ -5,7 +5,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders::{self, consts};
 
 uniform! {
@@ -59,6 +59,8 @@ pub struct KvWriteBinding {
     src_len: u64,
     width: u32,
     capacity: u32,
+    /// Bytes per cached value (4 or 2).
+    elem: u64,
 }
 
 impl KvWrite {
@@ -77,6 +79,7 @@ impl KvWrite {
             src_len: words(k).min(words(v)),
             width: cache.width,
             capacity: cache.capacity,
+            elem: if cache.f32 { 4 } else { 2 },
         })
     }
 }
@@ -99,7 +102,9 @@ impl KvWriteBinding {
             return Err(Error::shape("kv_write", format!("{n_tokens} rows would overwrite each other in a {}-slot ring", self.capacity)));
         }
         let params = KvWriteParams { n_tokens, width: self.width, pos_start, capacity: self.capacity };
-        self.bound.dispatch(rec, &params, grid((n_tokens * self.width / 2).div_ceil(consts::WG)));
+        let values = 2 * n_tokens as u64 * self.width as u64; // K and V
+        let traffic = Traffic::new(4 * values, self.elem * values);
+        self.bound.dispatch(rec, &params, grid((n_tokens * self.width / 2).div_ceil(consts::WG)), traffic);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
 use crate::gpu::weights::GpuWeight;
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::quant::DType;
 use crate::shaders::{self, consts};
 
@@ -48,7 +48,7 @@ fn teams_for(cols: &[u32]) -> Vec<u32> {
 
 #[derive(Debug)]
 pub struct LinearBinding {
-    parts: Vec<(Bound<MatMulParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
+    parts: Vec<(Bound<MatMulParams>, u32, u32, u32, u64)>, // (bound, row_start, rows, scales_offset, bytes)
     k: u32,
     n: u32,
     max_m: u64,
@@ -67,11 +67,14 @@ impl LinearBinding {
     fn dispatch_matvec(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
         check_fits("matvec", "rows of x/y", m as u64, self.max_m)?;
         let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
-        for (bound, row_start, rows, scales_offset) in &self.parts {
+        for (bound, row_start, rows, scales_offset, bytes) in &self.parts {
             let params =
                 MatMulParams { m, k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: self.n, ..Default::default() };
             let [gx, gy, _] = grid(rows.div_ceil(self.rows_per_group));
-            bound.dispatch(rec, &params, [gx, gy, gz.max(1)]);
+            // The part is read once per block of x rows; each workgroup reads its x rows.
+            let x_reads = gx as u64 * gy as u64 * m as u64 * self.k as u64;
+            let traffic = Traffic::new(bytes * gz.max(1) as u64 + 4 * x_reads, 4 * m as u64 * *rows as u64);
+            bound.dispatch(rec, &params, [gx, gy, gz.max(1)], traffic);
         }
         Ok(())
     }
@@ -90,7 +93,7 @@ fn bind_parts(
     }
     let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
     let bind = |part: &wgpu::Buffer| if vec4_views { kernel.bind(ctx, &[x, part, y, x, part]) } else { kernel.bind(ctx, &[x, part, y]) };
-    let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset)).collect();
+    let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset, p.buffer.size())).collect();
     Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0, x_rows_per_group: 1 })
 }
 
@@ -171,10 +174,12 @@ impl MatMulBinding {
             return Ok(());
         }
         let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
-        for (bound, row_start, rows, scales_offset) in &b.parts {
+        for (bound, row_start, rows, scales_offset, bytes) in &b.parts {
             let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
             let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
-            bound.dispatch(rec, &params, [gx, gy, 1]);
+            // The part is read once per tile row of x, x once per tile column of the part.
+            let traffic = Traffic::new(bytes * gy as u64 + 4 * gx as u64 * m as u64 * b.k as u64, 4 * m as u64 * *rows as u64);
+            bound.dispatch(rec, &params, [gx, gy, 1], traffic);
         }
         Ok(())
     }

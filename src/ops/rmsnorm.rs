@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::Result;
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders;
 
 uniform! {
@@ -26,6 +26,8 @@ pub struct RmsNormBinding {
     x_len: u64,
     w_len: u64,
     out_len: u64,
+    /// `out += norm(x)`: out is read as well as written.
+    add_to_out: bool,
 }
 
 impl RmsNorm {
@@ -40,7 +42,7 @@ impl RmsNorm {
     /// With `add_to_out`, `out += norm(x)` (the fused residual add); else `out = norm(x)`.
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, add_to_out: bool) -> RmsNormBinding {
         let kernel = if add_to_out { &self.add } else { &self.plain };
-        RmsNormBinding { bound: kernel.bind(ctx, &[x, weight, out]), x_len: words(x), w_len: words(weight), out_len: words(out) }
+        RmsNormBinding { bound: kernel.bind(ctx, &[x, weight, out]), x_len: words(x), w_len: words(weight), out_len: words(out), add_to_out }
     }
 }
 
@@ -50,7 +52,8 @@ impl RmsNormBinding {
         check_fits("rmsnorm", "x", n, self.x_len)?;
         check_fits("rmsnorm", "out", n, self.out_len)?;
         check_fits("rmsnorm", "weight", cols as u64, self.w_len)?;
-        self.bound.dispatch(rec, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows));
+        let traffic = Traffic::words(n * (1 + self.add_to_out as u64) + cols as u64, n);
+        self.bound.dispatch(rec, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows), traffic);
         Ok(())
     }
 }

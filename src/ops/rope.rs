@@ -2,7 +2,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders::{self, consts};
 
 uniform! {
@@ -89,7 +89,9 @@ impl RopeBinding {
             return Err(Error::shape("rope", format!("positions {pos_start}..{} exceed the table's {}", pos_start + n_tokens, self.positions)));
         }
         let items = n_tokens * n_heads * (self.head_dim / 2);
-        self.bound.dispatch(rec, &RopeParams { n_tokens, n_heads, head_dim: self.head_dim, pos_start }, grid(items.div_ceil(consts::WG_ROPE)));
+        // Each pair: two values read and written, and its (cos, sin) from the table.
+        let traffic = Traffic::words(4 * items as u64, 2 * items as u64);
+        self.bound.dispatch(rec, &RopeParams { n_tokens, n_heads, head_dim: self.head_dim, pos_start }, grid(items.div_ceil(consts::WG_ROPE)), traffic);
         Ok(())
     }
 }

@@ -1,10 +1,15 @@
 //! Token sampling on the GPU: greedy, or temperature + top-k + top-p with a seeded PCG draw.
 //! Only the chosen id (4 bytes) is read back. The exact rule is documented in `sample.wgsl`.
+//!
+//! Two dispatches: `sample_select.wgsl` (one workgroup per `SAMPLE_CHUNK` logits) reads the
+//! logits once and keeps each chunk's candidates, then `sample.wgsl` (one workgroup) picks the
+//! token from those alone. With top-k off or above `SAMPLE_LOCAL`, only the second runs and
+//! reads the logits itself (see `Sampler::passes`).
 
-use super::{check_fits, uniform, words};
+use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{Bound, GpuContext, Kernel, Recorder};
-use crate::shaders;
+use crate::gpu::{Bound, GpuContext, Kernel, Recorder, Traffic};
+use crate::shaders::{self, consts};
 
 uniform! {
     pub struct SampleParams {
@@ -14,8 +19,8 @@ uniform! {
         pub counter: u32,
         pub temperature: f32,
         pub top_p: f32,
+        pub candidates: u32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 }
 
@@ -41,31 +46,96 @@ impl Sampling {
         }
         Ok(())
     }
+
+    /// Greedy: one arg-max, whatever `top_k` and `top_p` say.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || self.top_k == 1
+    }
+
+    /// Whether `sample_select.wgsl` gathers candidates first: greedy, or a top-k small enough
+    /// that each chunk's share fits its `SAMPLE_LOCAL` slots.
+    pub fn uses_candidates(&self) -> bool {
+        self.is_greedy() || (1..=consts::SAMPLE_LOCAL).contains(&self.top_k)
+    }
 }
 
 #[derive(Debug)]
 pub struct Sampler {
-    kernel: Kernel,
+    /// `sample_select.wgsl` compiled twice: the arg-max (greedy) and the top-k variant.
+    select_greedy: Kernel,
+    select_top_k: Kernel,
+    pick: Kernel,
 }
 
 #[derive(Debug)]
 pub struct SamplerBinding {
-    bound: Bound<SampleParams>,
+    select_greedy: Bound<SampleParams>,
+    select_top_k: Bound<SampleParams>,
+    pick: Bound<SampleParams>,
+    /// Each chunk's candidate count, then its (key, id) pairs (layout in sample_select.wgsl).
+    candidates: wgpu::Buffer,
     len: u64,
 }
 
 impl Sampler {
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
-        Ok(Self { kernel: Kernel::new(ctx, &shaders::SAMPLE, &[]).await? })
+        Ok(Self {
+            select_greedy: Kernel::new(ctx, &shaders::SAMPLE_SELECT, &[("GREEDY", 1.0)]).await?,
+            select_top_k: Kernel::new(ctx, &shaders::SAMPLE_SELECT, &[("GREEDY", 0.0)]).await?,
+            pick: Kernel::new(ctx, &shaders::SAMPLE, &[]).await?,
+        })
     }
 
-    /// `logits`: f32 [n]; `result`: u32, the chosen id is written to element 0.
-    pub fn bind(&self, ctx: &GpuContext, logits: &wgpu::Buffer, result: &wgpu::Buffer) -> SamplerBinding {
-        SamplerBinding { bound: self.kernel.bind(ctx, &[logits, result]), len: words(logits) }
+    /// Bytes of the candidate buffer for `n` logits: a count per chunk, then `SAMPLE_LOCAL`
+    /// (key, id) pairs per chunk.
+    pub fn candidate_bytes(n: u64) -> u64 {
+        let chunks = n.div_ceil(consts::SAMPLE_CHUNK as u64).max(1);
+        4 * chunks * (1 + 2 * consts::SAMPLE_LOCAL as u64)
+    }
+
+    /// `logits`: f32 [n]; `result`: u32, the chosen id is written to element 0. Allocates the
+    /// candidate buffer for as many logits as `logits` holds.
+    pub fn bind(&self, ctx: &GpuContext, logits: &wgpu::Buffer, result: &wgpu::Buffer) -> Result<SamplerBinding> {
+        let len = words(logits);
+        let cands = ctx.storage_zeroed("sample candidates", Self::candidate_bytes(len))?;
+        Ok(SamplerBinding {
+            select_greedy: self.select_greedy.bind(ctx, &[logits, &cands]),
+            select_top_k: self.select_top_k.bind(ctx, &[logits, &cands]),
+            pick: self.pick.bind(ctx, &[logits, &cands, result]),
+            candidates: cands,
+            len,
+        })
+    }
+
+    /// Passes over the logits one draw makes (read by a kernel from start to end), for the
+    /// profile: 1 with candidates; otherwise the arg-max, then (not greedy) 4 radix rounds
+    /// with top-k on, the count and compaction (2) for a top-k the workgroup compacts, or the
+    /// total and 32 bisection steps (top-p below 1) and the draw. The count assumes no chunk
+    /// overflows (more than `SAMPLE_LOCAL` ids tied at its boundary), which sends the second
+    /// kernel back to the logits.
+    pub fn passes(s: &Sampling) -> u32 {
+        if s.uses_candidates() {
+            return 1;
+        }
+        let radix = if s.top_k > 0 { 4 } else { 0 };
+        let compacted = s.top_k > 0 && s.top_k <= 1024;
+        let top_p = if s.top_p < 1.0 { 32 } else { 0 };
+        if compacted {
+            1 + radix + 2
+        } else {
+            1 + radix + 1 + top_p + 1
+        }
     }
 }
 
 impl SamplerBinding {
+    /// The candidates of the last draw that gathered them: per chunk of `SAMPLE_CHUNK` logits,
+    /// how many it kept (`u32::MAX`: more tied at its boundary than `SAMPLE_LOCAL`, so the draw
+    /// read the logits instead). For tests, which check which path a draw took.
+    pub async fn candidate_counts(&self, ctx: &GpuContext, n: u32) -> Result<Vec<u32>> {
+        ctx.read_back::<u32>(&self.candidates, 0, (n as u64).div_ceil(consts::SAMPLE_CHUNK as u64)).await
+    }
+
     /// `counter` distinguishes successive draws with one seed (e.g. the decode step).
     pub fn dispatch(&self, rec: &mut Recorder<'_>, n: u32, s: &Sampling, counter: u32) -> Result<()> {
         s.validate()?;
@@ -73,8 +143,34 @@ impl SamplerBinding {
             return Err(Error::shape("sample", "no logits to sample from"));
         }
         check_fits("sample", "logits", n as u64, self.len)?;
-        let params = SampleParams { n, top_k: s.top_k, seed: s.seed, counter, temperature: s.temperature, top_p: s.top_p, ..Default::default() };
-        self.bound.dispatch(rec, &params, [1, 1, 1]);
+        let candidates = s.uses_candidates();
+        let params = SampleParams {
+            n,
+            top_k: s.top_k,
+            seed: s.seed,
+            counter,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            candidates: candidates as u32,
+            ..Default::default()
+        };
+        let chunks = (n as u64).div_ceil(consts::SAMPLE_CHUNK as u64);
+        // Candidate (key, id) pairs each chunk keeps at most (fewer only past its end).
+        let kept = if s.is_greedy() { 1 } else { s.top_k.min(consts::SAMPLE_LOCAL) as u64 };
+        let cand_words = chunks * (1 + 2 * kept);
+        if candidates {
+            let groups = check_groups("sample", "logit chunks", chunks)?;
+            let select = if s.is_greedy() { &self.select_greedy } else { &self.select_top_k };
+            select.dispatch(rec, &params, [groups, 1, 1], Traffic::words(n as u64, cand_words));
+        }
+        // From the candidates: the arg-max, then (sampling) 4 radix rounds, the count and the
+        // compaction; from the logits, `passes` over them.
+        let read = match (candidates, s.is_greedy()) {
+            (true, true) => cand_words,
+            (true, false) => 7 * cand_words,
+            (false, _) => Sampler::passes(s) as u64 * n as u64,
+        };
+        self.pick.dispatch(rec, &params, [1, 1, 1], Traffic::words(read, 1));
         Ok(())
     }
 }

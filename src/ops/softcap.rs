@@ -3,7 +3,7 @@
 
 use super::{check_fits, uniform, words};
 use crate::error::{Error, Result};
-use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder};
+use crate::gpu::{grid, Bound, GpuContext, Kernel, Recorder, Traffic};
 use crate::shaders::{self, consts};
 
 uniform! {
@@ -42,7 +42,7 @@ impl SoftCapBinding {
         if !(cap > 0.0) {
             return Err(Error::shape("softcap", format!("cap must be positive, got {cap}")));
         }
-        self.bound.dispatch(rec, &SoftCapParams { n, cap, ..Default::default() }, grid(n.div_ceil(consts::WG)));
+        self.bound.dispatch(rec, &SoftCapParams { n, cap, ..Default::default() }, grid(n.div_ceil(consts::WG)), Traffic::words(n as u64, n as u64));
         Ok(())
     }
 }

@@ -573,10 +573,15 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         logits[n / 3 + 1] = top;
         cases.push(logits);
     }
-    // Ties at the top-k boundary: 29 distinct large values above 200 ids that share the 30th
-    // largest (top-k keeps all the ties, still few enough for the kernel to compact), and
-    // 3000 ids sharing the largest (more than it compacts: the passes go over every logit).
-    for (n, above, tied) in [(20_000usize, 29usize, 200usize), (20_000, 0, 3000)] {
+    // Ties at the top-k boundary (the first kernel keeps at most SAMPLE_LOCAL = 128 per chunk
+    // of 4096 logits, the second compacts at most 1024):
+    // - 29 distinct large values above 200 ids that share the 30th largest: top-k keeps all
+    //   the ties, about 47 per chunk, few enough for both kernels;
+    // - 3000 ids sharing the largest, about 600 per chunk: the chunks overflow and the second
+    //   kernel reads the logits itself;
+    // - 5000 ids sharing the largest over 63 chunks, about 80 per chunk: every chunk keeps its
+    //   ties, but 5000 are too many to compact, so the passes go over all the candidates.
+    for (n, above, tied) in [(20_000usize, 29usize, 200usize), (20_000, 0, 3000), (256_000, 0, 5000)] {
         let mut logits: Vec<f32> = rng.vec(n, 1.0).into_iter().map(|l| l.min(2.5)).collect();
         for j in 0..tied {
             logits[j * (n / tied)] = 3.0;
@@ -586,10 +591,24 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
         }
         cases.push(logits);
     }
-    for logits in &cases {
+    // 400 distinct high logits packed into the first 25 threads' ranges of a chunk (16 ids
+    // each): the threads' maxima put too many ids above the first kernel's quick threshold, so
+    // it selects the chunk's exact k-th largest by radix.
+    let mut packed = rng.vec(8192, 1.0);
+    for l in packed.iter_mut().take(400) {
+        *l = 4.0 + rng.uniform();
+    }
+    cases.push(packed);
+    // Fewer logits than top-k (64 keeps them all), and a last chunk of 3 logits.
+    cases.push(rng.vec(50, 2.0));
+    cases.push(rng.vec(2 * 4096 + 3, 2.0));
+    // With top-k 40 and 64, every case keeps each chunk's candidates (at most SAMPLE_LOCAL =
+    // 128) except the one with 3000 ids tied at the top (case 3), whose chunks overflow and send
+    // the draw back to the logits.
+    for (case_no, logits) in cases.iter().enumerate() {
         let n = logits.len();
         let lb = buf(ctx, logits)?;
-        let bound = op.bind(ctx, &lb, &out);
+        let bound = e(op.bind(ctx, &lb, &out))?;
         let settings = [
             Sampling::GREEDY,
             Sampling { temperature: 0.7, top_k: 1, top_p: 1.0, seed: 3 },
@@ -606,6 +625,20 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
                 let got = e(ctx.read_back::<u32>(&out, 0, 1).await)?[0];
                 let trace = reference::sample(logits, s.temperature, s.top_k, s.top_p, s.seed, counter);
                 let case = format!("n={n} {s:?} counter={counter}");
+                if s.top_k == 40 || s.top_k == 64 {
+                    let counts = e(bound.candidate_counts(ctx, n as u32).await)?;
+                    let overflowed = counts.iter().filter(|c| **c == u32::MAX).count();
+                    let must_overflow = case_no == 3;
+                    if !must_overflow && overflowed > 0 {
+                        return Err(format!("sample [{case}]: {overflowed} chunks overflowed (counts {counts:?}); their candidates should fit"));
+                    }
+                    if must_overflow && overflowed == 0 {
+                        return Err(format!("sample [{case}]: no chunk overflowed with 3000 ids tied at the top (counts {counts:?})"));
+                    }
+                    if counts.iter().any(|c| *c != u32::MAX && *c > 128) {
+                        return Err(format!("sample [{case}]: a chunk kept more than 128 candidates: {counts:?}"));
+                    }
+                }
                 if got == trace.chosen {
                     rep.add(0.0);
                     continue;
@@ -637,7 +670,7 @@ pub async fn sample(ctx: &GpuContext) -> TestResult {
     let n = 64;
     let flat = vec![0.0f32; n];
     let lb = buf(ctx, &flat)?;
-    let bound = op.bind(ctx, &lb, &out);
+    let bound = e(op.bind(ctx, &lb, &out))?;
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..16 {
         let s = Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed };
@@ -672,7 +705,7 @@ async fn sample_distribution(ctx: &GpuContext, op: &Sampler, rep: &mut Report) -
     const DRAWS: u32 = 400;
     let logits = [1.0f32, 0.2, -0.4, 0.7, -1.0, 0.0];
     let (lb, out) = (buf(ctx, &logits)?, zeros(ctx, 1)?);
-    let bound = op.bind(ctx, &lb, &out);
+    let bound = e(op.bind(ctx, &lb, &out))?;
     // (settings, ids kept, chi-squared 0.1% point for (kept - 1) degrees of freedom)
     let cases = [
         (Sampling { temperature: 1.0, top_k: 0, top_p: 1.0, seed: 7 }, vec![0usize, 1, 2, 3, 4, 5], 20.52),
