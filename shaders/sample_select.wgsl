@@ -147,7 +147,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         for (var j = 0u; j < WG / 4u; j++) {
             let o = maxima[j];
             let ids = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
-            ranks += select(vec4<u32>(0u), vec4<u32>(1u), o > mine | (o == mine & ids < vec4<u32>(lid)));
+            ranks += select(vec4<u32>(0u), vec4<u32>(1u), (o > mine) | ((o == mine) & (ids < vec4<u32>(lid))));
         }
         let rank = ranks.x + ranks.y + ranks.z + ranks.w;
         if rank == k - 1u {
