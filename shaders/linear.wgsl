@@ -8,6 +8,16 @@ struct Params {
     scales_offset: u32,
     out_offset: u32,
     out_stride: u32,
+    // > 0: each output is soft-capped, cap * tanh(y / cap), as it is written (the LM head of
+    // Gemma 2, whose final soft-cap needs no pass of its own over the logits).
+    softcap: f32,
     _pad0: u32,
-    _pad1: u32,
+}
+
+// What a product writes for y: y itself, or soft-capped.
+fn epilogue(v: f32) -> f32 {
+    if p.softcap > 0.0 {
+        return softcap(v, p.softcap);
+    }
+    return v;
 }

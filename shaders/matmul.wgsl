@@ -133,7 +133,7 @@ fn store(c: mat4x4<f32>, gm: u32, gn: u32) {
         let row = c[i];
         for (var j = 0u; j < 4u; j++) {
             if gm + i < p.m && gn + j < p.n {
-                y[(gm + i) * p.out_stride + p.out_offset + gn + j] = row[j];
+                y[(gm + i) * p.out_stride + p.out_offset + gn + j] = epilogue(row[j]);
             }
         }
     }

@@ -143,7 +143,7 @@ fn team_sum(a: vec4<f32>, b: vec4<f32>, lid: u32, lane: u32) -> Pair {
 
 fn put(m: u32, row: u32, v: f32) {
     if m < p.m && row < p.n {
-        y[m * p.out_stride + p.out_offset + row] = v;
+        y[m * p.out_stride + p.out_offset + row] = epilogue(v);
     }
 }
 

@@ -94,7 +94,6 @@ shader!(ROPE, "rope.wgsl", [COMMON]);
 shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED, LINEAR]);
 shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
-shader!(SOFTCAP, "softcap.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
@@ -103,5 +102,4 @@ shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE, "sample.wgsl", [SAMPLE_COMMON]);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[Shader] =
-    &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, SOFTCAP, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_SELECT, SAMPLE];
+pub const ALL: &[Shader] = &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_SELECT, SAMPLE];

@@ -97,21 +97,30 @@ fn convert_logits_generate_and_bench() {
     assert!(v["decode_tok_s"].as_f64().unwrap_or(0.0) > 0.0, "{json}");
     // Dispatches per decoded token, counted from this Gemma 2 model: 17 per layer (4 norms, two
     // of them adding into the residual; 7 matrix-vector products; RoPE of q and of k; the KV
-    // write; attention's split and combine; GeGLU), the embedding gather and the LM head once
-    // per embedding part,
-    // the final norm, the final soft-cap and sampling (gathering each chunk's candidates, then
-    // picking).
+    // write; attention's split and combine; GeGLU), the embedding gather and the LM head (which
+    // applies the final soft-cap) once per embedding part, the final norm, and sampling
+    // (gathering each chunk's candidates, then picking).
     let manifest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).expect("manifest")).expect("json");
     let layers = manifest["config"]["num_hidden_layers"].as_u64().expect("layers");
     let embed = manifest["tensors"].as_array().expect("tensors").iter().find(|t| t["name"] == "model.embed_tokens.weight").expect("embedding");
     let parts = embed["parts"].as_array().expect("parts").len() as u64;
-    assert_eq!(v["dispatches_per_token"].as_u64(), Some(17 * layers + 2 * parts + 4), "{json}");
+    assert_eq!(v["dispatches_per_token"].as_u64(), Some(17 * layers + 2 * parts + 3), "{json}");
+    // The LM head writes the logits soft-capped and greedy sampling reads them once.
+    assert_eq!(v["logit_passes_per_token"], 2, "{json}");
+    // A decoded token reads every weight (the embedding as the LM head) and little else: the
+    // few activations and this short cache are under 1 MB here.
+    let (read, weights) = (v["bytes_read_per_token"].as_f64().unwrap_or(0.0), v["weights_bytes"].as_f64().unwrap_or(f64::MAX));
+    assert!(read >= weights && read < weights + 1e6, "bytes read per token {read} against weights of {weights} bytes: {json}");
+    // Uniforms rewritten per token: those whose position changed (RoPE, KV write, attention,
+    // sampling), none per layer for the others.
+    let writes = v["uniform_writes_per_token"].as_u64().unwrap_or(0);
+    assert!(writes > 0 && writes <= 5 * layers + 2, "{writes} uniform writes per token: {json}");
     // Deep in a conversation (the cache taken as holding 40 positions), and with decode
     // attention as one workgroup per query head: one attention dispatch per layer.
     let json = ok(&["bench", &d, "--prompt-tokens", "4", "--gen-tokens", "2", "--max-context", "64", "--depth", "40", "--attention", "blocked", "--json"]);
     let blocked: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
     assert_eq!(blocked["depth"], 40, "{json}");
-    assert_eq!(blocked["dispatches_per_token"].as_u64(), Some(16 * layers + 2 * parts + 4), "{json}");
+    assert_eq!(blocked["dispatches_per_token"].as_u64(), Some(16 * layers + 2 * parts + 3), "{json}");
 
     // --profile: GPU timestamps per kernel; the decode table accounts for every dispatch.
     let text = ok(&["bench", &d, "--prompt-tokens", "8", "--gen-tokens", "2", "--max-context", "64", "--profile"]);
@@ -124,7 +133,7 @@ fn convert_logits_generate_and_bench() {
         })
         .collect();
     let counted: f64 = rows.iter().map(|r| r.1).sum();
-    assert_eq!(counted as u64, 17 * layers + 2 * parts + 4, "{text}");
+    assert_eq!(counted as u64, 17 * layers + 2 * parts + 3, "{text}");
     let matvec = rows.iter().find(|r| r.0 == "layers/matvec.wgsl").expect("layer matvecs");
     assert_eq!(matvec.1 as u64, 7 * layers, "{text}");
     assert!(rows.iter().all(|r| r.2 >= 0.0) && rows.iter().any(|r| r.2 > 0.0), "{text}");

@@ -3,7 +3,7 @@
 //! Rust struct that fills it.
 #![cfg(not(target_arch = "wasm32"))]
 
-use gemma_webgpu::ops::{attention, embedding, geglu, kv_cache, linear, rmsnorm, rope, sample, softcap, Uniform};
+use gemma_webgpu::ops::{attention, embedding, geglu, kv_cache, linear, rmsnorm, rope, sample, Uniform};
 use gemma_webgpu::shaders::{self, Shader};
 
 fn parse(shader: &Shader) -> naga::Module {
@@ -63,7 +63,6 @@ fn uniform_structs_match_their_rust_mirrors() {
     check_uniform::<linear::MatMulParams>(&shaders::MATMUL);
     check_uniform::<linear::MatMulParams>(&shaders::MATVEC);
     check_uniform::<geglu::GeGluParams>(&shaders::GEGLU);
-    check_uniform::<softcap::SoftCapParams>(&shaders::SOFTCAP);
     check_uniform::<kv_cache::KvWriteParams>(&shaders::KV_CACHE);
     check_uniform::<attention::AttentionParams>(&shaders::ATTENTION);
     check_uniform::<attention::AttentionParams>(&shaders::ATTENTION_SPLIT);

@@ -181,8 +181,10 @@ impl Kernel {
     }
 }
 
-/// Bytes one dispatch asks memory for, as its kernel is written to request them (a cache may
-/// serve some of it): what the profile divides by GPU time for an achieved bandwidth.
+/// Bytes one dispatch must move at least: each input it reads once, each output it writes once
+/// (re-reads that a cache can serve, such as every workgroup's copy of x in a matrix-vector
+/// product, are not counted). The profile divides it by GPU time: the bandwidth achieved
+/// against the traffic the work needs, comparable with the memory's peak.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub read: u64,

@@ -82,7 +82,7 @@ impl Engine {
         let layers = (0..weights.layers.len())
             .map(|l| LayerBindings::bind(&ctx, &ops, c, l, &acts, &weights.layers[l], &caches[l], &ropes[rope_of[l]]))
             .collect::<Result<Vec<_>>>()?;
-        let head = HeadBindings::bind(&ctx, &ops, &acts, &weights)?;
+        let head = HeadBindings::bind(&ctx, &ops, &config, &acts, &weights)?;
         let token_staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("token read-back"),
             size: 4,
@@ -247,7 +247,7 @@ impl Engine {
         let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
         self.head.record(&mut rec, &self.config, sample)?;
         stats.add(&rec);
-        stats.logit_passes += HeadBindings::logit_passes(&self.config, sample.map(|(s, _)| s));
+        stats.logit_passes += HeadBindings::logit_passes(sample.map(|(s, _)| s));
         Ok(())
     }
 

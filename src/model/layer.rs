@@ -17,7 +17,6 @@ use crate::ops::linear::{MatMul, MatMulBinding, MatVecBinding};
 use crate::ops::rmsnorm::RmsNormBinding;
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{Sampler, SamplerBinding, Sampling};
-use crate::ops::softcap::SoftCapBinding;
 use crate::ops::Ops;
 
 /// A weight bound both ways: tiled matmul for a block of rows (prefill), matrix-vector for
@@ -142,34 +141,30 @@ impl LayerBindings {
 }
 
 /// The embedding before the layers, and the head after them: final norm, LM head (the tied
-/// embedding), final soft-cap, sampler.
+/// embedding; Gemma 2's final soft-cap applied as it writes each logit), sampler.
 #[derive(Debug)]
 pub struct HeadBindings {
     embed: EmbeddingBinding,
     final_norm: RmsNormBinding,
     lm_head: MatVecBinding,
-    final_softcap: SoftCapBinding,
     sampler: SamplerBinding,
 }
 
 impl HeadBindings {
-    pub fn bind(ctx: &GpuContext, ops: &Ops, a: &Activations, w: &Weights) -> Result<Self> {
+    pub fn bind(ctx: &GpuContext, ops: &Ops, c: &ModelConfig, a: &Activations, w: &Weights) -> Result<Self> {
         let k = ops.for_weight(w.embed_tokens.dtype)?;
         Ok(Self {
             embed: k.embedding.bind(ctx, &a.ids, &w.embed_tokens, &a.x)?,
             final_norm: ops.rmsnorm.bind(ctx, &a.x_last, &w.norm, &a.h_last, false),
-            lm_head: k.matvec.bind(ctx, &a.h_last, &w.embed_tokens, &a.logits)?,
-            final_softcap: ops.softcap.bind(ctx, &a.logits),
+            lm_head: k.matvec.bind(ctx, &a.h_last, &w.embed_tokens, &a.logits)?.with_softcap(c.final_logit_softcapping.max(0.0))?,
             sampler: ops.sample.bind(ctx, &a.logits, &a.ids)?,
         })
     }
 
-    /// Times the head reads or writes the whole row of logits: the LM head writes it, the
-    /// final soft-cap (Gemma 2) reads and writes it, the sampler reads it
-    /// (`Sampler::passes`).
-    pub fn logit_passes(c: &ModelConfig, sample: Option<&Sampling>) -> u32 {
-        let softcap = if c.final_logit_softcapping > 0.0 { 2 } else { 0 };
-        1 + softcap + sample.map_or(0, Sampler::passes)
+    /// Times the head reads or writes the whole row of logits: the LM head writes it (already
+    /// soft-capped), the sampler reads it (`Sampler::passes`).
+    pub fn logit_passes(sample: Option<&Sampling>) -> u32 {
+        1 + sample.map_or(0, Sampler::passes)
     }
 
     /// x = embedding(ids) * sqrt(H) for `t` tokens.
@@ -177,14 +172,11 @@ impl HeadBindings {
         self.embed.dispatch(rec, t, c.embed_scale())
     }
 
-    /// Logits of `x_last` (final norm, LM head, final soft-cap), then, with `sample`, the next
-    /// token drawn into `ids[0]` (`counter` tells successive draws of one seed apart).
+    /// Logits of `x_last` (final norm, LM head with the final soft-cap), then, with `sample`,
+    /// the next token drawn into `ids[0]` (`counter` tells successive draws of one seed apart).
     pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sample: Option<(&Sampling, u32)>) -> Result<()> {
         self.final_norm.dispatch(rec, 1, c.hidden_size, c.rms_norm_eps)?;
         self.lm_head.dispatch(rec)?;
-        if c.final_logit_softcapping > 0.0 {
-            self.final_softcap.dispatch(rec, c.vocab_size, c.final_logit_softcapping)?;
-        }
         match sample {
             Some((sampling, counter)) => self.sampler.dispatch(rec, c.vocab_size, sampling, counter),
             None => Ok(()),
@@ -196,7 +188,8 @@ impl HeadBindings {
 /// tests): up to `rows` rows of `x` are copied to `x_rows`, normed, multiplied by the LM head
 /// as a prompt chunk's rows are by a layer's weights (`MatMulBinding`: blocks of `MV_MB` rows
 /// through the matrix-vector kernel up to 32 rows, 64-row tiles beyond, so the embedding is
-/// read once per block or tile rather than once per row) and soft-capped into `logits_rows`.
+/// read once per block or tile rather than once per row), soft-capped as they are written into
+/// `logits_rows`.
 /// Built on the first `logits` call, so generation never allocates it.
 #[derive(Debug)]
 pub struct EvalHead {
@@ -206,7 +199,6 @@ pub struct EvalHead {
     _h_rows: wgpu::Buffer,
     final_norm: RmsNormBinding,
     lm_head: MatMulBinding,
-    final_softcap: SoftCapBinding,
 }
 
 impl EvalHead {
@@ -232,27 +224,21 @@ impl EvalHead {
         Ok(Self {
             rows,
             final_norm: ops.rmsnorm.bind(ctx, &x_rows, &w.norm, &h_rows, false),
-            final_softcap: ops.softcap.bind(ctx, &logits_rows),
-            lm_head,
+            lm_head: lm_head.with_softcap(c.final_logit_softcapping.max(0.0))?,
             x_rows,
             logits_rows,
             _h_rows: h_rows,
         })
     }
 
-    /// Logits of the first `n` rows of `x_rows` into `logits_rows` (final norm, LM head,
-    /// final soft-cap), as `HeadBindings::record` does for one row.
+    /// Logits of the first `n` rows of `x_rows` into `logits_rows` (final norm, LM head with
+    /// the final soft-cap), as `HeadBindings::record` does for one row.
     pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, n: u32) -> Result<()> {
         if n > self.rows {
             return Err(Error::shape("eval head", format!("{n} rows, but it was built for {}", self.rows)));
         }
         self.final_norm.dispatch(rec, n, c.hidden_size, c.rms_norm_eps)?;
-        self.lm_head.dispatch(rec, n)?;
-        if c.final_logit_softcapping > 0.0 {
-            let total = n.checked_mul(c.vocab_size).ok_or_else(|| Error::shape("eval head", "rows x vocabulary overflows u32"))?;
-            self.final_softcap.dispatch(rec, total, c.final_logit_softcapping)?;
-        }
-        Ok(())
+        self.lm_head.dispatch(rec, n)
     }
 
     pub fn bytes(&self) -> u64 {

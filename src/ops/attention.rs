@@ -185,11 +185,9 @@ impl AttentionBinding {
             return self.dispatch_split(rec, params, first_needed as u32);
         }
         let gy = check_groups(op, "queries", s.n_queries as u64)?;
-        // Each (query head, query) workgroup reads the K and V rows of its KV head that the
-        // query sees.
-        let window = if s.window > 0 { s.window as u64 } else { u64::MAX };
-        let seen: u64 = (0..s.n_queries as u64).map(|i| (s.q_pos_start as u64 + i + 1).min(window)).sum();
-        let kv = 2 * seen * s.n_heads as u64 * s.head_dim as u64 * self.elem;
+        // The K and V rows that any query of the block sees (the kernel reads them once per
+        // query head and query; a cache may serve the repeats).
+        let kv = 2 * (end - first_needed) * s.n_kv_heads as u64 * s.head_dim as u64 * self.elem;
         self.bound.dispatch(rec, &params, [s.n_heads, gy, 1], Traffic::new(kv + 4 * q_elems, 4 * q_elems));
         Ok(())
     }

@@ -21,8 +21,8 @@ uniform! {
         pub scales_offset: u32,
         pub out_offset: u32,
         pub out_stride: u32,
+        pub softcap: f32,
         pub _pad0: u32,
-        pub _pad1: u32,
     }
 }
 
@@ -55,9 +55,20 @@ pub struct LinearBinding {
     /// Rows of `W` and of `x` per workgroup (matrix-vector kernel only).
     rows_per_group: u32,
     x_rows_per_group: u32,
+    /// > 0: outputs are soft-capped as they are written (`with_softcap`).
+    softcap: f32,
 }
 
 impl LinearBinding {
+    /// Soft-cap every output as it is written: `y = cap * tanh(y / cap)` (0: none).
+    pub fn with_softcap(mut self, cap: f32) -> Result<Self> {
+        if !(cap.is_finite() && cap >= 0.0) {
+            return Err(Error::shape("linear", format!("the soft-cap must be a finite number >= 0, got {cap}")));
+        }
+        self.softcap = cap;
+        Ok(self)
+    }
+
     /// Number of weight parts (one dispatch each).
     pub fn parts(&self) -> usize {
         self.parts.len()
@@ -68,12 +79,18 @@ impl LinearBinding {
         check_fits("matvec", "rows of x/y", m as u64, self.max_m)?;
         let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
         for (bound, row_start, rows, scales_offset, bytes) in &self.parts {
-            let params =
-                MatMulParams { m, k: self.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: self.n, ..Default::default() };
+            let params = MatMulParams {
+                m,
+                k: self.k,
+                n: *rows,
+                scales_offset: *scales_offset,
+                out_offset: *row_start,
+                out_stride: self.n,
+                softcap: self.softcap,
+                ..Default::default()
+            };
             let [gx, gy, _] = grid(rows.div_ceil(self.rows_per_group));
-            // The part is read once per block of x rows; each workgroup reads its x rows.
-            let x_reads = gx as u64 * gy as u64 * m as u64 * self.k as u64;
-            let traffic = Traffic::new(bytes * gz.max(1) as u64 + 4 * x_reads, 4 * m as u64 * *rows as u64);
+            let traffic = Traffic::new(bytes + 4 * m as u64 * self.k as u64, 4 * m as u64 * *rows as u64);
             bound.dispatch(rec, &params, [gx, gy, gz.max(1)], traffic);
         }
         Ok(())
@@ -94,7 +111,7 @@ fn bind_parts(
     let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
     let bind = |part: &wgpu::Buffer| if vec4_views { kernel.bind(ctx, &[x, part, y, x, part]) } else { kernel.bind(ctx, &[x, part, y]) };
     let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset, p.buffer.size())).collect();
-    Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0, x_rows_per_group: 1 })
+    Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0, x_rows_per_group: 1, softcap: 0.0 })
 }
 
 /// The matrix-vector kernel compiled for each team size, for blocks of `mb` rows of x.
@@ -155,6 +172,11 @@ pub enum MatMulPath {
 }
 
 impl MatMulBinding {
+    /// Soft-cap every output as it is written, on both paths (`LinearBinding::with_softcap`).
+    pub fn with_softcap(self, cap: f32) -> Result<Self> {
+        Ok(Self { tiles: self.tiles.with_softcap(cap)?, batched: self.batched.with_softcap(cap)? })
+    }
+
     pub fn parts(&self) -> usize {
         self.tiles.parts()
     }
@@ -176,9 +198,17 @@ impl MatMulBinding {
         let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
         for (bound, row_start, rows, scales_offset, bytes) in &b.parts {
             let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
-            let params = MatMulParams { m, k: b.k, n: *rows, scales_offset: *scales_offset, out_offset: *row_start, out_stride: b.n, ..Default::default() };
-            // The part is read once per tile row of x, x once per tile column of the part.
-            let traffic = Traffic::new(bytes * gy as u64 + 4 * gx as u64 * m as u64 * b.k as u64, 4 * m as u64 * *rows as u64);
+            let params = MatMulParams {
+                m,
+                k: b.k,
+                n: *rows,
+                scales_offset: *scales_offset,
+                out_offset: *row_start,
+                out_stride: b.n,
+                softcap: b.softcap,
+                ..Default::default()
+            };
+            let traffic = Traffic::new(bytes + 4 * m as u64 * b.k as u64, 4 * m as u64 * *rows as u64);
             bound.dispatch(rec, &params, [gx, gy, 1], traffic);
         }
         Ok(())

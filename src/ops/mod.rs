@@ -11,7 +11,6 @@ pub mod linear;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;
-pub mod softcap;
 
 use crate::error::{Error, Result};
 
@@ -103,7 +102,6 @@ pub struct Ops {
     pub rmsnorm: rmsnorm::RmsNorm,
     pub rope: rope::Rope,
     pub geglu: geglu::GeGlu,
-    pub softcap: softcap::SoftCap,
     pub kv_write: kv_cache::KvWrite,
     pub attention: attention::Attention,
     pub sample: sample::Sampler,
@@ -123,7 +121,6 @@ impl Ops {
             rmsnorm: rmsnorm::RmsNorm::new(ctx).await?,
             rope: rope::Rope::new(ctx).await?,
             geglu: geglu::GeGlu::new(ctx).await?,
-            softcap: softcap::SoftCap::new(ctx).await?,
             kv_write: kv_cache::KvWrite::for_cache(ctx, kv_f32).await?,
             attention: attention::Attention::for_cache(ctx, kv_f32).await?,
             sample: sample::Sampler::new(ctx).await?,

@@ -163,13 +163,8 @@ impl SamplerBinding {
             let select = if s.is_greedy() { &self.select_greedy } else { &self.select_top_k };
             select.dispatch(rec, &params, [groups, 1, 1], Traffic::words(n as u64, cand_words));
         }
-        // From the candidates: the arg-max, then (sampling) 4 radix rounds, the count and the
-        // compaction; from the logits, `passes` over them.
-        let read = match (candidates, s.is_greedy()) {
-            (true, true) => cand_words,
-            (true, false) => 7 * cand_words,
-            (false, _) => Sampler::passes(s) as u64 * n as u64,
-        };
+        // The candidates, or the logits (`passes` says how many times).
+        let read = if candidates { cand_words } else { n as u64 };
         self.pick.dispatch(rec, &params, [1, 1, 1], Traffic::words(read, 1));
         Ok(())
     }

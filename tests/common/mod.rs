@@ -15,7 +15,6 @@ use gemma_webgpu::ops::linear::{MatMul, MatMulPath, MatVec, MATVEC_TEAMS};
 use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
-use gemma_webgpu::ops::softcap::SoftCap;
 use gemma_webgpu::quant::{DType, Packed};
 use gemma_webgpu::reference;
 
@@ -360,22 +359,46 @@ pub async fn geglu(ctx: &GpuContext) -> TestResult {
     Ok(rep)
 }
 
+/// The final soft-cap, applied by the LM head's matrix-vector and matmul kernels as they write
+/// each logit (`with_softcap`), against `reference::softcap` of `reference::linear`: outputs up
+/// to ~±200 so the cap bends them, and a cap of 0 leaves them alone.
 pub async fn softcap(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("softcap");
     let mut rng = Rng::new(7);
-    let op = e(SoftCap::new(ctx).await)?;
-    for &(n, cap) in &[(10_000usize, 30.0f32), (999, 50.0)] {
-        let mut x = rng.vec(n, 60.0);
-        x[0] = 1e6;
-        x[1] = -1e6;
-        x[2] = 0.0;
-        let xb = buf(ctx, &x)?;
-        let bound = op.bind(ctx, &xb);
-        e(run_pass(ctx, "softcap", |p| bound.dispatch(p, n as u32, cap).expect("shape checked")).await)?;
-        let got = read(ctx, &xb, n).await?;
-        let want: Vec<f32> = x.iter().map(|v| reference::softcap(*v, cap)).collect();
-        let scale = vec![cap as f64; n];
-        rep.add(compare("softcap", &format!("n={n} cap={cap}"), &got, &want, Some(&scale), 1e-6, 0.0)?);
+    let (k, n, m) = (64usize, 10_000usize, 5usize);
+    let w = e(Packed::pack(DType::Int8, n, k, &rng.vec(n * k, 1.0)))?;
+    let wf = w.unpack();
+    let wg = e(GpuWeight::upload(ctx, "w", &w, 0))?;
+    let x = rng.vec(m * k, 4.0);
+    let plain = reference::linear(&x, &wf, k, n);
+    let top = plain.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+    if top < 90.0 {
+        return Err(format!("softcap: outputs reach only {top}; the cap of 30 would barely bend them"));
+    }
+    let (xb, yb) = (buf(ctx, &x)?, zeros(ctx, m * n)?);
+    let matvec = e(MatVec::new(ctx, DType::Int8).await)?;
+    let matmul = e(MatMul::new(ctx, DType::Int8).await)?;
+    for cap in [30.0f32, 50.0, 0.0] {
+        let want: Vec<f32> = plain.iter().map(|v| if cap > 0.0 { reference::softcap(*v, cap) } else { *v }).collect();
+        let scale: Vec<f64> = abs_products(&x, &wf, k, n).iter().map(|s| s.max(cap as f64)).collect();
+        // One row through the matrix-vector kernel (decode's LM head).
+        let bound = e(e(matvec.bind(ctx, &xb, &wg, &yb))?.with_softcap(cap))?;
+        ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&vec![f32::NAN; m * n]));
+        e(run_pass(ctx, "softcap", |p| bound.dispatch(p).expect("shape checked")).await)?;
+        let got = read(ctx, &yb, n).await?;
+        rep.add(compare("softcap", &format!("matvec cap={cap}"), &got, &want[..n], Some(&scale[..n]), 2e-6, 1e-9)?);
+        // Several rows through both prefill paths (`logits()`'s head).
+        let bound = e(e(matmul.bind(ctx, &xb, &wg, &yb))?.with_softcap(cap))?;
+        for path in [MatMulPath::Tiles, MatMulPath::MatVec] {
+            ctx.queue.write_buffer(&yb, 0, bytemuck::cast_slice(&vec![f32::NAN; m * n]));
+            e(run_pass(ctx, "softcap", |p| bound.dispatch_with(p, m as u32, path).expect("shape checked")).await)?;
+            let got = read(ctx, &yb, m * n).await?;
+            rep.add(compare("softcap", &format!("matmul {path:?} cap={cap}"), &got, &want, Some(&scale), 2e-6, 1e-9)?);
+        }
+    }
+    let bound = e(matvec.bind(ctx, &xb, &wg, &yb))?;
+    if bound.with_softcap(f32::NAN).is_ok() {
+        return Err("softcap: a NaN cap was accepted".into());
     }
     Ok(rep)
 }
