@@ -1,7 +1,7 @@
 // sample_select.wgsl: the first of the sampler's two kernels. One workgroup per chunk of
 // SAMPLE_CHUNK logits (WG threads, each holding SAMPLE_CHUNK / WG contiguous keys in
 // registers) reads its chunk once and writes its candidates for sample.wgsl:
-//   GREEDY (a variant of its own): the chunk's arg-max (lowest id among equal values).
+//   (greedy settings take sample_argmax.wgsl instead, which keeps each chunk's arg-max)
 //   top-k (1 <= top_k <= SAMPLE_LOCAL): every id whose key is >= a threshold t at or below
 //     the chunk's k-th largest key (k = min(top_k, ids in the chunk)), in index order. The
 //     global k-th largest key is >= every chunk's, so the global top-k (ties included) is
@@ -13,13 +13,12 @@
 //     the chunk's count is OVERFLOW and sample.wgsl goes back to the logits.
 // Layout of `cands` for C chunks: counts [C], then (key, id) pairs [C][SAMPLE_LOCAL].
 // Barriers: 2 for the threshold, 3 for the compaction's prefix sum, plus 3 per radix round.
+// Workgroup memory is kept small (2.1 KiB): WebGPU zero-fills it for every workgroup, and
+// SwiftShader does that slowly.
 
 @group(0) @binding(0) var<storage, read> logits: array<f32>;         // [n]
 @group(0) @binding(1) var<storage, read_write> cands: array<u32>;    // see above
 @group(0) @binding(2) var<uniform> p: Params;
-
-// The arg-max variant (greedy settings); the top-k one otherwise.
-override GREEDY: bool = false;
 
 const PER: u32 = SAMPLE_CHUNK / WG;
 // The prefix sum's groups: GROUPS groups of WG / GROUPS threads.
@@ -28,9 +27,6 @@ const GROUPS: u32 = 16u;
 var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> shared_u: array<u32, WG>;
 var<workgroup> group_sum: array<u32, GROUPS>;
-var<workgroup> maxima: array<vec4<u32>, WG / 4u>;   // each thread's largest key
-var<workgroup> best_v: array<f32, WG>;
-var<workgroup> best_i: array<u32, WG>;
 var<workgroup> state: vec3<u32>;   // radix select: (key bits found so far, rank left, keys above)
 var<workgroup> bcast: u32;
 
@@ -68,42 +64,6 @@ fn exclusive_sum(lid: u32, v: u32) -> u32 {
     return before;
 }
 
-// Greedy: the chunk's arg-max by value (as the CPU rule compares), ties to the lowest id.
-fn arg_max(lid: u32, chunk: u32, base: u32, end: u32, c: u32) {
-    var bv = -3.4e38;
-    var bi = 0xffffffffu;
-    for (var r = 0u; r < PER; r++) {
-        let i = base + r * WG + lid;  // strided: neighbouring threads read neighbouring ids
-        if i < end {
-            let v = logits[i];
-            if bi == 0xffffffffu || v > bv {
-                bv = v;
-                bi = i;
-            }
-        }
-    }
-    best_v[lid] = bv;
-    best_i[lid] = bi;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if lid < s {
-            let ov = best_v[lid + s];
-            let oi = best_i[lid + s];
-            if oi != 0xffffffffu && (best_i[lid] == 0xffffffffu || ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) {
-                best_v[lid] = ov;
-                best_i[lid] = oi;
-            }
-        }
-        workgroupBarrier();
-    }
-    if lid == 0u {
-        cands[chunk] = 1u;
-        let slot = c + 2u * chunk * SAMPLE_LOCAL;
-        cands[slot] = order_key(best_v[0]);
-        cands[slot + 1u] = best_i[0];
-    }
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     let chunk = wid.x;
@@ -113,10 +73,6 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     }
     let base = chunk * SAMPLE_CHUNK;
     let chunk_n = min(SAMPLE_CHUNK, p.n - base);
-    if GREEDY {
-        arg_max(lid, chunk, base, base + chunk_n, c);
-        return;
-    }
     let first = base + lid * PER;
     // The chunk's keys, PER contiguous ids per thread; 0 past the end.
     var keys: array<u32, PER>;
@@ -136,17 +92,17 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
     let k = min(p.top_k, chunk_n);
     var threshold = 1u;
     if k < chunk_n {
-        maxima[lid / 4u][lid % 4u] = own_max;
+        shared_u[lid] = own_max;
         if lid == 0u {
             bcast = 0u;
         }
         workgroupBarrier();
-        // Four maxima a step: threads 4j..4j+3 against this thread's.
+        // Four maxima a step: threads j..j+3 against this thread's.
         var ranks = vec4<u32>(0u);
         let mine = vec4<u32>(own_max);
-        for (var j = 0u; j < WG / 4u; j++) {
-            let o = maxima[j];
-            let ids = vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u);
+        for (var j = 0u; j < WG; j += 4u) {
+            let o = vec4<u32>(shared_u[j], shared_u[j + 1u], shared_u[j + 2u], shared_u[j + 3u]);
+            let ids = vec4<u32>(j) + vec4<u32>(0u, 1u, 2u, 3u);
             ranks += select(vec4<u32>(0u), vec4<u32>(1u), (o > mine) | ((o == mine) & (ids < vec4<u32>(lid))));
         }
         let rank = ranks.x + ranks.y + ranks.z + ranks.w;

@@ -98,8 +98,10 @@ shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_COMBINE, "attention_combine.wgsl", []);
+shader!(SAMPLE_ARGMAX, "sample_argmax.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE, "sample.wgsl", [SAMPLE_COMMON]);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[Shader] = &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_SELECT, SAMPLE];
+pub const ALL: &[Shader] =
+    &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_ARGMAX, SAMPLE_SELECT, SAMPLE];

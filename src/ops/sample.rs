@@ -1,10 +1,11 @@
 //! Token sampling on the GPU: greedy, or temperature + top-k + top-p with a seeded PCG draw.
 //! Only the chosen id (4 bytes) is read back. The exact rule is documented in `sample.wgsl`.
 //!
-//! Two dispatches: `sample_select.wgsl` (one workgroup per `SAMPLE_CHUNK` logits) reads the
-//! logits once and keeps each chunk's candidates, then `sample.wgsl` (one workgroup) picks the
-//! token from those alone. With top-k off or above `SAMPLE_LOCAL`, only the second runs and
-//! reads the logits itself (see `Sampler::passes`).
+//! Two dispatches. Greedy: `sample_argmax.wgsl`, one workgroup per `SAMPLE_CHUNK` logits, keeps
+//! each chunk's arg-max, and its merge variant picks among those. Top-k up to `SAMPLE_LOCAL`:
+//! `sample_select.wgsl` keeps each chunk's top-k candidates, then `sample.wgsl` (one workgroup)
+//! draws from those alone. Either way the logits are read once. With top-k off or above
+//! `SAMPLE_LOCAL`, only `sample.wgsl` runs and reads the logits itself (see `Sampler::passes`).
 
 use super::{check_fits, check_groups, uniform, words};
 use crate::error::{Error, Result};
@@ -52,7 +53,7 @@ impl Sampling {
         self.temperature <= 0.0 || self.top_k == 1
     }
 
-    /// Whether `sample_select.wgsl` gathers candidates first: greedy, or a top-k small enough
+    /// Whether the first kernel gathers candidates: greedy, or a top-k small enough
     /// that each chunk's share fits its `SAMPLE_LOCAL` slots.
     pub fn uses_candidates(&self) -> bool {
         self.is_greedy() || (1..=consts::SAMPLE_LOCAL).contains(&self.top_k)
@@ -61,16 +62,19 @@ impl Sampling {
 
 #[derive(Debug)]
 pub struct Sampler {
-    /// `sample_select.wgsl` compiled twice: the arg-max (greedy) and the top-k variant.
-    select_greedy: Kernel,
-    select_top_k: Kernel,
+    /// Greedy: `sample_argmax.wgsl` per chunk, then its merge.
+    argmax: Kernel,
+    argmax_merge: Kernel,
+    /// Top-k: `sample_select.wgsl` per chunk, then `sample.wgsl`.
+    select: Kernel,
     pick: Kernel,
 }
 
 #[derive(Debug)]
 pub struct SamplerBinding {
-    select_greedy: Bound<SampleParams>,
-    select_top_k: Bound<SampleParams>,
+    argmax: Bound<SampleParams>,
+    argmax_merge: Bound<SampleParams>,
+    select: Bound<SampleParams>,
     pick: Bound<SampleParams>,
     /// Each chunk's candidate count, then its (key, id) pairs (layout in sample_select.wgsl).
     candidates: wgpu::Buffer,
@@ -80,8 +84,9 @@ pub struct SamplerBinding {
 impl Sampler {
     pub async fn new(ctx: &GpuContext) -> Result<Self> {
         Ok(Self {
-            select_greedy: Kernel::new(ctx, &shaders::SAMPLE_SELECT, &[("GREEDY", 1.0)]).await?,
-            select_top_k: Kernel::new(ctx, &shaders::SAMPLE_SELECT, &[("GREEDY", 0.0)]).await?,
+            argmax: Kernel::new(ctx, &shaders::SAMPLE_ARGMAX, &[("MERGE", 0.0)]).await?,
+            argmax_merge: Kernel::new(ctx, &shaders::SAMPLE_ARGMAX, &[("MERGE", 1.0)]).await?,
+            select: Kernel::new(ctx, &shaders::SAMPLE_SELECT, &[]).await?,
             pick: Kernel::new(ctx, &shaders::SAMPLE, &[]).await?,
         })
     }
@@ -99,8 +104,9 @@ impl Sampler {
         let len = words(logits);
         let cands = ctx.storage_zeroed("sample candidates", Self::candidate_bytes(len))?;
         Ok(SamplerBinding {
-            select_greedy: self.select_greedy.bind(ctx, &[logits, &cands]),
-            select_top_k: self.select_top_k.bind(ctx, &[logits, &cands]),
+            argmax: self.argmax.bind(ctx, &[logits, &cands, result]),
+            argmax_merge: self.argmax_merge.bind(ctx, &[logits, &cands, result]),
+            select: self.select.bind(ctx, &[logits, &cands]),
             pick: self.pick.bind(ctx, &[logits, &cands, result]),
             candidates: cands,
             len,
@@ -160,8 +166,12 @@ impl SamplerBinding {
         let cand_words = chunks * (1 + 2 * kept);
         if candidates {
             let groups = check_groups("sample", "logit chunks", chunks)?;
-            let select = if s.is_greedy() { &self.select_greedy } else { &self.select_top_k };
-            select.dispatch(rec, &params, [groups, 1, 1], Traffic::words(n as u64, cand_words));
+            let first = if s.is_greedy() { &self.argmax } else { &self.select };
+            first.dispatch(rec, &params, [groups, 1, 1], Traffic::words(n as u64, cand_words));
+        }
+        if s.is_greedy() {
+            self.argmax_merge.dispatch(rec, &params, [1, 1, 1], Traffic::words(cand_words, 1));
+            return Ok(());
         }
         // The candidates, or the logits (`passes` says how many times).
         let read = if candidates { cand_words } else { n as u64 };
