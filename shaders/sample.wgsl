@@ -139,7 +139,6 @@ const CAND: u32 = 1024u;
 var<workgroup> cand_key: array<u32, CAND>;
 var<workgroup> cand_mass: array<f32, CAND>;
 var<workgroup> cand_idx: array<u32, CAND>;
-var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> select_state: vec2<u32>;   // radix select: (key bits found so far, rank left)
 
 // Element j of the list the draw walks: the compacted ids (fast) or the whole source.
@@ -266,18 +265,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
             workgroupBarrier();
             if lid == 0u {
-                // The bin holding the rank-th largest of those keys, from the top.
-                var rest = st.y;
-                var b = 255u;
-                loop {
-                    let h = atomicLoad(&hist[b]);
-                    if h >= rest || b == 0u {
-                        break;
-                    }
-                    rest -= h;
-                    b -= 1u;
-                }
-                select_state = vec2<u32>(st.x | (b << shift), rest);
+                select_state = top_bin(st, shift);
             }
             workgroupBarrier();
         }

@@ -43,3 +43,24 @@ fn n_chunks() -> u32 {
 
 // A chunk's count is at most SAMPLE_LOCAL, or this: more ids tied at its boundary than fit.
 const OVERFLOW: u32 = 0xffffffffu;
+
+// Radix select over keys (sample_select.wgsl, sample.wgsl): a 256-bin histogram of the next 8
+// bits of the keys that share the bits found so far.
+var<workgroup> hist: array<atomic<u32>, 256>;
+
+// One round's answer (thread 0, after the histogram): the bin holding the rank-th largest of
+// those keys (st.x: the bits found so far, st.y: the rank), from the top. Returns the bits
+// found with this bin's, and the rank left within it.
+fn top_bin(st: vec2<u32>, shift: u32) -> vec2<u32> {
+    var rest = st.y;
+    var b = 255u;
+    loop {
+        let h = atomicLoad(&hist[b]);
+        if h >= rest || b == 0u {
+            break;
+        }
+        rest -= h;
+        b -= 1u;
+    }
+    return vec2<u32>(st.x | (b << shift), rest);
+}

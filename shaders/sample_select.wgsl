@@ -24,7 +24,6 @@ const PER: u32 = SAMPLE_CHUNK / WG;
 // The prefix sum's groups: GROUPS groups of WG / GROUPS threads.
 const GROUPS: u32 = 16u;
 
-var<workgroup> hist: array<atomic<u32>, 256>;
 var<workgroup> shared_u: array<u32, WG>;
 var<workgroup> group_sum: array<u32, GROUPS>;
 var<workgroup> state: vec3<u32>;   // radix select: (key bits found so far, rank left, keys above)
@@ -138,24 +137,12 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             }
             workgroupBarrier();
             if lid == 0u {
-                // The bin holding the rank-th largest of those keys, from the top; `higher`
-                // counts the keys of the bins above it.
-                var rest = st.y;
-                var higher = st.z;
-                var b = 255u;
-                loop {
-                    let h = atomicLoad(&hist[b]);
-                    if h >= rest || b == 0u {
-                        break;
-                    }
-                    rest -= h;
-                    higher += h;
-                    b -= 1u;
-                }
-                // Keys at or above bin b's lower edge: those above, and bin b's.
-                let reach = higher + atomicLoad(&hist[b]);
-                state = vec3<u32>(st.x | (b << shift), rest, higher);
-                bcast = reach;
+                // `higher` counts the keys above the bits found so far.
+                let found = top_bin(st.xy, shift);
+                let higher = st.z + (st.y - found.y);
+                // Keys at or above the bin's lower edge: those above, and the bin's.
+                bcast = higher + atomicLoad(&hist[(found.x >> shift) & 255u]);
+                state = vec3<u32>(found.x, found.y, higher);
             }
             let reach = workgroupUniformLoad(&bcast);
             done = reach <= SAMPLE_LOCAL;

@@ -396,10 +396,9 @@ mod cli {
         Ok(())
     }
 
-    /// Per kernel: dispatches, GPU milliseconds and share, the megabytes its dispatches ask
-    /// memory for (read + written, as the kernels are written: a cache may serve some) and
-    /// those bytes over its time; then the totals, and the step's uniform writes and passes
-    /// over the logits.
+    /// Per kernel: dispatches, GPU milliseconds and share, the megabytes its dispatches must
+    /// move at least (`Traffic`: read + written) and those bytes over its time; then the totals,
+    /// and the step's dispatches, uniform writes and passes over the logits.
     fn print_profile(gpu: &Engine, what: &str, per: usize) {
         let Some((kernels, untimed)) = gpu.profile() else { return };
         let total: f64 = kernels.iter().map(|k| k.seconds).sum();

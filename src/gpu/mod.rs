@@ -256,7 +256,7 @@ pub struct Recorder<'a> {
     pub dispatches: u32,
     /// Uniform buffers rewritten for those dispatches (each a `queue.write_buffer`).
     pub uniform_writes: u32,
-    /// Bytes those dispatches read and write (`Traffic`).
+    /// Bytes those dispatches must read and write at least (`Traffic`).
     pub traffic: Traffic,
 }
 

@@ -17,7 +17,7 @@ pub struct KernelTime {
     pub name: String,
     pub dispatches: u64,
     pub seconds: f64,
-    /// Bytes its dispatches asked memory for (`Traffic`), summed like `seconds`.
+    /// Bytes its dispatches must move at least (`Traffic`), summed like `seconds`.
     pub traffic: Traffic,
 }
 

@@ -25,7 +25,7 @@ pub struct StepStats {
     pub dispatches: u32,
     /// Kernel uniforms rewritten (`queue.write_buffer` before a dispatch whose params changed).
     pub uniform_writes: u32,
-    /// Bytes the dispatches asked memory for (`Traffic`).
+    /// Bytes the dispatches must move at least (`Traffic`).
     pub traffic: Traffic,
     /// Times a kernel read or wrote the whole row of logits (`HeadBindings::logit_passes`).
     pub logit_passes: u32,
