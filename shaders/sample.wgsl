@@ -1,6 +1,7 @@
 // sample.wgsl: pick the next token from one row of logits on the GPU; only the id is read back.
 // The second of the sampler's two kernels: one workgroup of WG threads.
-//   greedy (temperature <= 0 or top_k == 1): argmax, ties to the lowest id.
+//   greedy (temperature <= 0 or top_k == 1): argmax, ties to the lowest id
+//     (sample_argmax.wgsl does it; this kernel only samples).
 //   otherwise, with logits l, max m and mass(i) = exp((l_i - m) / temperature):
 //     1. top-k: keep ids whose logit >= the k-th largest logit (ties at the boundary kept);
 //        top_k = 0 or >= n keeps all. Found by radix select on the order-preserving u32 key
@@ -226,12 +227,6 @@ fn main(@builtin(local_invocation_index) lid: u32) {
             }
         }
         workgroupBarrier();
-    }
-    if is_greedy() {
-        if lid == 0u {
-            result[0] = red_u[0];
-        }
-        return;
     }
     if lid == 0u {
         bcast_f = red_f[0];

@@ -32,10 +32,6 @@ fn key_value(k: u32) -> f32 {
     return bitcast<f32>(~k);
 }
 
-fn is_greedy() -> bool {
-    return p.temperature <= 0.0 || p.top_k == 1u;
-}
-
 // Chunks of SAMPLE_CHUNK logits, one per sample_select workgroup.
 fn n_chunks() -> u32 {
     return (p.n + SAMPLE_CHUNK - 1u) / SAMPLE_CHUNK;

@@ -150,11 +150,13 @@ impl SamplerBinding {
         }
         check_fits("sample", "logits", n as u64, self.len)?;
         let candidates = s.uses_candidates();
+        // Greedy draws ignore the counter: leaving it 0 keeps their uniforms unchanged from one
+        // token to the next, so nothing is rewritten.
         let params = SampleParams {
             n,
             top_k: s.top_k,
             seed: s.seed,
-            counter,
+            counter: if s.is_greedy() { 0 } else { counter },
             temperature: s.temperature,
             top_p: s.top_p,
             candidates: candidates as u32,
