@@ -6,16 +6,16 @@ override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
 
 struct Params {
     n_queries: u32,
-    q_pos_start: u32,
+    q_pos_start: u32,  // attention.wgsl; the split kernel reads the step uniform's position
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
     window: u32,    // 0: global (causal only)
     capacity: u32,  // cache slots
-    chunk: u32,     // split kernel: keys per split, a multiple of ATTN_KEYS
+    chunk: u32,     // unused (the split kernel computes its plan from the position)
     scale: f32,     // query_pre_attn_scalar^-0.5
     softcap: f32,   // 0: no soft-cap
-    n_splits: u32,  // split kernel: splits of the keys
+    n_splits: u32,  // unused, likewise
     _pad0: u32,
 }
 
@@ -43,8 +43,5 @@ fn k_vec4(base: u32, i: u32) -> vec4<f32> {
 
 // The first key query position i sees: 0, or the window's start.
 fn first_key(i: u32) -> u32 {
-    if p.window > 0u && i + 1u > p.window {
-        return i + 1u - p.window;
-    }
-    return 0u;
+    return window_start(i, p.window);
 }

@@ -1,10 +1,10 @@
 // attention_split.wgsl: decode attention split across the keys (flash-decoding), for one query
-// at position i = q_pos_start (launcher: src/ops/attention.rs; definition as attention.wgsl:
+// at position i = the step uniform's `pos` (launcher: src/ops/attention.rs; definition as attention.wgsl:
 // z_j = softcap(scale * q.k_j) before the mask, keys max(0, i + 1 - window) ..= i, key j in
 // slot j % capacity of the fp16 or f32 cache).
 //
 // Workgroup (g, s) takes KV head g and split s: keys lo + s*chunk .. lo + (s+1)*chunk (clipped
-// to i), for ALL the query heads that share KV head g (GROUP = n_heads / n_kv_heads <=
+// to i; chunk and the number of splits from `split_plan`, as the launcher sized the grid), for ALL the query heads that share KV head g (GROUP = n_heads / n_kv_heads <=
 // MAX_GROUP), so each key and value is read from the cache once per KV head rather than once per
 // query head. Keys go through in tiles of KT, one per invocation: the key is read as vec4 and
 // dotted with every head's query; then an online softmax per head, and each invocation
@@ -22,6 +22,7 @@ const WPT: u32 = MAX_HEAD_DIM / KT;
 
 @group(0) @binding(0) var<storage, read> q: array<vec4<f32>>;     // [n_heads * head_dim / 4]
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;  // [n_heads, n_splits, head_dim + 2]
+@group(0) @binding(5) var<uniform> now: Step;                       // the query's position
 
 var<workgroup> probs: array<f32, MAX_GROUP * KT>;  // [head in group][key in tile]
 var<workgroup> slots: array<u32, KT>;
@@ -40,10 +41,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let split = wid.y;
     let d_len = p.head_dim;
     let group = p.n_heads / p.n_kv_heads;
-    let i = p.q_pos_start;
+    let i = now.pos;
     let lo = first_key(i);
-    let start = lo + split * p.chunk;
-    let end = min(start + p.chunk, i + 1u);
+    let plan = split_plan(i + 1u - lo);
+    let chunk = plan.x;
+    let n_splits = plan.y;
+    let start = lo + split * chunk;
+    let end = min(start + chunk, i + 1u);
     let slot_words = words(p.n_kv_heads * d_len);
     let head_word = words(g * d_len);
     let q_vec4s = d_len / 4u;
@@ -140,7 +144,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let rec_len = d_len + 2u;
     for (var h = 0u; h < MAX_GROUP; h++) {
         if h >= group { break; }
-        let rec = ((g * group + h) * p.n_splits + split) * rec_len;
+        let rec = ((g * group + h) * n_splits + split) * rec_len;
         for (var r = 0u; r < WPT; r++) {
             let w = lid + r * KT;
             if w < v_words {

@@ -8,7 +8,7 @@ struct Params {
     rows: u32,          // rows held by this part
     scales_offset: u32, // int4 / int8 only: word offset of the group parameters in `w`
     scale: f32,         // Gemma: sqrt(H) in f32, the activation dtype (docs/model.md §3.1)
-    _pad0: u32,
+    w_row0: u32,        // row of `w` where this part starts (0 unless it is a view)
     _pad1: u32,
 }
 
@@ -28,7 +28,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if id < p.row_start || id >= p.row_start + p.rows {
         return;
     }
-    let base = (id - p.row_start) * p.cols;
+    let base = (id - p.row_start + p.w_row0) * p.cols;
     for (var c = lid; c < p.cols; c += WG) {
         out[t * p.cols + c] = load_weight(base + c, p.scales_offset) * p.scale;
     }

@@ -1,5 +1,4 @@
-// geglu.wgsl: out[i] = gelu_tanh(gate[i]) * up[i], one element per thread. gelu_tanh is
-// PyTorch's GELU(approximate='tanh'); its tanh argument is clamped (common.wgsl).
+// geglu.wgsl: out[i] = gelu_tanh(gate[i]) * up[i] (common.wgsl), one element per thread.
 
 struct Params {
     n: u32,
@@ -12,10 +11,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> up: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 @group(0) @binding(3) var<uniform> p: Params;
-
-fn gelu_tanh(v: f32) -> f32 {
-    return 0.5 * v * (1.0 + tanh_clamped(0.7978845608028654 * (v + 0.044715 * v * v * v)));
-}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

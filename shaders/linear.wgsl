@@ -11,7 +11,9 @@ struct Params {
     // > 0: each output is soft-capped, cap * tanh(y / cap), as it is written (the LM head of
     // Gemma 2, whose final soft-cap needs no pass of its own over the logits).
     softcap: f32,
-    _pad0: u32,
+    // First row of W inside the bound buffer: 0, or where this weight starts in a buffer that
+    // holds several joined by rows (q, k and v; gate and up).
+    w_row0: u32,
 }
 
 // What a product writes for y: y itself, or soft-capped.

@@ -51,13 +51,13 @@ fn step(acc: ptr<function, Acc>, kk: u32, ty: u32, tx: u32) {
 
 // Weight element (row, k) of the tile, row clamped to the last row and 0 past K.
 fn weight_at(row: u32, k: u32) -> f32 {
-    let v = load_weight(min(row, p.n - 1u) * p.k + min(k, p.k - 1u), p.scales_offset);
+    let v = load_weight((min(row, p.n - 1u) + p.w_row0) * p.k + min(k, p.k - 1u), p.scales_offset);
     return select(0.0, v, k < p.k);
 }
 
-// Rows row..row + 3 of W, clamped to the last row.
+// Rows row..row + 3 of W, clamped to the last row, as rows of the bound buffer.
 fn rows4(row: u32) -> vec4<u32> {
-    return min(vec4<u32>(row) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u));
+    return min(vec4<u32>(row) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(p.n - 1u)) + vec4<u32>(p.w_row0);
 }
 
 // Stages the W slice at k0 word by word: each weight word is read once and decoded in

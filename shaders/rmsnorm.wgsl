@@ -16,8 +16,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;  // [rows, cols]
 @group(0) @binding(3) var<uniform> p: Params;
 
-var<workgroup> partial: array<f32, WG_NORM>;
-
 @compute @workgroup_size(WG_NORM)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -31,15 +29,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         let v = x[base + c];
         s += v * v;
     }
-    partial[lid] = s;
-    workgroupBarrier();
-    for (var stride = WG_NORM / 2u; stride > 0u; stride >>= 1u) {
-        if lid < stride {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(partial[0] / f32(p.cols) + p.eps);
+    let inv = 1.0 / sqrt(workgroup_sum(s, lid) / f32(p.cols) + p.eps);
     for (var c = lid; c < p.cols; c += WG_NORM) {
         let y = x[base + c] * inv * (1.0 + weight[c]);
         if ADD_TO_OUT {

@@ -205,34 +205,58 @@ impl Session {
         let mut text = TextOut::new(&params.stop);
         let t0 = now_seconds();
         let result = async {
-            let mut next = self.step(&ids[keep..], &params.sampling).await?;
-            let t1 = now_seconds();
-            stats.prefill_seconds = t1 - t0;
+            // Pipelined: while token n is read back and handled here, the step that decodes it
+            // (reading it from GPU memory) is already submitted, whenever generation could go on
+            // after it. If token n ends generation (end of turn, stop string), that step is
+            // discarded unread. The tokens are the same as stepping one at a time.
+            let prompt = &ids[keep..];
+            self.engine.submit_step(Some(prompt), &params.sampling).await?;
+            self.cached.extend_from_slice(prompt);
+            let mut t1 = None;
             let mut stream = TextStream::default();
             let finish = loop {
-                if end_tokens.contains(&next) {
-                    break Finish::Eos;
+                // Token n + 1's step can only be wanted if neither the budget, the context nor
+                // an abort ends generation at token n.
+                let speculate = stats.decode_tokens + 1 < params.max_tokens && self.engine.position() < self.engine.max_context() && !aborted();
+                if speculate {
+                    self.engine.submit_step(None, &params.sampling).await?;
                 }
-                stats.decode_tokens += 1;
-                let piece = match &self.tokenizer {
-                    Some(t) => stream.push(t, next)?,
-                    None => format!("{next} "),
+                let next = self.engine.read_token().await?;
+                if t1.is_none() {
+                    let now = now_seconds();
+                    stats.prefill_seconds = now - t0;
+                    t1 = Some(now);
+                }
+                let end = if end_tokens.contains(&next) {
+                    Some(Finish::Eos)
+                } else {
+                    stats.decode_tokens += 1;
+                    let piece = match &self.tokenizer {
+                        Some(t) => stream.push(t, next)?,
+                        None => format!("{next} "),
+                    };
+                    if text.push(&piece, on_text) {
+                        Some(Finish::Stop)
+                    } else if stats.decode_tokens >= params.max_tokens {
+                        Some(Finish::Length)
+                    } else if aborted() {
+                        Some(Finish::Abort)
+                    } else if !speculate {
+                        // Only the context can have ended it (the other reasons were checked).
+                        Some(Finish::Context)
+                    } else {
+                        None
+                    }
                 };
-                if text.push(&piece, on_text) {
-                    break Finish::Stop;
+                if let Some(finish) = end {
+                    if speculate {
+                        self.engine.discard_pending();
+                    }
+                    break finish;
                 }
-                if stats.decode_tokens >= params.max_tokens {
-                    break Finish::Length;
-                }
-                if aborted() {
-                    break Finish::Abort;
-                }
-                if self.engine.position() >= self.engine.max_context() {
-                    break Finish::Context;
-                }
-                next = self.step(&[next], &params.sampling).await?;
+                self.cached.push(next);
             };
-            stats.decode_seconds = now_seconds() - t1;
+            stats.decode_seconds = t1.map_or(0.0, |t1| now_seconds() - t1);
             Ok::<_, Error>(finish)
         }
         .await;
@@ -247,19 +271,14 @@ impl Session {
                 Ok(text.text)
             }
             Err(e) => {
-                // A failed GPU step leaves the cache in an unknown state.
-                if !matches!(e, Error::ContextOverflow { .. } | Error::InvalidArgument { .. }) {
+                // A failed GPU step leaves the cache in an unknown state; so does a step left
+                // pending by an error between submitting it and reading it.
+                if self.engine.pending_steps() > 0 || !matches!(e, Error::ContextOverflow { .. } | Error::InvalidArgument { .. }) {
                     self.reset();
                 }
                 Err(e)
             }
         }
-    }
-
-    async fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
-        let next = self.engine.step(tokens, sampling).await?;
-        self.cached.extend_from_slice(tokens);
-        Ok(next)
     }
 }
 

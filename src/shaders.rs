@@ -7,6 +7,8 @@
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
 const LINEAR: &str = include_str!("../shaders/linear.wgsl");
+const MATVEC_COMMON: &str = include_str!("../shaders/matvec_common.wgsl");
+const NORM_COMMON: &str = include_str!("../shaders/norm_common.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../shaders/attention_common.wgsl");
 const SAMPLE_COMMON: &str = include_str!("../shaders/sample_common.wgsl");
 
@@ -89,19 +91,38 @@ macro_rules! shader {
 }
 
 shader!(EMBEDDING, "embedding.wgsl", [COMMON, PACKED]);
-shader!(RMSNORM, "rmsnorm.wgsl", [COMMON]);
+shader!(RMSNORM, "rmsnorm.wgsl", [COMMON, NORM_COMMON]);
+shader!(ADD_RMSNORM, "add_rmsnorm.wgsl", [COMMON, NORM_COMMON]);
 shader!(ROPE, "rope.wgsl", [COMMON]);
 shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED, LINEAR]);
-shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR]);
+shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
+shader!(MATVEC_GEGLU, "matvec_geglu.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
+shader!(MATVEC_QKV, "matvec_qkv.wgsl", [COMMON, PACKED, MATVEC_COMMON]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
-shader!(ATTENTION_COMBINE, "attention_combine.wgsl", []);
+shader!(ATTENTION_COMBINE, "attention_combine.wgsl", [COMMON]);
 shader!(SAMPLE_ARGMAX, "sample_argmax.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE, "sample.wgsl", [SAMPLE_COMMON]);
 
 /// Every kernel, for validation tests.
-pub const ALL: &[Shader] =
-    &[EMBEDDING, RMSNORM, ROPE, MATMUL, MATVEC, GEGLU, KV_CACHE, ATTENTION, ATTENTION_SPLIT, ATTENTION_COMBINE, SAMPLE_ARGMAX, SAMPLE_SELECT, SAMPLE];
+pub const ALL: &[Shader] = &[
+    EMBEDDING,
+    RMSNORM,
+    ADD_RMSNORM,
+    ROPE,
+    MATMUL,
+    MATVEC,
+    MATVEC_GEGLU,
+    MATVEC_QKV,
+    GEGLU,
+    KV_CACHE,
+    ATTENTION,
+    ATTENTION_SPLIT,
+    ATTENTION_COMBINE,
+    SAMPLE_ARGMAX,
+    SAMPLE_SELECT,
+    SAMPLE,
+];

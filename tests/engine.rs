@@ -67,3 +67,56 @@ fn gpu_forward_matches_cpu_twin_for_every_weight_type() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Tokens stepping one at a time (`Engine::step`, each read back before the next is
+/// submitted), as generation ran before it was pipelined: up to `max` tokens after `prompt`.
+fn stepped(gpu: &mut gemma_webgpu::model::engine::Engine, prompt: &[u32], sampling: &Sampling, max: usize) -> Vec<u32> {
+    pollster::block_on(async {
+        gpu.reset();
+        let mut out = vec![gpu.step(prompt, sampling).await.expect("prefill")];
+        while out.len() < max {
+            let last = out[out.len() - 1];
+            out.push(gpu.step(&[last], sampling).await.expect("decode"));
+        }
+        out
+    })
+}
+
+#[test]
+fn pipelined_generation_matches_stepping_one_at_a_time() {
+    use gemma_webgpu::session::{Finish, GenerateParams, Session};
+    let dir = support::temp_dir("engine-pipelined");
+    convert::synth(tiny_config(), &dir, DType::Int4, 11, 64 << 10, false).expect("synth");
+    let prompt = tokens(9);
+    let mut session = Session::new(support::engine(&dir, 64, 8, KvType::F16), None);
+    let ids = |text: &str| -> Vec<u32> { text.split_whitespace().map(|t| t.parse().expect("an id")).collect() };
+    for sampling in [Sampling::GREEDY, Sampling { temperature: 1.0, top_k: 20, top_p: 0.9, seed: 5 }] {
+        let want = stepped(&mut session.engine, &prompt, &sampling, 12);
+        session.reset();
+        // Generation pipelines its steps (the next submitted before a token is read).
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![] };
+        let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+        assert_eq!(ids(&text), want, "{sampling:?}");
+        assert_eq!(session.stats.finish, Finish::Length);
+        assert_eq!(session.context_tokens() as usize, prompt.len() + 11, "the 12th token is never decoded");
+        // A stop string ends generation at the 5th token: the step submitted for it is
+        // discarded, and the cache holds exactly the prompt and the 4 tokens before it.
+        let stop = format!(" {} ", want[4]);
+        // (The text is "id id ...": the stop string, with its leading space, first matches at
+        // the first token after the first one that equals the 5th.)
+        let cut = 1 + want[1..].iter().position(|t| format!(" {t} ") == stop).expect("the 5th token");
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![stop.clone()] };
+        session.reset();
+        let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+        assert_eq!(session.stats.finish, Finish::Stop, "{text:?} {stop:?}");
+        assert_eq!(session.context_tokens() as usize, prompt.len() + cut, "{text:?}");
+        // Continuing from that cache (its prefix reused) gives what a fresh run gives.
+        let longer: Vec<u32> = prompt.iter().chain(&want[..cut]).copied().collect();
+        let params = GenerateParams { max_tokens: 6, sampling, stop: vec![] };
+        let text = pollster::block_on(session.generate_ids(&longer, &params, &mut |_| {}, &|| false)).expect("generate");
+        assert_eq!(session.stats.reused_tokens as usize, longer.len() - 1, "the cached prefix is reused");
+        assert_eq!(ids(&text), stepped(&mut session.engine, &longer, &sampling, 6), "{sampling:?} after a stop");
+        session.reset();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

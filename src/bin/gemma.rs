@@ -45,12 +45,15 @@ mod cli {
                  [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
   gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]
-              [--depth N] [--attention split|blocked] [--sample]
+              [--depth N] [--attention split|blocked] [--sample] [--unfused] [--sequential]
       --depth N: start the prompt at position N of a cache taken as full (not computed: the
       timing of a long conversation without its prefill); --attention blocked: decode attention
       with one workgroup per query head instead of split across the keys, for comparison;
       --sample: draw with generate's default sampling (temperature 0.7, top-k 64, top-p 0.95)
-      instead of greedy arg-max";
+      instead of greedy arg-max; --unfused: decode q/k/v and gate/up through the separate
+      kernels a prompt takes (products, RoPE, KV write, GeGLU) instead of the fused ones;
+      --sequential: read each token back before submitting the next step (decode is pipelined
+      by default, as generate runs it)";
 
     type Res<T> = Result<T, String>;
 
@@ -60,7 +63,7 @@ mod cli {
         options: Vec<(String, Option<String>)>,
     }
 
-    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--help"];
+    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--unfused", "--sequential", "--help"];
 
     impl Args {
         fn parse(raw: Vec<String>) -> Res<Self> {
@@ -300,7 +303,19 @@ mod cli {
     }
 
     async fn cmd_bench(args: &Args) -> Res<()> {
-        args.check_known(&["--prompt-tokens", "--gen-tokens", "--max-context", "--json", "--kv-f32", "--profile", "--depth", "--attention", "--sample"])?;
+        args.check_known(&[
+            "--prompt-tokens",
+            "--gen-tokens",
+            "--max-context",
+            "--json",
+            "--kv-f32",
+            "--profile",
+            "--depth",
+            "--attention",
+            "--sample",
+            "--unfused",
+            "--sequential",
+        ])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
         let depth: u32 = args.num("--depth", 0)?;
@@ -310,6 +325,9 @@ mod cli {
             None | Some("split") => {}
             Some("blocked") => gpu.set_split_decode_attention(false),
             Some(other) => return Err(format!("--attention must be split or blocked, got '{other}'")),
+        }
+        if args.has("--unfused") {
+            gpu.set_fused_decode(false);
         }
         let load_s = t0.elapsed().as_secs_f64();
         let v = gpu.config.vocab_size;
@@ -323,9 +341,23 @@ mod cli {
         let mut next = gpu.step(&prompt, &sampling).await.map_err(|e| e.to_string())?;
         let prefill_s = t1.elapsed().as_secs_f64();
         let t2 = Instant::now();
-        for _ in 0..n_gen {
-            next = gpu.step(&[next], &sampling).await.map_err(|e| e.to_string())?;
+        if args.has("--sequential") {
+            for _ in 0..n_gen {
+                next = gpu.step(&[next], &sampling).await.map_err(|e| e.to_string())?;
+            }
+        } else {
+            // Pipelined as generate is: the next step is submitted before a token is read.
+            for i in 0..n_gen {
+                if i == 0 {
+                    gpu.submit_step(None, &sampling).await.map_err(|e| e.to_string())?;
+                }
+                if i + 1 < n_gen {
+                    gpu.submit_step(None, &sampling).await.map_err(|e| e.to_string())?;
+                }
+                next = gpu.read_token().await.map_err(|e| e.to_string())?;
+            }
         }
+        let _ = next;
         let decode_s = t2.elapsed().as_secs_f64();
         let s = gpu.last_step;
         let r = &gpu.ctx.report;

@@ -163,6 +163,12 @@ impl Kernel {
     /// Bind `buffers` to bindings 0..n of group 0 and a fresh params uniform to binding n.
     /// Done once per (op, tensors) at load time; a decode step only rewrites the params.
     pub fn bind<P: Pod + PartialEq>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer]) -> Bound<P> {
+        self.bind_with(ctx, buffers, &[])
+    }
+
+    /// `bind`, and `after` (shared buffers such as the engine's per-step uniform) to bindings
+    /// n + 1.. after the params.
+    pub fn bind_with<P: Pod + PartialEq>(&self, ctx: &GpuContext, buffers: &[&wgpu::Buffer], after: &[&wgpu::Buffer]) -> Bound<P> {
         let params = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(self.name),
             size: (std::mem::size_of::<P>() as u64).next_multiple_of(16),
@@ -172,6 +178,9 @@ impl Kernel {
         let mut entries: Vec<wgpu::BindGroupEntry> =
             buffers.iter().enumerate().map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() }).collect();
         entries.push(wgpu::BindGroupEntry { binding: buffers.len() as u32, resource: params.as_entire_binding() });
+        for (i, b) in after.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry { binding: (buffers.len() + 1 + i) as u32, resource: b.as_entire_binding() });
+        }
         let group = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some(self.name),
             layout: &self.pipeline.get_bind_group_layout(0),

@@ -62,9 +62,7 @@ activations!((c, chunk) => {
     up: [chunk, c.intermediate_size],
     /// [T, I] gelu_tanh(gate) * up.
     act: [chunk, c.intermediate_size],
-    /// [H] the row of `x` the head reads.
-    x_last: [1, c.hidden_size],
-    /// [H] that row after the final norm.
+    /// [H] the row of `h` (after the final norm) the head reads.
     h_last: [1, c.hidden_size],
     /// [V] logits (after the final soft-cap).
     logits: [1, c.vocab_size],
@@ -78,9 +76,9 @@ mod tests {
     fn the_table_names_every_buffer_with_its_shape() {
         let c = crate::convert::preset("2b").expect("preset");
         let t = Activations::table(&c, 128);
-        assert_eq!(t.len(), 17);
+        assert_eq!(t.len(), 16);
         assert_eq!(t[1], ("x", 128 * 2304));
         assert_eq!(t[3], ("q_pre", 0), "Gemma 2 has no q norm");
-        assert_eq!(t[16], ("logits", 256_000));
+        assert_eq!(t[15], ("logits", 256_000));
     }
 }

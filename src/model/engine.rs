@@ -16,7 +16,8 @@ use crate::model::weights::Weights;
 use crate::ops::kv_cache::KvCache;
 use crate::ops::rope::RopeTable;
 use crate::ops::sample::Sampling;
-use crate::ops::{Ops, WeightUse};
+use crate::ops::{Ops, StepParams, WeightUse};
+use crate::quant::DType;
 
 /// What the last step cost, for benchmarks (dispatches are counted as they are recorded).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -56,8 +57,19 @@ pub struct Engine {
     head: HeadBindings,
     /// The head for many rows at once, built by the first `logits` call.
     eval_head: Option<EvalHead>,
-    /// 4 bytes, MAP_READ: where the sampled token is copied for reading back.
-    token_staging: wgpu::Buffer,
+    /// 4 bytes each, MAP_READ: where sampled tokens are copied for reading back, used in turn
+    /// so that one step can be submitted while the previous one's token is read.
+    token_staging: [wgpu::Buffer; 2],
+    /// Submitted steps whose tokens have not been read: their staging buffers, oldest first.
+    pending: std::collections::VecDeque<usize>,
+    /// The staging buffer the next step copies its token into.
+    next_staging: usize,
+    /// Whether `ids[0]` holds the token the last step sampled (what `submit(None, ..)` decodes).
+    sampled_on_gpu: bool,
+    /// The per-step uniform (`StepParams`), written once per recorded piece.
+    step: wgpu::Buffer,
+    /// Decode through the fused products where the layers have them (the default).
+    fused_decode: bool,
     /// Tokens in the KV cache.
     pos: u32,
     pub last_step: StepStats,
@@ -75,20 +87,37 @@ impl Engine {
         let embed = WeightUse { dtype: weights.embed_tokens.dtype, cols: weights.embed_tokens.cols, prefill: false };
         let matrices = weights.layers.iter().flat_map(|l| l.matrices().map(|m| WeightUse { dtype: m.dtype, cols: m.cols, prefill: true }));
         let uses: Vec<WeightUse> = std::iter::once(embed).chain(matrices).collect();
-        let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32).await?;
+        // The fused decode products, for each (type, width) of joined weights whose rows are
+        // whole 32-weight chunks (other layers decode through the separate kernels).
+        let mut fused: Vec<(DType, u32)> = Vec::new();
+        for w in weights.layers.iter().flat_map(|l| [&l.qkv, &l.gate_up]).flatten() {
+            if w.cols.is_multiple_of(32) && !fused.contains(&(w.dtype, w.cols)) {
+                fused.push((w.dtype, w.cols));
+            }
+        }
+        let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32, &fused).await?;
         let acts = Activations::allocate(&ctx, c, chunk)?;
         let caches = allocate_caches(&ctx, c, max_context, chunk, options.kv == KvType::F32)?;
         let (ropes, rope_of) = rope_tables(&ctx, c, max_context)?;
-        let layers = (0..weights.layers.len())
-            .map(|l| LayerBindings::bind(&ctx, &ops, c, l, &acts, &weights.layers[l], &caches[l], &ropes[rope_of[l]]))
-            .collect::<Result<Vec<_>>>()?;
-        let head = HeadBindings::bind(&ctx, &ops, &config, &acts, &weights)?;
-        let token_staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("token read-back"),
-            size: 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        let step = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("step"),
+            size: std::mem::size_of::<StepParams>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let layers = (0..weights.layers.len())
+            .map(|l| LayerBindings::bind(&ctx, &ops, c, l, &acts, &weights, &caches[l], &ropes[rope_of[l]], &step))
+            .collect::<Result<Vec<_>>>()?;
+        let head = HeadBindings::bind(&ctx, &ops, &config, &acts, &weights)?;
+        let staging = |label| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 4,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
+        };
+        let token_staging = [staging("token read-back 0"), staging("token read-back 1")];
         Ok(Self {
             options,
             config,
@@ -101,6 +130,11 @@ impl Engine {
             head,
             eval_head: None,
             token_staging,
+            pending: Default::default(),
+            next_staging: 0,
+            sampled_on_gpu: false,
+            step,
+            fused_decode: true,
             pos: 0,
             last_step: StepStats::default(),
             profiler: None,
@@ -138,9 +172,18 @@ impl Engine {
         }
     }
 
+    /// Decode through the fused q/k/v and gate/up products (`true`, the default) or the
+    /// separate kernels a prompt chunk takes: for comparing the two in one run.
+    pub fn set_fused_decode(&mut self, on: bool) {
+        self.fused_decode = on;
+    }
+
     /// Forget the conversation (the cache is overwritten as new tokens arrive).
     pub fn reset(&mut self) {
         self.pos = 0;
+        // Unread steps are forgotten (their staging buffers were never mapped).
+        self.pending.clear();
+        self.sampled_on_gpu = false;
     }
 
     /// Keep only the first `n` cached tokens (to reuse a shared prefix). Check
@@ -195,14 +238,23 @@ impl Engine {
     }
 
     /// Record the embedding and every layer for `piece` (at most one prefill chunk) at
-    /// positions `pos..`, and advance `pos`.
-    fn record_layers(&mut self, enc: &mut wgpu::CommandEncoder, piece: &[u32], stats: &mut StepStats) -> Result<()> {
-        let t = piece.len() as u32;
-        self.ctx.queue.write_buffer(&self.acts.ids, 0, bytemuck::cast_slice(piece));
+    /// positions `pos..`, and advance `pos`. `None`: one token, the one the last step sampled
+    /// into `ids[0]` (nothing is uploaded).
+    fn record_layers(&mut self, enc: &mut wgpu::CommandEncoder, piece: Option<&[u32]>, stats: &mut StepStats) -> Result<()> {
+        let t = match piece {
+            Some(piece) => {
+                self.ctx.queue.write_buffer(&self.acts.ids, 0, bytemuck::cast_slice(piece));
+                self.sampled_on_gpu = false;
+                piece.len() as u32
+            }
+            None => 1,
+        };
+        self.ctx.queue.write_buffer(&self.step, 0, bytemuck::bytes_of(&StepParams { pos: self.pos, n_tokens: t, ..Default::default() }));
         let mut rec = Recorder::begin(&self.ctx, enc, "layers").profiled(self.profiler.as_mut());
+        rec.uniform_writes += 1; // the step uniform
         self.head.record_embed(&mut rec, &self.config, t)?;
         for layer in &self.layers {
-            layer.record(&mut rec, &self.config, t, self.pos)?;
+            layer.record(&mut rec, &self.config, t, self.pos, self.fused_decode)?;
         }
         stats.add(&rec);
         self.pos += t;
@@ -243,7 +295,7 @@ impl Engine {
     /// Record the head on row `row` of the last recorded piece, sampling when asked.
     fn record_head(&mut self, enc: &mut wgpu::CommandEncoder, row: u32, sample: Option<(&Sampling, u32)>, stats: &mut StepStats) -> Result<()> {
         let bytes = self.config.hidden_size as u64 * 4;
-        enc.copy_buffer_to_buffer(&self.acts.x, row as u64 * bytes, &self.acts.x_last, 0, bytes);
+        enc.copy_buffer_to_buffer(&self.acts.h, row as u64 * bytes, &self.acts.h_last, 0, bytes);
         let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
         self.head.record(&mut rec, &self.config, sample)?;
         stats.add(&rec);
@@ -253,26 +305,80 @@ impl Engine {
 
     /// Run `tokens` through the model (prefill in chunks, or one decode step for a single
     /// token), then sample the next token on the GPU. Returns the sampled id; 4 bytes are read.
+    /// Fails while pipelined steps are pending (read them with `read_token` first).
     pub async fn step(&mut self, tokens: &[u32], sampling: &Sampling) -> Result<u32> {
-        self.check_tokens(tokens)?;
+        if !self.pending.is_empty() {
+            return Err(Error::invalid("step", format!("{} submitted step(s) have not been read: call read_token first", self.pending.len())));
+        }
+        self.submit_step(Some(tokens), sampling).await?;
+        self.read_token().await
+    }
+
+    /// Submit a step without waiting for its token (pipelined decode): `tokens` as `step`
+    /// takes them, or `None` to decode the token the previous step sampled, which is still in
+    /// GPU memory, so the next step can be on its way while the previous token is read back.
+    /// Tokens are read with `read_token`, oldest first; at most two steps may be pending. A
+    /// step whose token is not wanted after all (generation ended at the token before it) is
+    /// dropped with `discard_pending`.
+    pub async fn submit_step(&mut self, tokens: Option<&[u32]>, sampling: &Sampling) -> Result<()> {
+        if self.pending.len() >= self.token_staging.len() {
+            return Err(Error::invalid("step", "two submitted steps are pending: read a token first"));
+        }
+        match tokens {
+            Some(tokens) => self.check_tokens(tokens)?,
+            None if !self.sampled_on_gpu => return Err(Error::invalid("step", "no sampled token to decode on the GPU: the last step did not sample")),
+            None => self.check_tokens(&[0])?,
+        }
         sampling.validate()?;
         let mut stats = StepStats::default();
-        let mut pieces = tokens.chunks(self.options.prefill_chunk as usize).peekable();
-        while let Some(piece) = pieces.next() {
+        let pieces: Vec<Option<&[u32]>> = match tokens {
+            Some(tokens) => tokens.chunks(self.options.prefill_chunk as usize).map(Some).collect(),
+            None => vec![None],
+        };
+        let staging = self.next_staging;
+        for (i, piece) in pieces.iter().enumerate() {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma step") });
-            self.record_layers(&mut enc, piece, &mut stats)?;
-            if pieces.peek().is_none() {
+            self.record_layers(&mut enc, *piece, &mut stats)?;
+            if i + 1 == pieces.len() {
                 // The draw's counter is the position of the token being drawn.
-                self.record_head(&mut enc, piece.len() as u32 - 1, Some((sampling, self.pos)), &mut stats)?;
-                enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging, 0, 4);
+                let last_row = piece.map_or(1, |p| p.len() as u32) - 1;
+                self.record_head(&mut enc, last_row, Some((sampling, self.pos)), &mut stats)?;
+                enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging[staging], 0, 4);
             }
             self.submit("forward pass", enc).await?;
             stats.submits += 1;
         }
-        let token = self.ctx.read_mapped_u32(&self.token_staging).await?;
+        self.sampled_on_gpu = true;
+        self.pending.push_back(staging);
+        self.next_staging = (staging + 1) % self.token_staging.len();
         stats.readback_bytes += 4;
         self.last_step = stats;
-        Ok(token)
+        Ok(())
+    }
+
+    /// The token of the oldest submitted step (waits for it).
+    pub async fn read_token(&mut self) -> Result<u32> {
+        let Some(staging) = self.pending.pop_front() else {
+            return Err(Error::invalid("read_token", "no step has been submitted"));
+        };
+        self.ctx.read_mapped_u32(&self.token_staging[staging]).await
+    }
+
+    /// Drop the newest submitted single-token step unread: its position leaves the cache (the
+    /// slot it wrote is overwritten by the next token there) and its sampled token is
+    /// forgotten. Nothing waits for the GPU.
+    pub fn discard_pending(&mut self) {
+        if self.pending.pop_back().is_some() {
+            self.pos = self.pos.saturating_sub(1);
+            self.sampled_on_gpu = false;
+            // The step's staging buffer is free again (it was never mapped).
+            self.next_staging = (self.next_staging + self.token_staging.len() - 1) % self.token_staging.len();
+        }
+    }
+
+    /// Submitted steps whose tokens have not been read.
+    pub fn pending_steps(&self) -> usize {
+        self.pending.len()
     }
 
     /// Logits (after the final soft-cap) for every position of `tokens`, appended to the cache:
@@ -280,6 +386,9 @@ impl Engine {
     /// decode kernels and the cache), else in prefill chunks. Reads the logits back, so it is
     /// for evaluation and tests, not for generation.
     pub async fn logits(&mut self, tokens: &[u32], decode: bool) -> Result<Vec<f32>> {
+        if !self.pending.is_empty() {
+            return Err(Error::invalid("logits", "submitted steps have not been read: call read_token first"));
+        }
         self.check_tokens(tokens)?;
         let head = match self.eval_head.take() {
             Some(head) => head,
@@ -300,16 +409,16 @@ impl Engine {
         let mut stats = StepStats::default();
         for piece in tokens.chunks(chunk) {
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits") });
-            self.record_layers(&mut enc, piece, &mut stats)?;
+            self.record_layers(&mut enc, Some(piece), &mut stats)?;
             self.submit("forward pass", enc).await?;
             // The head runs on a few rows at a time (the logits of a whole chunk would not
             // fit one binding for a 256k vocabulary).
             for first in (0..piece.len() as u32).step_by(head.rows as usize) {
                 let n = (piece.len() as u32 - first).min(head.rows);
                 let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logits head") });
-                enc.copy_buffer_to_buffer(&self.acts.x, first as u64 * bytes_per_row, &head.x_rows, 0, n as u64 * bytes_per_row);
+                enc.copy_buffer_to_buffer(&self.acts.h, first as u64 * bytes_per_row, &head.h_rows, 0, n as u64 * bytes_per_row);
                 let mut rec = Recorder::begin(&self.ctx, &mut enc, "eval head").profiled(self.profiler.as_mut());
-                head.record(&mut rec, &self.config, n)?;
+                head.record(&mut rec, n)?;
                 stats.add(&rec);
                 drop(rec);
                 self.submit("LM head", enc).await?;

@@ -27,10 +27,15 @@ pub struct LayerWeights {
     pub up_proj: GpuWeight,   // [I, H]
     pub down_proj: GpuWeight, // [H, I]
     pub post_feedforward_layernorm: wgpu::Buffer,
+    /// q, k and v joined by rows ([NH*D + 2*NKV*D, H]) when they could be (`GpuWeight::join`);
+    /// `q_proj`, `k_proj`, `v_proj` are then views of it. Read by decode's fused product.
+    pub qkv: Option<GpuWeight>,
+    /// gate and up joined by rows ([2I, H]), likewise.
+    pub gate_up: Option<GpuWeight>,
 }
 
 impl LayerWeights {
-    /// The seven matrices, in forward-pass order.
+    /// The seven matrices, in forward-pass order (views, where they are joined).
     pub fn matrices(&self) -> impl Iterator<Item = &GpuWeight> {
         [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj].into_iter()
     }
@@ -92,7 +97,7 @@ impl<'a> WeightLoader<'a> {
                 let dtype = DType::from(t.dtype);
                 let scales_offset = dtype.scales_offset(p.rows as usize, t.shape[1] as usize) as u32;
                 if let Some(slot) = self.parts.get_mut(&t.name).and_then(|v| v.get_mut(i)) {
-                    *slot = Some(WeightPart { buffer, row_start: p.row_start, rows: p.rows, scales_offset });
+                    *slot = Some(WeightPart { buffer, row_start: p.row_start, rows: p.rows, scales_offset, row_offset: 0 });
                 }
             }
         }
@@ -124,28 +129,50 @@ impl<'a> WeightLoader<'a> {
                 return Err(Error::Format(format!("tensor '{name}' has shape {:?}, the config implies {shape:?}", t.shape)));
             }
         }
-        let embed_tokens = self.take(tensors::EMBED)?;
+        // As few parts as the binding limit allows: one gather and one LM-head dispatch each.
+        let embed_tokens = self.take(tensors::EMBED)?.regroup(self.ctx, tensors::EMBED)?;
         let mut layers = Vec::new();
         for l in 0..c.num_hidden_layers {
             // Matrices may differ in type (e.g. int4 layers with an fp16 embedding).
             let qk_norm = if c.qk_norm { Some((self.take_norm(&T::QNorm.name(l))?, self.take_norm(&T::KNorm.name(l))?)) } else { None };
+            // Joined where possible (the originals are freed once the copies have run).
+            let (q, k, v) = (self.take(&T::QProj.name(l))?, self.take(&T::KProj.name(l))?, self.take(&T::VProj.name(l))?);
+            let ([q_proj, k_proj, v_proj], qkv) = join(self.ctx, &format!("layer {l} qkv"), [q, k, v])?;
+            let (gate, up) = (self.take(&T::GateProj.name(l))?, self.take(&T::UpProj.name(l))?);
+            let ([gate_proj, up_proj], gate_up) = join(self.ctx, &format!("layer {l} gate_up"), [gate, up])?;
             layers.push(LayerWeights {
                 input_layernorm: self.take_norm(&T::InputNorm.name(l))?,
-                q_proj: self.take(&T::QProj.name(l))?,
-                k_proj: self.take(&T::KProj.name(l))?,
-                v_proj: self.take(&T::VProj.name(l))?,
+                q_proj,
+                k_proj,
+                v_proj,
                 qk_norm,
                 o_proj: self.take(&T::OProj.name(l))?,
                 post_attention_layernorm: self.take_norm(&T::PostAttentionNorm.name(l))?,
                 pre_feedforward_layernorm: self.take_norm(&T::PreFeedforwardNorm.name(l))?,
-                gate_proj: self.take(&T::GateProj.name(l))?,
-                up_proj: self.take(&T::UpProj.name(l))?,
+                gate_proj,
+                up_proj,
                 down_proj: self.take(&T::DownProj.name(l))?,
                 post_feedforward_layernorm: self.take_norm(&T::PostFeedforwardNorm.name(l))?,
+                qkv,
+                gate_up,
             });
         }
         let norm = self.take_norm(tensors::FINAL_NORM)?;
         let dtype = layers.first().map_or(embed_tokens.dtype, |l| l.q_proj.dtype);
         Ok(Weights { embed_tokens, layers, norm, dtype, bytes: self.bytes })
     }
+}
+
+/// `weights` joined by rows when they can be (`GpuWeight::join`): views of the joined weight in
+/// their place, and the joined weight; else the weights unchanged and `None`.
+fn join<const N: usize>(ctx: &GpuContext, label: &str, weights: [GpuWeight; N]) -> Result<([GpuWeight; N], Option<GpuWeight>)> {
+    let Some(joined) = GpuWeight::join(ctx, label, &weights.each_ref())? else { return Ok((weights, None)) };
+    let mut first = 0;
+    let mut views = Vec::with_capacity(N);
+    for w in &weights {
+        views.push(joined.view(first, w.rows)?);
+        first = first.saturating_add(w.rows);
+    }
+    let views: [GpuWeight; N] = views.try_into().map_err(|_| Error::Format(format!("{label}: joined {N} weights into a different number of views")))?;
+    Ok((views, Some(joined)))
 }

@@ -73,7 +73,7 @@ uniform! {
     pub struct CombineParams {
         pub n_heads: u32,
         pub head_dim: u32,
-        pub n_splits: u32,
+        pub window: u32,
         pub _pad0: u32,
     }
 }
@@ -118,15 +118,24 @@ impl Attention {
 
     /// `q`, `out`: f32 [T, n_heads * head_dim] (q after RoPE); `part`: scratch for one decode
     /// query's split results, `n_heads * part_len_per_head(head_dim)` f32 (one buffer may serve
-    /// every layer).
-    pub fn bind(&self, ctx: &GpuContext, q: &wgpu::Buffer, cache: &KvCache, out: &wgpu::Buffer, part: &wgpu::Buffer) -> Result<AttentionBinding> {
+    /// every layer); `step`: the per-step uniform (`ops::StepParams`), whose `pos` must be the
+    /// decode query's position when a single query is dispatched (the split kernels read it).
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        q: &wgpu::Buffer,
+        cache: &KvCache,
+        out: &wgpu::Buffer,
+        part: &wgpu::Buffer,
+        step: &wgpu::Buffer,
+    ) -> Result<AttentionBinding> {
         if cache.f32 != self.f32 {
             return Err(Error::shape("attention", format!("compiled for {} caches, given {}", kv_name(self.f32), kv_name(cache.f32))));
         }
         Ok(AttentionBinding {
             bound: self.blocked.bind(ctx, &[q, &cache.k, &cache.v, out]),
-            split: self.split.bind(ctx, &[q, &cache.k, &cache.v, part]),
-            combine: self.combine.bind(ctx, &[part, out]),
+            split: self.split.bind_with(ctx, &[q, &cache.k, &cache.v, part], &[step]),
+            combine: self.combine.bind_with(ctx, &[part, out], &[step]),
             q_len: words(q),
             out_len: words(out),
             part_len: words(part),
@@ -194,15 +203,17 @@ impl AttentionBinding {
 
     /// One query: the split kernel over `first..=q_pos_start`, then the combine.
     fn dispatch_split(&self, rec: &mut Recorder<'_>, params: AttentionParams, first: u32) -> Result<()> {
-        let (chunk, n_splits) = split_plan(params.q_pos_start - first + 1);
+        let (_, n_splits) = split_plan(params.q_pos_start - first + 1);
         let need = params.n_heads as u64 * n_splits as u64 * (params.head_dim as u64 + 2);
         check_fits("attention", "part", need, self.part_len)?;
         // Each KV head's K and V rows are read once for all its query heads.
         let (heads, d) = (params.n_heads as u64, params.head_dim as u64);
         let kv = 2 * (params.q_pos_start - first + 1) as u64 * params.n_kv_heads as u64 * d * self.elem;
         let split = Traffic::new(kv + 4 * heads * d, 4 * need);
-        self.split.dispatch(rec, &AttentionParams { chunk, n_splits, ..params }, [params.n_kv_heads, n_splits, 1], split);
-        let combine = CombineParams { n_heads: params.n_heads, head_dim: params.head_dim, n_splits, ..Default::default() };
+        // The kernels take the position from the step uniform and plan the splits as
+        // `split_plan` did here: their own uniforms do not change from token to token.
+        self.split.dispatch(rec, &AttentionParams { q_pos_start: 0, ..params }, [params.n_kv_heads, n_splits, 1], split);
+        let combine = CombineParams { n_heads: params.n_heads, head_dim: params.head_dim, window: params.window, ..Default::default() };
         self.combine.dispatch(rec, &combine, [params.n_heads, 1, 1], Traffic::words(need, heads * d));
         Ok(())
     }

@@ -15,7 +15,7 @@ uniform! {
         pub rows: u32,
         pub scales_offset: u32,
         pub scale: f32,
-        pub _pad0: u32,
+        pub w_row0: u32,
         pub _pad1: u32,
     }
 }
@@ -28,7 +28,7 @@ pub struct Embedding {
 
 #[derive(Debug)]
 pub struct EmbeddingBinding {
-    parts: Vec<(Bound<EmbeddingParams>, u32, u32, u32)>, // (bound, row_start, rows, scales_offset)
+    parts: Vec<(Bound<EmbeddingParams>, u32, u32, u32, u32)>, // (bound, row_start, rows, scales_offset, row_offset)
     cols: u32,
     /// Bytes of one row of the table (scales included), for the profile.
     row_bytes: u64,
@@ -46,7 +46,7 @@ impl Embedding {
             return Err(Error::shape("embedding", format!("table is {} but the kernel was built for {}", table.dtype.name(), self.dtype.name())));
         }
         let max_tokens = words(ids).min(words(out) / table.cols.max(1) as u64);
-        let parts = table.parts.iter().map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset)).collect();
+        let parts = table.parts.iter().map(|p| (self.kernel.bind(ctx, &[ids, &p.buffer, out]), p.row_start, p.rows, p.scales_offset, p.row_offset)).collect();
         let row_bytes = table.bytes() / (table.rows.max(1) as u64);
         Ok(EmbeddingBinding { parts, cols: table.cols, max_tokens, row_bytes })
     }
@@ -58,9 +58,17 @@ impl EmbeddingBinding {
     pub fn dispatch(&self, rec: &mut Recorder<'_>, n_tokens: u32, scale: f32) -> Result<()> {
         check_fits("embedding", "ids/out", n_tokens as u64, self.max_tokens)?;
         let n = n_tokens as u64;
-        for (i, (bound, row_start, rows, scales_offset)) in self.parts.iter().enumerate() {
-            let params =
-                EmbeddingParams { n_tokens, cols: self.cols, row_start: *row_start, rows: *rows, scales_offset: *scales_offset, scale, ..Default::default() };
+        for (i, (bound, row_start, rows, scales_offset, w_row0)) in self.parts.iter().enumerate() {
+            let params = EmbeddingParams {
+                n_tokens,
+                cols: self.cols,
+                row_start: *row_start,
+                rows: *rows,
+                scales_offset: *scales_offset,
+                scale,
+                w_row0: *w_row0,
+                ..Default::default()
+            };
             // Every part reads the ids; each token's row is read and written by one part,
             // counted with the first (which part holds it is known only on the GPU).
             let traffic = if i == 0 { Traffic::new(4 * n + n * self.row_bytes, 4 * n * self.cols as u64) } else { Traffic::words(n, 0) };

@@ -22,7 +22,7 @@ uniform! {
         pub out_offset: u32,
         pub out_stride: u32,
         pub softcap: f32,
-        pub _pad0: u32,
+        pub w_row0: u32,
     }
 }
 
@@ -46,9 +46,29 @@ fn teams_for(cols: &[u32]) -> Vec<u32> {
     MATVEC_TEAMS.into_iter().filter(|t| cols.iter().any(|k| matvec_team(*k) == *t)).collect()
 }
 
+/// One part of a weight bound: the rows it covers and where they sit in its buffer.
+#[derive(Debug)]
+struct PartBinding {
+    bound: Bound<MatMulParams>,
+    /// First output row (of the whole weight) and rows of this part.
+    row_start: u32,
+    rows: u32,
+    scales_offset: u32,
+    /// First row of the part inside its buffer (`WeightPart::row_offset`).
+    w_row0: u32,
+    bytes: u64,
+}
+
+impl PartBinding {
+    /// The uniform for `m` rows of x, a row length `k` and `n` outputs per row of y.
+    fn params(&self, m: u32, k: u32, n: u32, softcap: f32) -> MatMulParams {
+        MatMulParams { m, k, n: self.rows, scales_offset: self.scales_offset, out_offset: self.row_start, out_stride: n, softcap, w_row0: self.w_row0 }
+    }
+}
+
 #[derive(Debug)]
 pub struct LinearBinding {
-    parts: Vec<(Bound<MatMulParams>, u32, u32, u32, u64)>, // (bound, row_start, rows, scales_offset, bytes)
+    parts: Vec<PartBinding>,
     k: u32,
     n: u32,
     max_m: u64,
@@ -78,20 +98,10 @@ impl LinearBinding {
     fn dispatch_matvec(&self, rec: &mut Recorder<'_>, m: u32) -> Result<()> {
         check_fits("matvec", "rows of x/y", m as u64, self.max_m)?;
         let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
-        for (bound, row_start, rows, scales_offset, bytes) in &self.parts {
-            let params = MatMulParams {
-                m,
-                k: self.k,
-                n: *rows,
-                scales_offset: *scales_offset,
-                out_offset: *row_start,
-                out_stride: self.n,
-                softcap: self.softcap,
-                ..Default::default()
-            };
-            let [gx, gy, _] = grid(rows.div_ceil(self.rows_per_group));
-            let traffic = Traffic::new(bytes + 4 * m as u64 * self.k as u64, 4 * m as u64 * *rows as u64);
-            bound.dispatch(rec, &params, [gx, gy, gz.max(1)], traffic);
+        for part in &self.parts {
+            let [gx, gy, _] = grid(part.rows.div_ceil(self.rows_per_group));
+            let traffic = Traffic::new(part.bytes + 4 * m as u64 * self.k as u64, 4 * m as u64 * part.rows as u64);
+            part.bound.dispatch(rec, &part.params(m, self.k, self.n, self.softcap), [gx, gy, gz.max(1)], traffic);
         }
         Ok(())
     }
@@ -110,7 +120,18 @@ fn bind_parts(
     }
     let max_m = (words(x) / w.cols.max(1) as u64).min(words(y) / w.rows.max(1) as u64);
     let bind = |part: &wgpu::Buffer| if vec4_views { kernel.bind(ctx, &[x, part, y, x, part]) } else { kernel.bind(ctx, &[x, part, y]) };
-    let parts = w.parts.iter().map(|p| (bind(&p.buffer), p.row_start, p.rows, p.scales_offset, p.buffer.size())).collect();
+    let parts = w
+        .parts
+        .iter()
+        .map(|p| PartBinding {
+            bound: bind(&p.buffer),
+            row_start: p.row_start,
+            rows: p.rows,
+            scales_offset: p.scales_offset,
+            w_row0: p.row_offset,
+            bytes: w.part_bytes(p),
+        })
+        .collect();
     Ok(LinearBinding { parts, k: w.cols, n: w.rows, max_m, rows_per_group: 0, x_rows_per_group: 1, softcap: 0.0 })
 }
 
@@ -196,20 +217,10 @@ impl MatMulBinding {
             return Ok(());
         }
         let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
-        for (bound, row_start, rows, scales_offset, bytes) in &b.parts {
-            let gx = check_groups("matmul", "column tiles", rows.div_ceil(MATMUL_TILE) as u64)?;
-            let params = MatMulParams {
-                m,
-                k: b.k,
-                n: *rows,
-                scales_offset: *scales_offset,
-                out_offset: *row_start,
-                out_stride: b.n,
-                softcap: b.softcap,
-                ..Default::default()
-            };
-            let traffic = Traffic::new(bytes + 4 * m as u64 * b.k as u64, 4 * m as u64 * *rows as u64);
-            bound.dispatch(rec, &params, [gx, gy, 1], traffic);
+        for part in &b.parts {
+            let gx = check_groups("matmul", "column tiles", part.rows.div_ceil(MATMUL_TILE) as u64)?;
+            let traffic = Traffic::new(part.bytes + 4 * m as u64 * b.k as u64, 4 * m as u64 * part.rows as u64);
+            part.bound.dispatch(rec, &part.params(m, b.k, b.n, b.softcap), [gx, gy, 1], traffic);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod attention;
 pub mod embedding;
+pub mod fused;
 pub mod geglu;
 pub mod kv_cache;
 pub mod linear;
@@ -32,6 +33,17 @@ macro_rules! uniform {
     };
 }
 pub(crate) use uniform;
+
+uniform! {
+    /// The per-step uniform (`Step` in common.wgsl): written once per forward pass, read by the
+    /// kernels whose work depends on the position, so no per-layer uniform changes per token.
+    pub struct StepParams {
+        pub pos: u32,
+        pub n_tokens: u32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+    }
+}
 
 /// Elements of 4 bytes that `buffer` can hold.
 pub(crate) fn words(buffer: &wgpu::Buffer) -> u64 {
@@ -105,11 +117,14 @@ pub struct Ops {
     pub kv_write: kv_cache::KvWrite,
     pub attention: attention::Attention,
     pub sample: sample::Sampler,
+    /// Decode's fused q/k/v and gate/up products, one per storage type of the joined weights.
+    pub fused: Vec<fused::Fused>,
 }
 
 impl Ops {
-    /// `kv_f32`: the KV cache's type (attention is compiled for that one only).
-    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse], kv_f32: bool) -> Result<Self> {
+    /// `kv_f32`: the KV cache's type (attention is compiled for that one only). `fused`: the
+    /// (type, row length) of each kind of joined weight the fused products read.
+    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse], kv_f32: bool, fused: &[(crate::quant::DType, u32)]) -> Result<Self> {
         let mut weights: Vec<WeightKernels> = Vec::new();
         for u in uses {
             if !weights.iter().any(|k| k.dtype == u.dtype) {
@@ -124,7 +139,19 @@ impl Ops {
             kv_write: kv_cache::KvWrite::for_cache(ctx, kv_f32).await?,
             attention: attention::Attention::for_cache(ctx, kv_f32).await?,
             sample: sample::Sampler::new(ctx).await?,
+            fused: {
+                let mut kernels = Vec::new();
+                for &(dtype, cols) in fused {
+                    kernels.push(fused::Fused::new(ctx, dtype, cols, kv_f32).await?);
+                }
+                kernels
+            },
         })
+    }
+
+    /// The fused products for joined weights of `dtype` with rows of `cols`, if compiled.
+    pub fn fused_for(&self, dtype: crate::quant::DType, cols: u32) -> Option<&fused::Fused> {
+        self.fused.iter().find(|f| f.reads(dtype, cols))
     }
 
     /// The weight kernels for `dtype` (compiled by `new` if it was listed).

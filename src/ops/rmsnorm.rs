@@ -1,4 +1,5 @@
-//! RMSNorm with Gemma's `(1 + w)` weight, optionally added into the residual stream.
+//! RMSNorm with Gemma's `(1 + w)` weight, optionally added into the residual stream; and the
+//! fused end of a sub-block, `x += norm(o); h = norm(x)` (`add_rmsnorm.wgsl`).
 
 use super::{check_fits, uniform, words};
 use crate::error::Result;
@@ -18,6 +19,16 @@ uniform! {
 pub struct RmsNorm {
     plain: Kernel,
     add: Kernel,
+    add_norm: Kernel,
+}
+
+/// `x += norm(o, w_add); h = norm(x, w_next)` bound to its five buffers.
+#[derive(Debug)]
+pub struct AddNormBinding {
+    bound: Bound<RmsNormParams>,
+    /// Elements of the smallest of o, x and h; of the smaller weight.
+    rows_len: u64,
+    w_len: u64,
 }
 
 #[derive(Debug)]
@@ -35,6 +46,7 @@ impl RmsNorm {
         Ok(Self {
             plain: Kernel::new(ctx, &shaders::RMSNORM, &[("ADD_TO_OUT", 0.0)]).await?,
             add: Kernel::new(ctx, &shaders::RMSNORM, &[("ADD_TO_OUT", 1.0)]).await?,
+            add_norm: Kernel::new(ctx, &shaders::ADD_RMSNORM, &[]).await?,
         })
     }
 
@@ -43,6 +55,36 @@ impl RmsNorm {
     pub fn bind(&self, ctx: &GpuContext, x: &wgpu::Buffer, weight: &wgpu::Buffer, out: &wgpu::Buffer, add_to_out: bool) -> RmsNormBinding {
         let kernel = if add_to_out { &self.add } else { &self.plain };
         RmsNormBinding { bound: kernel.bind(ctx, &[x, weight, out]), x_len: words(x), w_len: words(weight), out_len: words(out), add_to_out }
+    }
+
+    /// `x += norm(o, w_add)`, then `h = norm(x, w_next)`, row by row, in one dispatch: `o`, `x`,
+    /// `h` f32 [rows, cols] (distinct buffers), the weights f32 [cols] holding w.
+    pub fn bind_add_norm(
+        &self,
+        ctx: &GpuContext,
+        o: &wgpu::Buffer,
+        w_add: &wgpu::Buffer,
+        x: &wgpu::Buffer,
+        w_next: &wgpu::Buffer,
+        h: &wgpu::Buffer,
+    ) -> AddNormBinding {
+        AddNormBinding {
+            bound: self.add_norm.bind(ctx, &[o, w_add, x, w_next, h]),
+            rows_len: words(o).min(words(x)).min(words(h)),
+            w_len: words(w_add).min(words(w_next)),
+        }
+    }
+}
+
+impl AddNormBinding {
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, rows: u32, cols: u32, eps: f32) -> Result<()> {
+        let n = rows as u64 * cols as u64;
+        check_fits("add_rmsnorm", "o, x and h", n, self.rows_len)?;
+        check_fits("add_rmsnorm", "the weights", cols as u64, self.w_len)?;
+        // o and x read, both weights; x and h written.
+        let traffic = Traffic::words(2 * n + 2 * cols as u64, 2 * n);
+        self.bound.dispatch(rec, &RmsNormParams { rows, cols, eps, _pad: 0 }, grid(rows), traffic);
+        Ok(())
     }
 }
 

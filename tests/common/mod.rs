@@ -9,12 +9,14 @@ use gemma_webgpu::gpu::weights::GpuWeight;
 use gemma_webgpu::gpu::{run_pass, ContextOptions, GpuContext};
 use gemma_webgpu::ops::attention::{part_len_per_head, Attention, AttentionShape};
 use gemma_webgpu::ops::embedding::Embedding;
+use gemma_webgpu::ops::fused::{Fused, QkvShape};
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
 use gemma_webgpu::ops::linear::{MatMul, MatMulPath, MatVec, MATVEC_TEAMS};
 use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
+use gemma_webgpu::ops::StepParams;
 use gemma_webgpu::quant::{DType, Packed};
 use gemma_webgpu::reference;
 
@@ -148,6 +150,32 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
             let want = reference::embedding(&table.unpack(), h, &ids, scale);
             let case = format!("{} V={v} H={h} parts={}", dtype.name(), w.parts.len());
             rep.add(compare("embedding", &case, &got, &want, None, 1e-6, 1e-12)?);
+            if part_rows == 0 {
+                continue;
+            }
+            // Parts regrouped two by two (as a load joins shard-sized parts up to the binding
+            // limit): the gather, and the tied LM head's matrix-vector product, read the same.
+            let parts = w.parts.len();
+            let two = table.rows_slice(0, 2 * part_rows).bytes();
+            let w = e(w.regroup_within(ctx, "table", two))?;
+            // int8 parts join only if their fp16 scales end on a word (an even number of
+            // groups), which the parts of these uploads (349 rows of 73 groups) do not: they
+            // stay as they are, and must read the same.
+            let joins = dtype != DType::Int8;
+            if joins && w.parts.len() != parts.div_ceil(2) {
+                return Err(format!("embedding: {parts} parts regrouped by two into {}", w.parts.len()));
+            }
+            let bound = e(op.bind(ctx, &ids_b, &w, &out))?;
+            e(run_pass(ctx, "embedding", |p| bound.dispatch(p, ids.len() as u32, scale).expect("shape checked")).await)?;
+            let case = format!("{} V={v} H={h} regrouped {parts} -> {} parts", dtype.name(), w.parts.len());
+            rep.add(compare("embedding", &case, &read(ctx, &out, ids.len() * h).await?, &want, None, 1e-6, 1e-12)?);
+            let x = rng.vec(h, 1.0);
+            let (xb, yb) = (buf(ctx, &x)?, zeros(ctx, v)?);
+            let head = e(e(MatVec::new(ctx, dtype).await)?.bind(ctx, &xb, &w, &yb))?;
+            e(run_pass(ctx, "matvec", |p| head.dispatch(p).expect("shape checked")).await)?;
+            let wf = table.unpack();
+            let want = reference::linear(&x, &wf, h, v);
+            rep.add(compare("embedding as LM head", &case, &read(ctx, &yb, v).await?, &want, Some(&abs_products(&x, &wf, h, v)), 2e-6, 1e-9)?);
         }
     }
     Ok(rep)
@@ -177,6 +205,21 @@ pub async fn rmsnorm(ctx: &GpuContext) -> TestResult {
             }
             rep.add(compare("rmsnorm", &format!("{rows}x{cols} add={add}"), &got, &want, Some(&scale), 1e-5, 1e-6)?);
         }
+        // The fused end of a sub-block: x += norm(o, wa); h = norm(x, wb).
+        let o: Vec<f32> = (0..rows * cols).map(|i| rng.normal(if i % 5 == 0 { 30.0 } else { 3.0 })).collect();
+        let x = rng.vec(rows * cols, 5.0);
+        let (wa, wb) = (rng.vec(cols, 0.5), rng.vec(cols, 0.5));
+        let (ob, xb, wab, wbb, hb) = (buf(ctx, &o)?, buf(ctx, &x)?, buf(ctx, &wa)?, buf(ctx, &wb)?, zeros(ctx, rows * cols)?);
+        let bound = op.bind_add_norm(ctx, &ob, &wab, &xb, &wbb, &hb);
+        e(run_pass(ctx, "add_rmsnorm", |p| bound.dispatch(p, rows as u32, cols as u32, 1e-6).expect("shape checked")).await)?;
+        let (got_x, got_h) = (read(ctx, &xb, rows * cols).await?, read(ctx, &hb, rows * cols).await?);
+        let normed = reference::rmsnorm(&o, &wa, 1e-6);
+        let want_x: Vec<f32> = x.iter().zip(&normed).map(|(a, b)| a + b).collect();
+        let scale_x: Vec<f64> = x.iter().zip(&normed).map(|(a, b)| (a.abs() + b.abs()) as f64).collect();
+        rep.add(compare("add_rmsnorm x", &format!("{rows}x{cols}"), &got_x, &want_x, Some(&scale_x), 1e-5, 1e-6)?);
+        // h from the x the CPU computed: an error in x shows above, not twice.
+        let want_h = reference::rmsnorm(&want_x, &wb, 1e-6);
+        rep.add(compare("add_rmsnorm h", &format!("{rows}x{cols}"), &got_h, &want_h, None, 1e-5, 1e-6)?);
     }
     Ok(rep)
 }
@@ -487,6 +530,7 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("attention");
     let mut rng = Rng::new(9);
     let (attn, kvw) = (e(Attention::for_cache(ctx, false).await)?, e(KvWrite::for_cache(ctx, false).await)?);
+    let step = step_uniform(ctx);
     let mut max_pre_cap = 0f32;
     for c in ATTN_CASES {
         let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
@@ -503,7 +547,8 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             let (kb, vb) = (buf(ctx, &k[start * kw..(start + t) * kw])?, buf(ctx, &v[start * kw..(start + t) * kw])?);
             let (qb, ob) = (buf(ctx, &q[start * qw..(start + t) * qw])?, zeros(ctx, t * qw)?);
             let kv_bound = e(kvw.bind(ctx, &kb, &vb, &cache))?;
-            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
+            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part, &step))?;
+            set_step(ctx, &step, start, t);
             let shape = AttentionShape {
                 n_queries: t as u32,
                 q_pos_start: start as u32,
@@ -556,7 +601,8 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
         e(run_pass(ctx, "kv_write", |p| kv_bound.dispatch(p, ctx_len as u32, 0).expect("shape checked")).await)?;
         let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
         for window in [0usize, 4096] {
-            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
+            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part, &step))?;
+            set_step(ctx, &step, ctx_len - 1, 1);
             let shape = AttentionShape {
                 n_queries: 1,
                 q_pos_start: (ctx_len - 1) as u32,
@@ -792,7 +838,8 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     let (qb, ob, kb) = (zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?, zeros(ctx, 16 * 16)?);
     let shape = AttentionShape { n_queries: 4, q_pos_start: 20, n_heads: 1, n_kv_heads: 1, head_dim: 16, window: 8, scale: 0.25, softcap: 50.0 };
     let part = zeros(ctx, part_len_per_head(16) as usize)?;
-    let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part))?;
+    let step = step_uniform(ctx);
+    let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part, &step))?;
     let kv_bound = e(kvw.bind(ctx, &kb, &kb, &cache))?;
     let mut results = Vec::new();
     e(run_pass(ctx, "errors", |p| {
@@ -807,7 +854,7 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     expect_err("head_dim", results.next().unwrap_or(Ok(())), "multiple of 8")?;
     // An f32 cache given to kernels compiled for fp16 caches.
     let cache32 = e(KvCache::with_type(ctx, "cache32", 8, 16, true))?;
-    expect_err("attention cache type", attn.bind(ctx, &qb, &cache32, &ob, &part).map(|_| ()), "compiled for fp16 caches, given f32")?;
+    expect_err("attention cache type", attn.bind(ctx, &qb, &cache32, &ob, &part, &step).map(|_| ()), "compiled for fp16 caches, given f32")?;
     expect_err("kv_write cache type", kvw.bind(ctx, &kb, &kb, &cache32).map(|_| ()), "compiled for fp16 caches, given f32")?;
     rep.add(0.0);
     // The device is still fine: a kernel runs and gives the right answer.
@@ -816,6 +863,160 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
         return Err(format!("errors: the device reported '{err}' after rejected calls"));
     }
     rep.add(0.0);
+    Ok(rep)
+}
+
+/// A per-step uniform (`StepParams`) for kernels that read the position from it.
+fn step_uniform(ctx: &GpuContext) -> wgpu::Buffer {
+    ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("step"),
+        size: std::mem::size_of::<StepParams>() as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
+/// Set the step uniform's position.
+fn set_step(ctx: &GpuContext, step: &wgpu::Buffer, pos: usize, n_tokens: usize) {
+    ctx.queue.write_buffer(step, 0, bytemuck::bytes_of(&StepParams { pos: pos as u32, n_tokens: n_tokens as u32, ..Default::default() }));
+}
+
+/// A cache slot's expected k and v, and their error scales.
+type SlotWant = (Vec<f32>, Vec<f32>, Vec<f64>, Vec<f64>);
+
+/// Weights packed and uploaded one by one, then joined by rows (`GpuWeight::join`), with the
+/// unpacked values of each.
+fn joined(ctx: &GpuContext, dtype: DType, k: usize, rows: &[usize], rng: &mut Rng) -> Result<(GpuWeight, Vec<Vec<f32>>), String> {
+    let mut packed = Vec::new();
+    for &n in rows {
+        packed.push(e(Packed::pack(dtype, n, k, &rng.vec(n * k, 0.05)))?);
+    }
+    let uploaded = packed.iter().map(|w| e(GpuWeight::upload(ctx, "w", w, 0))).collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&GpuWeight> = uploaded.iter().collect();
+    let joined = e(GpuWeight::join(ctx, "joined", &refs))?.ok_or_else(|| format!("{} weights of {rows:?} rows did not join", dtype.name()))?;
+    Ok((joined, packed.iter().map(Packed::unpack).collect()))
+}
+
+/// Decode's fused products against the unfused ops' CPU twins: gate/up with GeGLU, and q/k/v
+/// with RoPE and the KV-cache write (fp16 and f32 caches, rings, GQA 1/2/3, positions up to
+/// 8191); and a joined weight's views through the ordinary matmul and matvec kernels (their
+/// `w_row0`), which is how prompts read joined weights.
+pub async fn fused(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("fused");
+    let mut rng = Rng::new(21);
+    // Weights of different types do not join.
+    let a = e(GpuWeight::upload(ctx, "a", &e(Packed::pack(DType::Int4, 8, 64, &rng.vec(512, 0.1)))?, 0))?;
+    let b = e(GpuWeight::upload(ctx, "b", &e(Packed::pack(DType::Int8, 8, 64, &rng.vec(512, 0.1)))?, 0))?;
+    if e(GpuWeight::join(ctx, "mixed", &[&a, &b]))?.is_some() {
+        return Err("int4 and int8 weights were joined".into());
+    }
+    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
+        // (K, I): teams of 4, 16 and 64 lanes (by K); I not a multiple of the workgroup's outputs.
+        for (k, i) in [(64usize, 12usize), (2336, 1000), (256, 4)] {
+            if dtype == DType::F32 && k > 256 {
+                continue;
+            }
+            let (w, parts) = joined(ctx, dtype, k, &[i, i], &mut rng)?;
+            let x = rng.vec(k, 1.0);
+            let (xb, act) = (buf(ctx, &x)?, zeros(ctx, i)?);
+            let op = e(Fused::new(ctx, dtype, k as u32, false).await)?;
+            let bound = e(op.bind_geglu(ctx, &xb, &w, &act))?;
+            e(run_pass(ctx, "matvec_geglu", |p| bound.dispatch(p)).await)?;
+            let got = read(ctx, &act, i).await?;
+            let (gate, up) = (reference::linear(&x, &parts[0], k, i), reference::linear(&x, &parts[1], k, i));
+            let want = reference::geglu(&gate, &up);
+            // Error bound: the products' (sum |x w|) carried through gelu (slope < 1.13) times up.
+            let (sg, su) = (abs_products(&x, &parts[0], k, i), abs_products(&x, &parts[1], k, i));
+            let scale: Vec<f64> = (0..i).map(|j| 1.13 * sg[j] * (up[j].abs() as f64 + su[j]) + gate[j].abs() as f64 * su[j]).collect();
+            let case = format!("{} K={k} I={i}", dtype.name());
+            rep.add(compare("matvec_geglu", &case, &got, &want, Some(&scale), 2e-6, 1e-9)?);
+            // The up rows as a view: the prompt path's matmul (tiles and blocks) and matvec.
+            let up_view = e(w.view(i as u32, i as u32))?;
+            let m = 5;
+            let xm = rng.vec(m * k, 1.0);
+            let (xmb, yb) = (buf(ctx, &xm)?, zeros(ctx, m * i)?);
+            let mm = e(MatMul::new(ctx, dtype).await)?;
+            let mm_bound = e(mm.bind(ctx, &xmb, &up_view, &yb))?;
+            let want = reference::linear(&xm, &parts[1], k, i);
+            let bounds = abs_products(&xm, &parts[1], k, i);
+            for path in [MatMulPath::Tiles, MatMulPath::MatVec] {
+                e(run_pass(ctx, "matmul", |p| mm_bound.dispatch_with(p, m as u32, path).expect("shape checked")).await)?;
+                rep.add(compare("joined view", &format!("{case} {path:?}"), &read(ctx, &yb, m * i).await?, &want, Some(&bounds), 2e-6, 1e-9)?);
+            }
+        }
+    }
+    // q/k/v: (heads, KV heads, D, K, positions decoded one by one, cache slots, f32 cache).
+    let cases = [
+        (8usize, 4usize, 256usize, 2304usize, vec![0usize, 1, 2], 64usize, false),
+        (3, 1, 128, 256, vec![7, 8191], 8192, false),
+        (3, 1, 128, 256, vec![5, 6, 13], 8, true),
+        (4, 2, 64, 64, vec![100, 101], 24, false),
+        (2, 2, 8, 32, vec![3], 4, true),
+    ];
+    for dtype in [DType::F16, DType::Int4, DType::Int8] {
+        for (nh, nkv, d, k, positions, capacity, kv_f32) in &cases {
+            let (nh, nkv, d, k, capacity, kv_f32) = (*nh, *nkv, *d, *k, *capacity, *kv_f32);
+            let (qn, kvn) = (nh * d, nkv * d);
+            let (w, parts) = joined(ctx, dtype, k, &[qn, kvn, kvn], &mut rng)?;
+            let op = e(Fused::new(ctx, dtype, k as u32, kv_f32).await)?;
+            let table = e(RopeTable::new(ctx, d as u32, 10_000.0, 8192))?;
+            let cache = e(KvCache::with_type(ctx, "cache", capacity as u32, kvn as u32, kv_f32))?;
+            let step = step_uniform(ctx);
+            let (xb, qb) = (zeros(ctx, k)?, zeros(ctx, qn)?);
+            let shape = QkvShape { n_heads: nh as u32, n_kv_heads: nkv as u32, head_dim: d as u32 };
+            let bound = e(op.bind_qkv(ctx, &xb, &w, &qb, &cache, &table, &step, shape))?;
+            let case = format!("{} NH={nh} NKV={nkv} D={d} K={k} cap={capacity} kv={}", dtype.name(), if kv_f32 { "f32" } else { "fp16" });
+            // What each slot should hold: (k, v, their error scales) of the newest position.
+            let mut slots: Vec<Option<SlotWant>> = vec![None; capacity];
+            for &pos in positions {
+                let x = rng.vec(k, 1.0);
+                ctx.queue.write_buffer(&xb, 0, bytemuck::cast_slice(&x));
+                set_step(ctx, &step, pos, 1);
+                e(run_pass(ctx, "matvec_qkv", |p| bound.dispatch(p, pos as u32).expect("shape checked")).await)?;
+                let rot = |y: Vec<f32>, heads| reference::rope(&y, heads, d, 10_000.0, pos);
+                // A rotation mixes a pair: its scale is both products' sum |x w|.
+                let pair_scale = |ab: Vec<f64>| -> Vec<f64> { (0..ab.len()).map(|j| ab[j] + ab[(j / d) * d + (j % d + d / 2) % d]).collect() };
+                let want_q = rot(reference::linear(&x, &parts[0], k, qn), nh);
+                let got_q = read(ctx, &qb, qn).await?;
+                rep.add(compare(
+                    "matvec_qkv q",
+                    &format!("{case} pos={pos}"),
+                    &got_q,
+                    &want_q,
+                    Some(&pair_scale(abs_products(&x, &parts[0], k, qn))),
+                    2e-6,
+                    1e-9,
+                )?);
+                let want_k = rot(reference::linear(&x, &parts[1], k, kvn), nkv);
+                let want_v = reference::linear(&x, &parts[2], k, kvn);
+                slots[pos % capacity] = Some((want_k, want_v, pair_scale(abs_products(&x, &parts[1], k, kvn)), abs_products(&x, &parts[2], k, kvn)));
+            }
+            // Every slot written holds its position's k and v (others are untouched zeros).
+            let words_per_row = if kv_f32 { kvn } else { kvn / 2 };
+            for (name, gpu) in [("k", &cache.k), ("v", &cache.v)] {
+                let words = e(ctx.read_back::<u32>(gpu, 0, (capacity * words_per_row) as u64).await)?;
+                for (s, slot) in slots.iter().enumerate() {
+                    let row = &words[s * words_per_row..(s + 1) * words_per_row];
+                    let got: Vec<f32> = if kv_f32 {
+                        row.iter().map(|w| f32::from_bits(*w)).collect()
+                    } else {
+                        row.iter().flat_map(|w| [half::f16::from_bits(*w as u16).to_f32(), half::f16::from_bits((*w >> 16) as u16).to_f32()]).collect()
+                    };
+                    let Some((want_k, want_v, scale_k, scale_v)) = slot else {
+                        if got.iter().any(|v| *v != 0.0) {
+                            return Err(format!("matvec_qkv [{case}]: {name} slot {s} was never written but is not zero"));
+                        }
+                        continue;
+                    };
+                    let (want, scale) = if name == "k" { (want_k, scale_k) } else { (want_v, scale_v) };
+                    // fp16: the GPU and the CPU may round a value near a half-way point apart.
+                    let scale: Vec<f64> = if kv_f32 { scale.clone() } else { scale.iter().zip(want.iter()).map(|(s, w)| s + w.abs() as f64 * 500.0).collect() };
+                    let want = if kv_f32 { want.clone() } else { f16_round(want) };
+                    rep.add(compare("matvec_qkv cache", &format!("{case} {name} slot {s}"), &got, &want, Some(&scale), 2e-6, 1e-9)?);
+                }
+            }
+        }
+    }
     Ok(rep)
 }
 
@@ -828,6 +1029,7 @@ pub async fn all(ctx: &GpuContext) -> Result<Vec<Report>, String> {
         matmul(ctx).await?,
         matvec(ctx).await?,
         geglu(ctx).await?,
+        fused(ctx).await?,
         softcap(ctx).await?,
         kv_cache(ctx).await?,
         attention(ctx).await?,

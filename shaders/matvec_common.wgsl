@@ -1,0 +1,101 @@
+// matvec_common.wgsl: the pieces of the matrix-vector kernels (matvec.wgsl and the fused
+// matvec_geglu.wgsl, matvec_qkv.wgsl; prepended to them): a 32-weight chunk of a packed row
+// decoded and dotted with x, and the team reduction. The including kernel declares
+// `xv: array<vec4<f32>>` (x), `w: array<u32>` and `wv: array<vec4<u32>>` (the weight) and a
+// uniform `p` with fields `k` (row length, a multiple of 32 on the chunked paths) and
+// `scales_offset`, and the override `T` (lanes per team).
+
+// Chunk c (weights 32c..32c+31) of row r, decoded: its 32 codes (or values for the float
+// types), and (scale, min) so that chunk . x = (codes . x) * scale + sum(x) * min. Group
+// g = r * k / 32 + c: int4 keeps a chunk in one vec4<u32>, int8 in two, f16/bf16 in four, f32
+// in eight.
+struct Chunk {
+    v: array<vec4<f32>, 8>,
+    sm: vec2<f32>,
+}
+
+fn chunk_codes(r: u32, c: u32) -> Chunk {
+    let g = r * (p.k / 32u) + c;
+    var ch: Chunk;
+    ch.sm = vec2<f32>(1.0, 0.0);
+    switch WTYPE {
+        case WTYPE_INT4: {
+            let q = wv[g];
+            ch.sm = int4_params(g, p.scales_offset);
+            ch.v = array<vec4<f32>, 8>(int4_lo(q.x), int4_hi(q.x), int4_lo(q.y), int4_hi(q.y),
+                                       int4_lo(q.z), int4_hi(q.z), int4_lo(q.w), int4_hi(q.w));
+        }
+        case WTYPE_INT8: {
+            let a = wv[2u * g];
+            let b = wv[2u * g + 1u];
+            ch.sm = vec2<f32>(int8_scale(g, p.scales_offset), 0.0);
+            ch.v = array<vec4<f32>, 8>(int8_codes(a.x), int8_codes(a.y), int8_codes(a.z), int8_codes(a.w),
+                                       int8_codes(b.x), int8_codes(b.y), int8_codes(b.z), int8_codes(b.w));
+        }
+        case WTYPE_F16, WTYPE_BF16: {
+            for (var j = 0u; j < 4u; j++) {
+                let q = wv[4u * g + j];
+                if WTYPE == WTYPE_BF16 {
+                    ch.v[2u * j] = bitcast<vec4<f32>>(vec4<u32>(q.x << 16u, q.x & 0xffff0000u, q.y << 16u, q.y & 0xffff0000u));
+                    ch.v[2u * j + 1u] = bitcast<vec4<f32>>(vec4<u32>(q.z << 16u, q.z & 0xffff0000u, q.w << 16u, q.w & 0xffff0000u));
+                } else {
+                    ch.v[2u * j] = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+                    ch.v[2u * j + 1u] = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+                }
+            }
+        }
+        default: {
+            for (var j = 0u; j < 8u; j++) {
+                ch.v[j] = bitcast<vec4<f32>>(wv[8u * g + j]);
+            }
+        }
+    }
+    return ch;
+}
+
+// Chunk c of row r dotted with the chunk's activations xc (sx: their sum, for the int4 min).
+// Literal indices throughout: SwiftShader keeps loop-indexed local arrays in memory.
+fn chunk_dot(ch: Chunk, xc: array<vec4<f32>, 8>, sx: f32) -> f32 {
+    let d = dot(ch.v[0], xc[0]) + dot(ch.v[1], xc[1]) + dot(ch.v[2], xc[2]) + dot(ch.v[3], xc[3])
+          + dot(ch.v[4], xc[4]) + dot(ch.v[5], xc[5]) + dot(ch.v[6], xc[6]) + dot(ch.v[7], xc[7]);
+    return d * ch.sm.x + sx * ch.sm.y;
+}
+
+// The 32 activations of chunk c of row m of x (eight vec4 loads).
+fn x_chunk(m: u32, c: u32) -> array<vec4<f32>, 8> {
+    let b = (m * p.k) / 4u + 8u * c;
+    return array<vec4<f32>, 8>(xv[b], xv[b + 1u], xv[b + 2u], xv[b + 3u], xv[b + 4u], xv[b + 5u], xv[b + 6u], xv[b + 7u]);
+}
+
+fn x_sum(xc: array<vec4<f32>, 8>) -> f32 {
+    let s4 = xc[0] + xc[1] + xc[2] + xc[3] + xc[4] + xc[5] + xc[6] + xc[7];
+    return s4.x + s4.y + s4.z + s4.w;
+}
+
+// The cross-lane reduction's scratch: one pair of vec4 per invocation (2 KiB). It is kept this
+// small on purpose: WebGPU zero-fills workgroup memory before every workgroup, and emulators
+// (SwiftShader) pay for that per byte, while a real GPU fits more workgroups per core.
+var<workgroup> red: array<array<vec4<f32>, MV_WG>, 2>;
+
+struct Pair {
+    a: vec4<f32>,
+    b: vec4<f32>,
+}
+
+// a and b summed over the T lanes of this invocation's team (a tree: 1 + log2 T barriers),
+// returned to every lane of the team. Called in uniform control flow; a second call needs a
+// barrier first (the team's lanes read the first lane's slots last).
+fn team_sum(a: vec4<f32>, b: vec4<f32>, lid: u32, lane: u32) -> Pair {
+    red[0][lid] = a;
+    red[1][lid] = b;
+    workgroupBarrier();
+    for (var stride = T / 2u; stride > 0u; stride >>= 1u) {
+        if lane < stride {
+            red[0][lid] += red[0][lid + stride];
+            red[1][lid] += red[1][lid + stride];
+        }
+        workgroupBarrier();
+    }
+    return Pair(red[0][lid - lane], red[1][lid - lane]);
+}
+
