@@ -156,13 +156,19 @@ impl GpuContext {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-const BACKEND_NAME: &str = "native wgpu (Vulkan/Metal/DX12; WGPU_BACKEND selects)";
+const BACKEND_NAME: &str = "native wgpu (Vulkan/Metal/DX12, or GL with WGPU_BACKEND=gl)";
 #[cfg(target_arch = "wasm32")]
 const BACKEND_NAME: &str = "browser WebGPU (navigator.gpu)";
 
 #[cfg(not(target_arch = "wasm32"))]
 fn instance_descriptor() -> wgpu::InstanceDescriptor {
-    wgpu::InstanceDescriptor::new_without_display_handle_from_env()
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // GL only when asked for by name: where Vulkan works, a GL adapter on the same device (or
+    // Mesa's llvmpipe beside lavapipe) must not be picked instead.
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    desc
 }
 
 #[cfg(target_arch = "wasm32")]
