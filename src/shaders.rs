@@ -98,6 +98,7 @@ shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED, LINEAR]);
 shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
 shader!(MATVEC_GEGLU, "matvec_geglu.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
 shader!(MATVEC_QKV, "matvec_qkv.wgsl", [COMMON, PACKED, MATVEC_COMMON]);
+shader!(QK_NORM_ROPE, "qk_norm_rope.wgsl", [COMMON, NORM_COMMON]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);

@@ -44,6 +44,9 @@ activations!((c, chunk) => {
     q_pre: [chunk, if c.qk_norm { c.q_width() } else { 0 }],
     /// [T, NKV*D] Gemma 3: k before its per-head norm (one element otherwise, unused).
     k_pre: [chunk, if c.qk_norm { c.kv_width() } else { 0 }],
+    /// [NH*D + 2*NKV*D] Gemma 3, decode: one token's q, k and v from the joined q/k/v product,
+    /// before the per-head norms (one element otherwise, unused).
+    qkv_pre: [1, if c.qk_norm { c.q_width() + 2 * c.kv_width() } else { 0 }],
     /// [T, NH*D] queries (rotated in place).
     q: [chunk, c.q_width()],
     /// [T, NKV*D] keys of the new tokens (rotated in place, then written to the cache).
@@ -76,9 +79,9 @@ mod tests {
     fn the_table_names_every_buffer_with_its_shape() {
         let c = crate::convert::preset("2b").expect("preset");
         let t = Activations::table(&c, 128);
-        assert_eq!(t.len(), 16);
+        assert_eq!(t.len(), 17);
         assert_eq!(t[1], ("x", 128 * 2304));
         assert_eq!(t[3], ("q_pre", 0), "Gemma 2 has no q norm");
-        assert_eq!(t[15], ("logits", 256_000));
+        assert_eq!(t[16], ("logits", 256_000));
     }
 }

@@ -95,7 +95,7 @@ impl Engine {
                 fused.push((w.dtype, w.cols));
             }
         }
-        let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32, &fused).await?;
+        let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32, &fused, c.qk_norm).await?;
         let acts = Activations::allocate(&ctx, c, chunk)?;
         let caches = allocate_caches(&ctx, c, max_context, chunk, options.kv == KvType::F32)?;
         let (ropes, rope_of) = rope_tables(&ctx, c, max_context)?;

@@ -11,7 +11,7 @@ use crate::model::config::ModelConfig;
 use crate::model::weights::{LayerWeights, Weights};
 use crate::ops::attention::{AttentionBinding, AttentionShape};
 use crate::ops::embedding::EmbeddingBinding;
-use crate::ops::fused::{GeGluMatVec, QkvMatVec, QkvShape};
+use crate::ops::fused::{GeGluMatVec, QkNormRopeBinding, QkvMatVec, QkvShape};
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
 use crate::ops::linear::{MatMul, MatMulBinding, MatVecBinding};
@@ -74,6 +74,9 @@ pub struct LayerBindings {
     /// Decode (one token) through the fused products, where this layer's weights are joined:
     /// q/k/v with RoPE and the cache write (not with per-head q/k norms), gate/up with GeGLU.
     fused_qkv: Option<QkvMatVec>,
+    /// Gemma 3's: the plain product over the joined q/k/v weight into `qkv_pre`, then the
+    /// per-head norms, RoPE and the cache write in one kernel.
+    fused_qk_norm: Option<(MatVecBinding, QkNormRopeBinding)>,
     fused_geglu: Option<GeGluMatVec>,
     /// This layer's attention window (0 = global), from the config.
     window: u32,
@@ -113,6 +116,14 @@ impl LayerBindings {
             (Some(qkv), Some(f)) if !c.qk_norm && c.head_dim.is_multiple_of(8) => Some(f.bind_qkv(ctx, &a.h, qkv, &a.q, cache, rope, step, shape)?),
             _ => None,
         };
+        let fused_qk_norm = match (&w.qkv, &w.qk_norm, &ops.qk_norm_rope) {
+            (Some(qkv), Some(norms), Some(op)) if c.qk_norm && c.head_dim.is_multiple_of(4) => {
+                let product = ops.for_weight(qkv.dtype)?.matvec.bind(ctx, &a.h, qkv, &a.qkv_pre)?;
+                let (qn, kn) = norms;
+                Some((product, op.bind(ctx, &a.qkv_pre, (qn, kn), &a.q, cache, rope, step, (shape, c.rms_norm_eps))?))
+            }
+            _ => None,
+        };
         let fused_geglu = match (&w.gate_up, ops.fused_for(w.gate_proj.dtype, w.gate_proj.cols)) {
             (Some(gate_up), Some(f)) if c.intermediate_size.is_multiple_of(4) => Some(f.bind_geglu(ctx, &a.h, gate_up, &a.act)?),
             _ => None,
@@ -135,6 +146,7 @@ impl LayerBindings {
             down_proj: linear(&a.act, &w.down_proj, &a.o)?,
             post_feedforward: ops.rmsnorm.bind_add_norm(ctx, &a.o, &w.post_feedforward_layernorm, &a.x, next_norm, &a.h),
             fused_qkv,
+            fused_qk_norm,
             fused_geglu,
             window: c.window(l),
         })
@@ -150,8 +162,12 @@ impl LayerBindings {
         if let Some(input_norm) = &self.input_norm {
             input_norm.dispatch(rec, t, h, eps)?; // h = norm(x)
         }
-        match &self.fused_qkv {
-            Some(qkv) if t == 1 && fused => qkv.dispatch(rec, pos)?, // q, k, v, RoPE, KV write
+        match (&self.fused_qkv, &self.fused_qk_norm) {
+            (Some(qkv), _) if t == 1 && fused => qkv.dispatch(rec, pos)?, // q, k, v, RoPE, KV write
+            (_, Some((product, norm_rope))) if t == 1 && fused => {
+                product.dispatch(rec)?; // q, k, v
+                norm_rope.dispatch(rec, pos)?; // q/k norms, RoPE, KV write
+            }
             _ => {
                 self.q_proj.dispatch(rec, t)?;
                 self.k_proj.dispatch(rec, t)?;

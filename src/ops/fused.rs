@@ -1,7 +1,9 @@
 //! Decode's fused products over weights joined by rows (`GpuWeight::join`):
 //! - `matvec_geglu.wgsl`: `act = gelu_tanh(W_gate x) * (W_up x)` in one pass;
 //! - `matvec_qkv.wgsl`: q, k and v in one pass, q and k rotated (RoPE), q written, k and v
-//!   written straight into the layer's KV cache.
+//!   written straight into the layer's KV cache;
+//! - for Gemma 3, whose per-head q/k norms come between the product and RoPE: a plain product
+//!   over the joined weight, then `qk_norm_rope.wgsl` (norms, RoPE, cache write) in one more.
 //!
 //! Both read the position from the engine's per-step uniform (`StepParams`) or need none, so
 //! their own uniforms are written once. Each is checked against the unfused ops' CPU twins in
@@ -199,6 +201,100 @@ impl QkvMatVec {
             return Err(Error::shape("matvec_qkv", format!("position {pos} is past the RoPE table's {}", self.positions)));
         }
         self.bound.dispatch(rec, &self.params, grid(self.groups), self.traffic);
+        Ok(())
+    }
+}
+
+uniform! {
+    /// `qk_norm_rope.wgsl`'s uniform (static for a layer).
+    pub struct QkNormRopeParams {
+        pub n_heads: u32,
+        pub n_kv_heads: u32,
+        pub head_dim: u32,
+        pub capacity: u32,
+        pub eps: f32,
+        pub _pad0: u32,
+        pub _pad1: u32,
+        pub _pad2: u32,
+    }
+}
+
+/// Gemma 3's decode step between the q/k/v product and attention, in one dispatch
+/// (`qk_norm_rope.wgsl`): each query and key head normed with its weight, rotated, and written
+/// to `q` or, with the values, into the cache. It follows a plain matrix-vector product over the
+/// joined q/k/v weight, so such a layer decodes its attention input in two dispatches.
+#[derive(Debug)]
+pub struct QkNormRope {
+    kernel: Kernel,
+    kv_f32: bool,
+}
+
+impl QkNormRope {
+    /// For a cache of f32 (`kv_f32`) or fp16 values.
+    pub async fn new(ctx: &GpuContext, kv_f32: bool) -> Result<Self> {
+        Ok(Self { kernel: Kernel::new(ctx, &shaders::QK_NORM_ROPE, &[("KV_F32", if kv_f32 { 1.0 } else { 0.0 })]).await?, kv_f32 })
+    }
+
+    /// `src`: one token's q, k and v, f32 [NH*D + 2*NKV*D]; `q_norm`, `k_norm`: f32 [D] holding
+    /// w; `q`: f32 [NH*D]; `step`: the engine's `StepParams` uniform, whose position RoPE and
+    /// the cache slot use.
+    #[allow(clippy::too_many_arguments)] // each is a different buffer the kernel reads or writes
+    pub fn bind(
+        &self,
+        ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        (q_norm, k_norm): (&wgpu::Buffer, &wgpu::Buffer),
+        q: &wgpu::Buffer,
+        cache: &KvCache,
+        rope: &RopeTable,
+        step: &wgpu::Buffer,
+        (shape, eps): (QkvShape, f32),
+    ) -> Result<QkNormRopeBinding> {
+        let op = "qk_norm_rope";
+        let QkvShape { n_heads, n_kv_heads, head_dim } = shape;
+        if cache.f32 != self.kv_f32 {
+            return Err(Error::shape(op, format!("compiled for {} caches, given {}", kv_name(self.kv_f32), kv_name(cache.f32))));
+        }
+        let (q_rows, kv_rows) = (n_heads as u64 * head_dim as u64, n_kv_heads as u64 * head_dim as u64);
+        if head_dim == 0 || !head_dim.is_multiple_of(4) || n_kv_heads == 0 || kv_rows != cache.width as u64 || head_dim != rope.head_dim {
+            return Err(Error::shape(
+                op,
+                format!("{n_heads} + {n_kv_heads} heads of {head_dim} (a multiple of 4), a cache {} wide, RoPE for heads of {}", cache.width, rope.head_dim),
+            ));
+        }
+        check_fits(op, "src", q_rows + 2 * kv_rows, words(src))?;
+        check_fits(op, "q", q_rows, words(q))?;
+        check_fits(op, "the norm weights", head_dim as u64, words(q_norm).min(words(k_norm)))?;
+        let params = QkNormRopeParams { n_heads, n_kv_heads, head_dim, capacity: cache.capacity, eps, ..Default::default() };
+        let elem = if cache.f32 { 4 } else { 2 };
+        let traffic = Traffic::new(4 * (q_rows + 2 * kv_rows + 2 * head_dim as u64), 4 * q_rows + 2 * elem * kv_rows);
+        Ok(QkNormRopeBinding {
+            bound: self.kernel.bind_with(ctx, &[src, q_norm, k_norm, q, &cache.k, &cache.v, &rope.buffer], &[step]),
+            params,
+            heads: n_heads + n_kv_heads,
+            traffic,
+            positions: rope.positions,
+        })
+    }
+}
+
+/// Gemma 3's q/k norms, RoPE and KV write, bound.
+#[derive(Debug)]
+pub struct QkNormRopeBinding {
+    bound: Bound<QkNormRopeParams>,
+    params: QkNormRopeParams,
+    heads: u32,
+    traffic: Traffic,
+    positions: u32,
+}
+
+impl QkNormRopeBinding {
+    /// For the token at `pos`, which the step uniform must hold (checked against the table).
+    pub fn dispatch(&self, rec: &mut Recorder<'_>, pos: u32) -> Result<()> {
+        if pos >= self.positions {
+            return Err(Error::shape("qk_norm_rope", format!("position {pos} is past the RoPE table's {}", self.positions)));
+        }
+        self.bound.dispatch(rec, &self.params, grid(self.heads), self.traffic);
         Ok(())
     }
 }

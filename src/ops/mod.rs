@@ -119,12 +119,15 @@ pub struct Ops {
     pub sample: sample::Sampler,
     /// Decode's fused q/k/v and gate/up products, one per storage type of the joined weights.
     pub fused: Vec<fused::Fused>,
+    /// Gemma 3's decode q/k norms + RoPE + KV write, for models with per-head q/k norms.
+    pub qk_norm_rope: Option<fused::QkNormRope>,
 }
 
 impl Ops {
     /// `kv_f32`: the KV cache's type (attention is compiled for that one only). `fused`: the
-    /// (type, row length) of each kind of joined weight the fused products read.
-    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse], kv_f32: bool, fused: &[(crate::quant::DType, u32)]) -> Result<Self> {
+    /// (type, row length) of each kind of joined weight the fused products read; `qk_norm`:
+    /// whether the model norms q and k per head (Gemma 3), whose fused decode takes its own kernel.
+    pub async fn new(ctx: &crate::gpu::GpuContext, uses: &[WeightUse], kv_f32: bool, fused: &[(crate::quant::DType, u32)], qk_norm: bool) -> Result<Self> {
         let mut weights: Vec<WeightKernels> = Vec::new();
         for u in uses {
             if !weights.iter().any(|k| k.dtype == u.dtype) {
@@ -146,6 +149,7 @@ impl Ops {
                 }
                 kernels
             },
+            qk_norm_rope: if qk_norm && !fused.is_empty() { Some(fused::QkNormRope::new(ctx, kv_f32).await?) } else { None },
         })
     }
 

@@ -9,7 +9,7 @@ use gemma_webgpu::gpu::weights::GpuWeight;
 use gemma_webgpu::gpu::{run_pass, ContextOptions, GpuContext};
 use gemma_webgpu::ops::attention::{part_len_per_head, Attention, AttentionShape};
 use gemma_webgpu::ops::embedding::Embedding;
-use gemma_webgpu::ops::fused::{Fused, QkvShape};
+use gemma_webgpu::ops::fused::{Fused, QkNormRope, QkvShape};
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
 use gemma_webgpu::ops::linear::{MatMul, MatMulPath, MatVec, MATVEC_TEAMS};
@@ -999,33 +999,72 @@ pub async fn fused(ctx: &GpuContext) -> TestResult {
                 let want_v = reference::linear(&x, &parts[2], k, kvn);
                 slots[pos % capacity] = Some((want_k, want_v, pair_scale(abs_products(&x, &parts[1], k, kvn)), abs_products(&x, &parts[2], k, kvn)));
             }
-            // Every slot written holds its position's k and v (others are untouched zeros).
-            let words_per_row = if kv_f32 { kvn } else { kvn / 2 };
-            for (name, gpu) in [("k", &cache.k), ("v", &cache.v)] {
-                let words = e(ctx.read_back::<u32>(gpu, 0, (capacity * words_per_row) as u64).await)?;
-                for (s, slot) in slots.iter().enumerate() {
-                    let row = &words[s * words_per_row..(s + 1) * words_per_row];
-                    let got: Vec<f32> = if kv_f32 {
-                        row.iter().map(|w| f32::from_bits(*w)).collect()
-                    } else {
-                        row.iter().flat_map(|w| [half::f16::from_bits(*w as u16).to_f32(), half::f16::from_bits((*w >> 16) as u16).to_f32()]).collect()
-                    };
-                    let Some((want_k, want_v, scale_k, scale_v)) = slot else {
-                        if got.iter().any(|v| *v != 0.0) {
-                            return Err(format!("matvec_qkv [{case}]: {name} slot {s} was never written but is not zero"));
-                        }
-                        continue;
-                    };
-                    let (want, scale) = if name == "k" { (want_k, scale_k) } else { (want_v, scale_v) };
-                    // fp16: the GPU and the CPU may round a value near a half-way point apart.
-                    let scale: Vec<f64> = if kv_f32 { scale.clone() } else { scale.iter().zip(want.iter()).map(|(s, w)| s + w.abs() as f64 * 500.0).collect() };
-                    let want = if kv_f32 { want.clone() } else { f16_round(want) };
-                    rep.add(compare("matvec_qkv cache", &format!("{case} {name} slot {s}"), &got, &want, Some(&scale), 2e-6, 1e-9)?);
-                }
-            }
+            check_cache(ctx, "matvec_qkv", &case, &cache, &slots, &mut rep).await?;
         }
     }
+    // Gemma 3's q/k norms, RoPE and cache write after a plain product over the joined weight
+    // (given its output here): (heads, KV heads, D, positions, cache slots, f32 cache).
+    let cases = [(4usize, 1usize, 256usize, vec![0usize, 7, 8191], 8192usize, false), (3, 1, 128, vec![5, 6, 13], 8, true), (2, 2, 8, vec![3], 4, false)];
+    for (nh, nkv, d, positions, capacity, kv_f32) in cases {
+        let (qn, kvn) = (nh * d, nkv * d);
+        let op = e(QkNormRope::new(ctx, kv_f32).await)?;
+        let table = e(RopeTable::new(ctx, d as u32, 1_000_000.0, 8192))?;
+        let cache = e(KvCache::with_type(ctx, "cache", capacity as u32, kvn as u32, kv_f32))?;
+        let (qw, kw) = (rng.vec(d, 0.5), rng.vec(d, 0.5));
+        let (src, qb, qwb, kwb, step) = (zeros(ctx, qn + 2 * kvn)?, zeros(ctx, qn)?, buf(ctx, &qw)?, buf(ctx, &kw)?, step_uniform(ctx));
+        let shape = QkvShape { n_heads: nh as u32, n_kv_heads: nkv as u32, head_dim: d as u32 };
+        let bound = e(op.bind(ctx, &src, (&qwb, &kwb), &qb, &cache, &table, &step, (shape, 1e-6)))?;
+        let case = format!("qk_norm_rope NH={nh} NKV={nkv} D={d} cap={capacity} kv={}", if kv_f32 { "f32" } else { "fp16" });
+        let mut slots: Vec<Option<SlotWant>> = vec![None; capacity];
+        for &pos in &positions {
+            // Some heads far from unit scale: the norm must bring them back.
+            let x: Vec<f32> = (0..qn + 2 * kvn).map(|i| rng.normal(if (i / d) % 2 == 0 { 30.0 } else { 0.5 })).collect();
+            ctx.queue.write_buffer(&src, 0, bytemuck::cast_slice(&x));
+            set_step(ctx, &step, pos, 1);
+            e(run_pass(ctx, "qk_norm_rope", |p| bound.dispatch(p, pos as u32).expect("shape checked")).await)?;
+            let norm_rope = |y: &[f32], w: &[f32], heads| reference::rope_scaled(&reference::rmsnorm(y, w, 1e-6), heads, d, 1_000_000.0, 1.0, pos);
+            let want_q = norm_rope(&x[..qn], &qw, nh);
+            // Normed values are O(1): error relative to each rotated pair's size, at least 1.
+            let pair = |y: &[f32]| -> Vec<f64> { (0..y.len()).map(|j| (y[j].abs() + y[(j / d) * d + (j % d + d / 2) % d].abs()).max(1.0) as f64).collect() };
+            rep.add(compare("qk_norm_rope q", &format!("{case} pos={pos}"), &read(ctx, &qb, qn).await?, &want_q, Some(&pair(&want_q)), 1e-5, 1e-9)?);
+            let want_k = norm_rope(&x[qn..qn + kvn], &kw, nkv);
+            let want_v = x[qn + kvn..].to_vec();
+            let (scale_k, scale_v) = (pair(&want_k), want_v.iter().map(|v| v.abs() as f64).collect());
+            slots[pos % capacity] = Some((want_k, want_v, scale_k.iter().map(|s| s * 5.0).collect(), scale_v));
+        }
+        check_cache(ctx, "qk_norm_rope", &case, &cache, &slots, &mut rep).await?;
+    }
     Ok(rep)
+}
+
+/// Every slot of `cache` holds what `slots` expects (k and v within their scales, fp16-rounded
+/// for an fp16 cache), and slots never written are still zero.
+async fn check_cache(ctx: &GpuContext, op: &str, case: &str, cache: &KvCache, slots: &[Option<SlotWant>], rep: &mut Report) -> Result<(), String> {
+    let (kv_f32, width) = (cache.f32, cache.width as usize);
+    let words_per_row = if kv_f32 { width } else { width / 2 };
+    for (name, gpu) in [("k", &cache.k), ("v", &cache.v)] {
+        let words = e(ctx.read_back::<u32>(gpu, 0, (slots.len() * words_per_row) as u64).await)?;
+        for (s, slot) in slots.iter().enumerate() {
+            let row = &words[s * words_per_row..(s + 1) * words_per_row];
+            let got: Vec<f32> = if kv_f32 {
+                row.iter().map(|w| f32::from_bits(*w)).collect()
+            } else {
+                row.iter().flat_map(|w| [half::f16::from_bits(*w as u16).to_f32(), half::f16::from_bits((*w >> 16) as u16).to_f32()]).collect()
+            };
+            let Some((want_k, want_v, scale_k, scale_v)) = slot else {
+                if got.iter().any(|v| *v != 0.0) {
+                    return Err(format!("{op} [{case}]: {name} slot {s} was never written but is not zero"));
+                }
+                continue;
+            };
+            let (want, scale) = if name == "k" { (want_k, scale_k) } else { (want_v, scale_v) };
+            // fp16: the GPU and the CPU may round a value near a half-way point apart.
+            let scale: Vec<f64> = if kv_f32 { scale.clone() } else { scale.iter().zip(want.iter()).map(|(s, w)| s + w.abs() as f64 * 500.0).collect() };
+            let want = if kv_f32 { want.clone() } else { f16_round(want) };
+            rep.add(compare(&format!("{op} cache"), &format!("{case} {name} slot {s}"), &got, &want, Some(&scale), 2e-6, 1e-9)?);
+        }
+    }
+    Ok(())
 }
 
 /// Every kernel test, in order, for harnesses that run them all at once.
