@@ -35,14 +35,6 @@ struct QkvParams {
 @group(0) @binding(7) var<uniform> now: Step;
 @group(0) @binding(8) var<uniform> p: QkvParams;
 
-// (a, b) = (x[j], x[j + D/2]) of one head rotated at the step's position.
-fn rotate(a: f32, b: f32, j: u32) -> vec2<f32> {
-    let cs = (now.pos * (p.head_dim / 2u) + j) * 2u;
-    let c = table[cs];
-    let s = table[cs + 1u];
-    return vec2<f32>(a * c - b * s, b * c + a * s);
-}
-
 fn put_k(word: u32, lo: f32, hi: f32) {
     k_cache[word] = pack2x16float(vec2<f32>(lo, hi));
 }

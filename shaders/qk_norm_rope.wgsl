@@ -39,14 +39,6 @@ fn normed(base: u32, j: u32, inv: f32, query: bool) -> f32 {
     return src[base + j] * inv * (1.0 + w);
 }
 
-// (a, b) = (x[j], x[j + D/2]) rotated at the step's position.
-fn rotate(a: f32, b: f32, j: u32) -> vec2<f32> {
-    let cs = (now.pos * (p.head_dim / 2u) + j) * 2u;
-    let c = table[cs];
-    let s = table[cs + 1u];
-    return vec2<f32>(a * c - b * s, b * c + a * s);
-}
-
 // Word w of a cache row: fp16 pairs (two values) or one f32 value each.
 fn put(cache_k: bool, word: u32, value: u32) {
     if cache_k {

@@ -331,15 +331,15 @@ impl Engine {
         }
         sampling.validate()?;
         let mut stats = StepStats::default();
-        let pieces: Vec<Option<&[u32]>> = match tokens {
-            Some(tokens) => tokens.chunks(self.options.prefill_chunk as usize).map(Some).collect(),
-            None => vec![None],
-        };
+        // Prompt chunks, or the one token already on the GPU (None).
+        let chunk = self.options.prefill_chunk as usize;
+        let n_pieces = tokens.map_or(1, |t| t.len().div_ceil(chunk));
         let staging = self.next_staging;
-        for (i, piece) in pieces.iter().enumerate() {
+        for i in 0..n_pieces {
+            let piece = tokens.map(|t| &t[i * chunk..t.len().min((i + 1) * chunk)]);
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma step") });
-            self.record_layers(&mut enc, *piece, &mut stats)?;
-            if i + 1 == pieces.len() {
+            self.record_layers(&mut enc, piece, &mut stats)?;
+            if i + 1 == n_pieces {
                 // The draw's counter is the position of the token being drawn.
                 let last_row = piece.map_or(1, |p| p.len() as u32) - 1;
                 self.record_head(&mut enc, last_row, Some((sampling, self.pos)), &mut stats)?;

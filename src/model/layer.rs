@@ -195,7 +195,7 @@ impl LayerBindings {
         self.o_proj.dispatch(rec, t)?;
         self.post_attention.dispatch(rec, t, h, eps)?; // x += norm(o); h = norm(x)
         match &self.fused_geglu {
-            Some(geglu) if t == 1 && fused => geglu.dispatch(rec), // gate, up, GeGLU
+            Some(geglu) if t == 1 && fused => geglu.dispatch(rec, pos)?, // gate, up, GeGLU
             _ => {
                 self.gate_proj.dispatch(rec, t)?;
                 self.up_proj.dispatch(rec, t)?;

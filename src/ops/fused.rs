@@ -108,7 +108,8 @@ impl Fused {
         let params = MatMulParams { m: 1, k: gate_up.cols, n, scales_offset: part.scales_offset, w_row0: part.row_offset, out_stride: n, ..Default::default() };
         let groups = check_groups("matvec_geglu", "workgroups", (n / 4).div_ceil(self.teams_per_group()) as u64)?;
         let traffic = Traffic::new(gate_up.bytes() + 4 * gate_up.cols as u64, 4 * n as u64);
-        Ok(GeGluMatVec { bound: self.geglu.bind(ctx, &[x, &part.buffer, &part.buffer, act]), params, groups, traffic })
+        let bound = self.geglu.bind(ctx, &[x, &part.buffer, &part.buffer, act]);
+        Ok(Prepared { op: "matvec_geglu", bound, params, groups: grid(groups), traffic, positions: u32::MAX })
     }
 
     /// q, k and v of one token from `qkv` (q's NH*D rows, k's NKV*D, v's NKV*D), q and k rotated
@@ -158,52 +159,48 @@ impl Fused {
         let groups = check_groups("matvec_qkv", "workgroups", teams.div_ceil(self.teams_per_group() as u64))?;
         let elem = if cache.f32 { 4 } else { 2 };
         let traffic = Traffic::new(qkv.bytes() + 4 * qkv.cols as u64, 4 * q_rows + 2 * elem * kv_rows);
-        Ok(QkvMatVec {
+        Ok(Prepared {
+            op: "matvec_qkv",
             bound: self.qkv.bind(ctx, &[x, &part.buffer, &part.buffer, q, &cache.k, &cache.v, &rope.buffer, step]),
             params,
-            groups,
+            groups: grid(groups),
             traffic,
             positions: rope.positions,
         })
     }
 }
 
-/// Gate and up with GeGLU, bound.
+/// A fused kernel bound with everything a dispatch needs, settled at load: its uniform (never
+/// rewritten: what changes per token comes from the step uniform), its grid and its traffic;
+/// and, for kernels that rotate, the RoPE table's length to check a position against.
 #[derive(Debug)]
-pub struct GeGluMatVec {
-    bound: Bound<MatMulParams>,
-    params: MatMulParams,
-    groups: u32,
-    traffic: Traffic,
-}
-
-impl GeGluMatVec {
-    pub fn dispatch(&self, rec: &mut Recorder<'_>) {
-        self.bound.dispatch(rec, &self.params, grid(self.groups), self.traffic);
-    }
-}
-
-/// q/k/v with RoPE and the cache write, bound.
-#[derive(Debug)]
-pub struct QkvMatVec {
-    bound: Bound<QkvParams>,
-    params: QkvParams,
-    groups: u32,
+pub struct Prepared<P> {
+    op: &'static str,
+    bound: Bound<P>,
+    params: P,
+    groups: [u32; 3],
     traffic: Traffic,
     positions: u32,
 }
 
-impl QkvMatVec {
-    /// For the token at `pos`, which the step uniform bound at `bind_qkv` must hold (the
+impl<P: bytemuck::Pod + PartialEq> Prepared<P> {
+    /// For the token at `pos`, which the step uniform bound with the kernel must hold (the
     /// engine writes it once per step); checked here against the RoPE table.
     pub fn dispatch(&self, rec: &mut Recorder<'_>, pos: u32) -> Result<()> {
         if pos >= self.positions {
-            return Err(Error::shape("matvec_qkv", format!("position {pos} is past the RoPE table's {}", self.positions)));
+            return Err(Error::shape(self.op, format!("position {pos} is past the RoPE table's {}", self.positions)));
         }
-        self.bound.dispatch(rec, &self.params, grid(self.groups), self.traffic);
+        self.bound.dispatch(rec, &self.params, self.groups, self.traffic);
         Ok(())
     }
 }
+
+/// Gate and up with GeGLU, bound (any position: it has no table).
+pub type GeGluMatVec = Prepared<MatMulParams>;
+/// q/k/v with RoPE and the cache write, bound.
+pub type QkvMatVec = Prepared<QkvParams>;
+/// Gemma 3's q/k norms, RoPE and KV write, bound.
+pub type QkNormRopeBinding = Prepared<QkNormRopeParams>;
 
 uniform! {
     /// `qk_norm_rope.wgsl`'s uniform (static for a layer).
@@ -268,33 +265,13 @@ impl QkNormRope {
         let params = QkNormRopeParams { n_heads, n_kv_heads, head_dim, capacity: cache.capacity, eps, ..Default::default() };
         let elem = if cache.f32 { 4 } else { 2 };
         let traffic = Traffic::new(4 * (q_rows + 2 * kv_rows + 2 * head_dim as u64), 4 * q_rows + 2 * elem * kv_rows);
-        Ok(QkNormRopeBinding {
+        Ok(Prepared {
+            op: "qk_norm_rope",
             bound: self.kernel.bind_with(ctx, &[src, q_norm, k_norm, q, &cache.k, &cache.v, &rope.buffer], &[step]),
             params,
-            heads: n_heads + n_kv_heads,
+            groups: grid(n_heads + n_kv_heads),
             traffic,
             positions: rope.positions,
         })
-    }
-}
-
-/// Gemma 3's q/k norms, RoPE and KV write, bound.
-#[derive(Debug)]
-pub struct QkNormRopeBinding {
-    bound: Bound<QkNormRopeParams>,
-    params: QkNormRopeParams,
-    heads: u32,
-    traffic: Traffic,
-    positions: u32,
-}
-
-impl QkNormRopeBinding {
-    /// For the token at `pos`, which the step uniform must hold (checked against the table).
-    pub fn dispatch(&self, rec: &mut Recorder<'_>, pos: u32) -> Result<()> {
-        if pos >= self.positions {
-            return Err(Error::shape("qk_norm_rope", format!("position {pos} is past the RoPE table's {}", self.positions)));
-        }
-        self.bound.dispatch(rec, &self.params, grid(self.heads), self.traffic);
-        Ok(())
     }
 }

@@ -927,7 +927,7 @@ pub async fn fused(ctx: &GpuContext) -> TestResult {
             }
             let op = compiled.iter().find(|(key, _)| *key == (dtype, k, false)).map(|(_, f)| f).ok_or("compiled above")?;
             let bound = e(op.bind_geglu(ctx, &xb, &w, &act))?;
-            e(run_pass(ctx, "matvec_geglu", |p| bound.dispatch(p)).await)?;
+            e(run_pass(ctx, "matvec_geglu", |p| bound.dispatch(p, 0).expect("no table to check")).await)?;
             let got = read(ctx, &act, i).await?;
             let (gate, up) = (reference::linear(&x, &parts[0], k, i), reference::linear(&x, &parts[1], k, i));
             let want = reference::geglu(&gate, &up);
