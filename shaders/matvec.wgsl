@@ -13,8 +13,9 @@
 // picks T from K so each lane takes a handful of chunks. Rows whose length is not a multiple of
 // 32 (f32/f16/bf16 only) take an element-wise path.
 //
-// The lanes' sums meet in a 2 KiB workgroup scratch, one pair of vec4 per lane at a time
-// (`team_sum`: one round for MB = 1, four for MB = 4). The kernel is written without
+// The lanes' sums meet through `team_sum` (one round for MB = 1, four for MB = 4): subgroup
+// shuffles where the device has subgroups (team_subgroup.wgsl), else a 2 KiB workgroup scratch,
+// one pair of vec4 per lane at a time (team_plain.wgsl). The kernel is written without
 // loop-indexed local arrays and with a small scratch because both cost on emulators: SwiftShader
 // keeps such arrays in memory and pays per byte for WebGPU's zero-fill of workgroup memory (an
 // 8 KiB scratch made its LM head 1.7x slower); a real GPU fits more workgroups per core.
@@ -54,8 +55,8 @@ fn put(m: u32, row: u32, v: f32) {
 }
 
 // One row of x: a holds the team's rows 0-3, b rows 4-7; lanes 0-3 write one of each.
-fn finish_one(a: vec4<f32>, b: vec4<f32>, m: u32, row0: u32, lid: u32, lane: u32) {
-    let s = team_sum(a, b, lid, lane);
+fn finish_one(a: vec4<f32>, b: vec4<f32>, m: u32, row0: u32, inv: Invocation, lane: u32) {
+    let s = team_sum(a, b, inv, lane);
     if lane < 4u {
         put(m, row0 + lane, s.a[lane]);
         put(m, row0 + 4u + lane, s.b[lane]);
@@ -64,8 +65,8 @@ fn finish_one(a: vec4<f32>, b: vec4<f32>, m: u32, row0: u32, lid: u32, lane: u32
 
 // A block of MV_MB rows of x: a and b hold rows r and r + 1 of the team for the block's four
 // rows of x; lane i < 4 writes row i of x's pair.
-fn finish_block(a: vec4<f32>, b: vec4<f32>, m0: u32, row: u32, lid: u32, lane: u32) {
-    let s = team_sum(a, b, lid, lane);
+fn finish_block(a: vec4<f32>, b: vec4<f32>, m0: u32, row: u32, inv: Invocation, lane: u32) {
+    let s = team_sum(a, b, inv, lane);
     if lane < 4u {
         put(m0 + lane, row, s.a[lane]);
         put(m0 + lane, row + 1u, s.b[lane]);
@@ -74,7 +75,8 @@ fn finish_block(a: vec4<f32>, b: vec4<f32>, m0: u32, row: u32, lid: u32, lane: u
 
 @compute @workgroup_size(MV_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+        inv: Invocation) {
+    let lid = thread_index(inv);
     let lane = lid % T;
     let team = lid / T;
     let row0 = (linear_group(wid, nwg) * (MV_WG / T) + team) * MV_NR;
@@ -119,13 +121,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             a6 += block_dot(r6, c, xb);
             a7 += block_dot(r7, c, xb);
         }
-        finish_block(a0, a1, m0, row0, lid, lane);
+        finish_block(a0, a1, m0, row0, inv, lane);
         workgroupBarrier();
-        finish_block(a2, a3, m0, row0 + 2u, lid, lane);
+        finish_block(a2, a3, m0, row0 + 2u, inv, lane);
         workgroupBarrier();
-        finish_block(a4, a5, m0, row0 + 4u, lid, lane);
+        finish_block(a4, a5, m0, row0 + 4u, inv, lane);
         workgroupBarrier();
-        finish_block(a6, a7, m0, row0 + 6u, lid, lane);
+        finish_block(a6, a7, m0, row0 + 6u, inv, lane);
     } else if p.k % 32u == 0u {
         // One row of x (decode): the team's eight rows accumulate in two vec4.
         let m = min(m0, last_m);
@@ -139,7 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             hi += vec4<f32>(chunk_dot(chunk_codes(r4, c), xc, sx), chunk_dot(chunk_codes(r5, c), xc, sx),
                             chunk_dot(chunk_codes(r6, c), xc, sx), chunk_dot(chunk_codes(r7, c), xc, sx));
         }
-        finish_one(lo, hi, m0, row0, lid, lane);
+        finish_one(lo, hi, m0, row0, inv, lane);
     } else {
         // Rows whose length is not a multiple of 32 (float types only), element by element,
         // into the same layout: MB = 1: acc[0] rows 0-3, acc[1] rows 4-7; else acc[r] row r.
@@ -158,11 +160,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             }
         }
         if MB == 1u {
-            finish_one(acc[0], acc[1], m0, row0, lid, lane);
+            finish_one(acc[0], acc[1], m0, row0, inv, lane);
         } else {
             for (var r = 0u; r < MV_NR; r += 2u) {
                 workgroupBarrier();
-                finish_block(acc[r], acc[r + 1u], m0, row0 + r, lid, lane);
+                finish_block(acc[r], acc[r + 1u], m0, row0 + r, inv, lane);
             }
         }
     }

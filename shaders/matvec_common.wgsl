@@ -3,7 +3,9 @@
 // decoded and dotted with x, and the team reduction. The including kernel declares
 // `xv: array<vec4<f32>>` (x), `w: array<u32>` and `wv: array<vec4<u32>>` (the weight) and a
 // uniform `p` with fields `k` (row length, a multiple of 32 on the chunked paths) and
-// `scales_offset`, and the override `T` (lanes per team).
+// `scales_offset`, and the override `T` (lanes per team). The team reduction (`team_sum`) and
+// the invocation's place in its team (`Invocation`, `thread_index`) come from team_plain.wgsl
+// or team_subgroup.wgsl, whichever the device allows (appended by `Shader::source_for`).
 
 // Chunk c (weights 32c..32c+31) of row r, decoded: its 32 codes (or values for the float
 // types), and (scale, min) so that chunk . x = (codes . x) * scale + sum(x) * min. Group
@@ -71,31 +73,3 @@ fn x_sum(xc: array<vec4<f32>, 8>) -> f32 {
     let s4 = xc[0] + xc[1] + xc[2] + xc[3] + xc[4] + xc[5] + xc[6] + xc[7];
     return s4.x + s4.y + s4.z + s4.w;
 }
-
-// The cross-lane reduction's scratch: one pair of vec4 per invocation (2 KiB). It is kept this
-// small on purpose: WebGPU zero-fills workgroup memory before every workgroup, and emulators
-// (SwiftShader) pay for that per byte, while a real GPU fits more workgroups per core.
-var<workgroup> red: array<array<vec4<f32>, MV_WG>, 2>;
-
-struct Pair {
-    a: vec4<f32>,
-    b: vec4<f32>,
-}
-
-// a and b summed over the T lanes of this invocation's team (a tree: 1 + log2 T barriers),
-// returned to every lane of the team. Called in uniform control flow; a second call needs a
-// barrier first (the team's lanes read the first lane's slots last).
-fn team_sum(a: vec4<f32>, b: vec4<f32>, lid: u32, lane: u32) -> Pair {
-    red[0][lid] = a;
-    red[1][lid] = b;
-    workgroupBarrier();
-    for (var stride = T / 2u; stride > 0u; stride >>= 1u) {
-        if lane < stride {
-            red[0][lid] += red[0][lid + stride];
-            red[1][lid] += red[1][lid + stride];
-        }
-        workgroupBarrier();
-    }
-    return Pair(red[0][lid - lane], red[1][lid - lane]);
-}
-

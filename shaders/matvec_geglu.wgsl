@@ -15,7 +15,8 @@ override T: u32 = 4u;   // lanes per team: 4, 16 or 64
 
 @compute @workgroup_size(MV_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+        inv: Invocation) {
+    let lid = thread_index(inv);
     let lane = lid % T;
     let j0 = (linear_group(wid, nwg) * (MV_WG / T) + lid / T) * 4u;
     // Outputs past n are read clamped (in bounds, no branch) and never written.
@@ -34,7 +35,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         up += vec4<f32>(chunk_dot(chunk_codes(g0 + p.n, c), xc, sx), chunk_dot(chunk_codes(g1 + p.n, c), xc, sx),
                         chunk_dot(chunk_codes(g2 + p.n, c), xc, sx), chunk_dot(chunk_codes(g3 + p.n, c), xc, sx));
     }
-    let s = team_sum(gate, up, lid, lane);
+    let s = team_sum(gate, up, inv, lane);
     if lane < 4u && j0 + lane < p.n {
         act[j0 + lane] = gelu_tanh(s.a[lane]) * s.b[lane];
     }

@@ -41,7 +41,8 @@ fn put_k(word: u32, lo: f32, hi: f32) {
 
 @compute @workgroup_size(MV_WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {
+        inv: Invocation) {
+    let lid = thread_index(inv);
     let lane = lid % T;
     let d = p.head_dim;
     let half_d = d / 2u;
@@ -73,7 +74,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         hi += vec4<f32>(chunk_dot(chunk_codes(h, c), xc, sx), chunk_dot(chunk_codes(h + 1u, c), xc, sx),
                         chunk_dot(chunk_codes(h + 2u, c), xc, sx), chunk_dot(chunk_codes(h + 3u, c), xc, sx));
     }
-    let s = team_sum(lo, hi, lid, lane);
+    let s = team_sum(lo, hi, inv, lane);
     if team >= teams || lane >= 4u {
         return;
     }

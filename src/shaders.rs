@@ -2,7 +2,9 @@
 //!
 //! WGSL has no `#include`; a kernel that needs shared helpers lists the library files it uses
 //! (`common.wgsl`, `packed.wgsl`), which are prepended to it unchanged. Specialisation is by
-//! WGSL `override` constants, never by editing source text.
+//! WGSL `override` constants, never by editing source text; the one choice made per device is
+//! which of two library files ends a team kernel (its cross-lane sum with subgroup operations,
+//! or through workgroup memory).
 
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 const PACKED: &str = include_str!("../shaders/packed.wgsl");
@@ -12,6 +14,8 @@ const ROPE_COMMON: &str = include_str!("../shaders/rope_common.wgsl");
 const NORM_COMMON: &str = include_str!("../shaders/norm_common.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../shaders/attention_common.wgsl");
 const SAMPLE_COMMON: &str = include_str!("../shaders/sample_common.wgsl");
+const TEAM_PLAIN: &str = include_str!("../shaders/team_plain.wgsl");
+const TEAM_SUBGROUP: &str = include_str!("../shaders/team_subgroup.wgsl");
 
 macro_rules! shared_consts {
     ($( $(#[$doc:meta])* $name:ident = $value:expr; )*) => {
@@ -47,6 +51,10 @@ shared_consts! {
     /// 2 or 4; more take the one-workgroup-per-head kernel), and the most splits of the keys.
     ATTN_MAX_GROUP = 4;
     ATTN_MAX_SPLITS = 128;
+    /// Prefill attention (`attention_prefill.wgsl`): query rows (query, head) per workgroup,
+    /// all of one KV head, and keys per tile (the workgroup is AP_KEYS x AP_ROWS / 2).
+    AP_ROWS = 8;
+    AP_KEYS = 16;
     /// Sampler: logits per `sample_select.wgsl` workgroup (`WG` threads, 16 each), and the
     /// most candidates one chunk hands to `sample.wgsl` (the largest top-k that never reads
     /// the logits twice).
@@ -76,18 +84,35 @@ pub fn prelude() -> String {
 pub struct Shader {
     pub name: &'static str,
     pub parts: &'static [&'static str],
+    /// Whether the kernel sums across the lanes of a team (the matrix-vector family): it then
+    /// ends with team_subgroup.wgsl where the device has subgroups, else team_plain.wgsl.
+    pub teams: bool,
 }
 
 impl Shader {
-    /// The prelude of shared constants, the library files, then the kernel.
+    /// The source for a device without subgroups (what every WebGPU device runs).
     pub fn source(&self) -> String {
-        prelude() + &self.parts.join("\n")
+        self.source_for(false)
+    }
+
+    /// The prelude of shared constants, the library files, the kernel, then (for team
+    /// kernels) the team reduction: subgroup operations if `subgroups`, else workgroup memory.
+    pub fn source_for(&self, subgroups: bool) -> String {
+        let mut source = prelude() + &self.parts.join("\n");
+        if self.teams {
+            source.push('\n');
+            source.push_str(if subgroups { TEAM_SUBGROUP } else { TEAM_PLAIN });
+        }
+        source
     }
 }
 
 macro_rules! shader {
     ($id:ident, $file:literal, [$($lib:ident),*]) => {
-        pub const $id: Shader = Shader { name: $file, parts: &[$($lib,)* include_str!(concat!("../shaders/", $file))] };
+        shader!($id, $file, [$($lib),*], false);
+    };
+    ($id:ident, $file:literal, [$($lib:ident),*], $teams:expr) => {
+        pub const $id: Shader = Shader { name: $file, parts: &[$($lib,)* include_str!(concat!("../shaders/", $file))], teams: $teams };
     };
 }
 
@@ -96,14 +121,15 @@ shader!(RMSNORM, "rmsnorm.wgsl", [COMMON, NORM_COMMON]);
 shader!(ADD_RMSNORM, "add_rmsnorm.wgsl", [COMMON, NORM_COMMON]);
 shader!(ROPE, "rope.wgsl", [COMMON]);
 shader!(MATMUL, "matmul.wgsl", [COMMON, PACKED, LINEAR]);
-shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
-shader!(MATVEC_GEGLU, "matvec_geglu.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON]);
-shader!(MATVEC_QKV, "matvec_qkv.wgsl", [COMMON, PACKED, MATVEC_COMMON, ROPE_COMMON]);
+shader!(MATVEC, "matvec.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON], true);
+shader!(MATVEC_GEGLU, "matvec_geglu.wgsl", [COMMON, PACKED, LINEAR, MATVEC_COMMON], true);
+shader!(MATVEC_QKV, "matvec_qkv.wgsl", [COMMON, PACKED, MATVEC_COMMON, ROPE_COMMON], true);
 shader!(QK_NORM_ROPE, "qk_norm_rope.wgsl", [COMMON, NORM_COMMON, ROPE_COMMON]);
 shader!(GEGLU, "geglu.wgsl", [COMMON]);
 shader!(KV_CACHE, "kv_cache.wgsl", [COMMON]);
 shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
+shader!(ATTENTION_PREFILL, "attention_prefill.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_COMBINE, "attention_combine.wgsl", [COMMON]);
 shader!(SAMPLE_ARGMAX, "sample_argmax.wgsl", [SAMPLE_COMMON]);
 shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
@@ -119,10 +145,12 @@ pub const ALL: &[Shader] = &[
     MATVEC,
     MATVEC_GEGLU,
     MATVEC_QKV,
+    QK_NORM_ROPE,
     GEGLU,
     KV_CACHE,
     ATTENTION,
     ATTENTION_SPLIT,
+    ATTENTION_PREFILL,
     ATTENTION_COMBINE,
     SAMPLE_ARGMAX,
     SAMPLE_SELECT,

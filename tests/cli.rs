@@ -110,6 +110,15 @@ fn convert_logits_generate_and_bench() {
     let json = ok(&["bench", &d, "--prompt-tokens", "4", "--gen-tokens", "2", "--max-context", "64", "--unfused", "--json"]);
     let unfused: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
     assert_eq!(unfused["dispatches_per_token"].as_u64(), Some(15 * layers + 2 * parts + 3), "{json}");
+    // Subgroups where the adapter has them (the test script says so for lavapipe), none with
+    // --no-subgroups; the dispatches are the same either way.
+    if std::env::var("GEMMA_EXPECT_SUBGROUPS").is_ok_and(|e| e == "1") {
+        assert_eq!(v["subgroups"], true, "{json}");
+    }
+    let json = ok(&["bench", &d, "--prompt-tokens", "4", "--gen-tokens", "2", "--max-context", "64", "--no-subgroups", "--json"]);
+    let plain: serde_json::Value = serde_json::from_str(&json).expect("bench --json is JSON");
+    assert_eq!(plain["subgroups"], false, "{json}");
+    assert_eq!(plain["dispatches_per_token"], v["dispatches_per_token"], "{json}");
     // The LM head writes the logits soft-capped and greedy sampling reads them once.
     assert_eq!(v["logit_passes_per_token"], 2, "{json}");
     // A decoded token reads every weight (the embedding as the LM head) and little else: the

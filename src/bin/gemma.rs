@@ -45,15 +45,17 @@ mod cli {
                  [--max-context 4096] [--kv-f32]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
   gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]
-              [--depth N] [--attention split|blocked] [--sample] [--unfused] [--sequential]
+              [--depth N] [--attention split|blocked] [--sample] [--unfused] [--sequential] [--no-subgroups]
       --depth N: start the prompt at position N of a cache taken as full (not computed: the
-      timing of a long conversation without its prefill); --attention blocked: decode attention
-      with one workgroup per query head instead of split across the keys, for comparison;
+      timing of a long conversation without its prefill); --attention blocked: attention with
+      one workgroup per (query head, query), instead of split across the keys (decode) and
+      one workgroup per KV head and 8 query rows (prefill), for comparison;
       --sample: draw with generate's default sampling (temperature 0.7, top-k 64, top-p 0.95)
       instead of greedy arg-max; --unfused: decode q/k/v and gate/up through the separate
       kernels a prompt takes (products, RoPE, KV write, GeGLU) instead of the fused ones;
       --sequential: read each token back before submitting the next step (decode is pipelined
-      by default, as generate runs it)";
+      by default, as generate runs it); --no-subgroups: the matrix-vector kernels sum their
+      lanes through workgroup memory even where the adapter has subgroups (as in a browser)";
 
     type Res<T> = Result<T, String>;
 
@@ -63,7 +65,7 @@ mod cli {
         options: Vec<(String, Option<String>)>,
     }
 
-    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--unfused", "--sequential", "--help"];
+    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--unfused", "--sequential", "--no-subgroups", "--help"];
 
     impl Args {
         fn parse(raw: Vec<String>) -> Res<Self> {
@@ -130,8 +132,9 @@ mod cli {
         s.split(',').map(|t| t.trim().parse::<u32>().map_err(|_| format!("--tokens: '{t}' is not a token id"))).collect()
     }
 
-    async fn context() -> Res<GpuContext> {
-        GpuContext::new(&ContextOptions::default()).await.map_err(|e| e.to_string())
+    /// The device, with subgroups unless `--no-subgroups`.
+    async fn context(args: &Args) -> Res<GpuContext> {
+        GpuContext::new(&ContextOptions { no_subgroups: args.has("--no-subgroups"), ..Default::default() }).await.map_err(|e| e.to_string())
     }
 
     /// The engine for `dir`, with `--max-context` and `--kv-f32` (defaults: `EngineOptions`).
@@ -141,7 +144,7 @@ mod cli {
             None => None,
         };
         let options = EngineOptions { max_context, kv: KvType::f32_if(args.has("--kv-f32")), ..Default::default() };
-        load::load(context().await?, manifest, &load::Dir { dir, manifest }, options).await.map_err(|e| e.to_string())
+        load::load(context(args).await?, manifest, &load::Dir { dir, manifest }, options).await.map_err(|e| e.to_string())
     }
 
     async fn load_dir(dir: &Path, args: &Args) -> Res<Engine> {
@@ -315,6 +318,7 @@ mod cli {
             "--sample",
             "--unfused",
             "--sequential",
+            "--no-subgroups",
         ])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let (n_prompt, n_gen): (usize, usize) = (args.num("--prompt-tokens", 128)?, args.num("--gen-tokens", 32)?);
@@ -363,6 +367,7 @@ mod cli {
         let r = &gpu.ctx.report;
         let fields = [
             ("adapter", format!("\"{}\"", format!("{} ({}, {})", r.name, r.backend, r.device_type).replace('"', "'"))),
+            ("subgroups", format!("{}", r.uses_subgroups)),
             ("model_dir", format!("\"{}\"", dir.display())),
             ("load_s", format!("{load_s:.2}")),
             ("depth", format!("{depth}")),

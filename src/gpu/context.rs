@@ -19,6 +19,10 @@ pub struct ContextOptions {
     /// Cap the storage-binding size below what the adapter allows (0: no cap). Tests use this
     /// to exercise tensor splitting; users can use it to emulate a phone's limits.
     pub max_storage_binding_cap: u64,
+    /// Do not use subgroups even where the adapter has them: the matrix-vector kernels then
+    /// reduce through workgroup memory, as on every browser (tests run both paths; `gemma
+    /// bench --no-subgroups` compares them).
+    pub no_subgroups: bool,
 }
 
 /// What the adapter is and what we got from it; printed by the CLI and returned to JS.
@@ -31,6 +35,12 @@ pub struct AdapterReport {
     pub device_type: String,
     /// Optional features the adapter has. Neither is required; a faster path may use them.
     pub has_subgroups: bool,
+    /// Whether the kernels use subgroups (the adapter has them, their size is at most the
+    /// matrix-vector workgroup's, and `ContextOptions::no_subgroups` is off).
+    pub uses_subgroups: bool,
+    /// The subgroup sizes the adapter may use, smallest and largest (wgpu's 4 and 128 where it
+    /// does not say).
+    pub subgroup_sizes: [u32; 2],
     pub has_shader_f16: bool,
     /// Timestamp queries (requested when offered; `gemma bench --profile` uses them).
     pub has_timestamps: bool,
@@ -44,14 +54,19 @@ impl std::fmt::Display for AdapterReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({}, {}{}), storage binding {} MiB, buffer {} MiB, subgroups {}, shader-f16 {}",
+            "{} ({}, {}{}), storage binding {} MiB, buffer {} MiB, subgroups {}{}, shader-f16 {}",
             if self.name.is_empty() { "unnamed adapter" } else { &self.name },
             self.backend,
             self.device_type,
             if self.driver.is_empty() { String::new() } else { format!(", {}", self.driver) },
             self.max_storage_binding >> 20,
             self.max_buffer_size >> 20,
-            if self.has_subgroups { "yes" } else { "no" },
+            if self.has_subgroups { format!("{}-{} lanes", self.subgroup_sizes[0], self.subgroup_sizes[1]) } else { "no".into() },
+            match (self.has_subgroups, self.uses_subgroups) {
+                (true, true) => " (used)",
+                (true, false) => " (not used)",
+                _ => "",
+            },
             if self.has_shader_f16 { "yes" } else { "no" },
         )
     }
@@ -96,6 +111,15 @@ impl GpuContext {
         limit_check("maxStorageBufferBindingSize", opts.min_storage_binding, storage_binding)?;
         limit_check("maxBufferSize", opts.min_buffer_size, have.max_buffer_size)?;
 
+        // Subgroup kernels assume a power-of-two size (Vulkan, Metal and D3D12 guarantee it)
+        // that divides the matrix-vector workgroup: at most MV_WG lanes.
+        let has_subgroups = features.contains(wgpu::Features::SUBGROUP);
+        let uses_subgroups = has_subgroups && !opts.no_subgroups && info.subgroup_max_size <= crate::shaders::consts::MV_WG && info.subgroup_min_size >= 4;
+        let mut wanted = features & wgpu::Features::TIMESTAMP_QUERY;
+        if uses_subgroups {
+            wanted |= wgpu::Features::SUBGROUP;
+        }
+
         let mut limits = wgpu::Limits::defaults().or_worse_values_from(&have);
         limits.max_storage_buffer_binding_size = storage_binding;
         limits.max_buffer_size = have.max_buffer_size;
@@ -103,7 +127,7 @@ impl GpuContext {
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("gemma-webgpu"),
-                required_features: features & wgpu::Features::TIMESTAMP_QUERY,
+                required_features: wanted,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -124,7 +148,9 @@ impl GpuContext {
             backend: format!("{:?}", info.backend),
             driver: [info.driver.as_str(), info.driver_info.as_str()].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join(" "),
             device_type: format!("{:?}", info.device_type),
-            has_subgroups: features.contains(wgpu::Features::SUBGROUP),
+            has_subgroups,
+            uses_subgroups,
+            subgroup_sizes: [info.subgroup_min_size, info.subgroup_max_size],
             has_shader_f16: features.contains(wgpu::Features::SHADER_F16),
             has_timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
             max_storage_binding: limits.max_storage_buffer_binding_size,

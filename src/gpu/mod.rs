@@ -143,7 +143,7 @@ impl Kernel {
     /// `Error::ShaderCompile`; nothing panics.
     pub async fn new(ctx: &GpuContext, shader: &Shader, constants: &[(&str, f64)]) -> Result<Self> {
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let source = shader.source();
+        let source = shader.source_for(ctx.report.uses_subgroups);
         let module =
             ctx.device.create_shader_module(wgpu::ShaderModuleDescriptor { label: Some(shader.name), source: wgpu::ShaderSource::Wgsl(source.into()) });
         let pipeline = ctx.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {

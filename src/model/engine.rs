@@ -164,11 +164,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Decode attention through the split kernels (`true`, the default) or one workgroup per
-    /// query head, as a prefill block: for comparing the two in one run.
+    /// Attention through the split kernels (decode) and the prefill kernel (a prompt chunk),
+    /// `true`, the default, or one workgroup per (query head, query) for both: for comparing
+    /// them in one run.
     pub fn set_split_decode_attention(&mut self, on: bool) {
         for layer in &mut self.layers {
             layer.attention.split_decode = on;
+            layer.attention.tiled_prefill = on;
         }
     }
 

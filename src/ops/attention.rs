@@ -1,7 +1,10 @@
 //! Soft-capped, optionally sliding-window, grouped-query attention over a `KvCache`.
 //!
-//! Two kernels compute it. A block of queries (prefill) takes `attention.wgsl`: one workgroup
-//! per (query head, query), walking the keys in tiles. One query (decode) takes the split
+//! Three kernels compute it. A block of queries (prefill) takes `attention_prefill.wgsl`: one
+//! workgroup per KV head and `AP_ROWS` (query, head) rows that share it, so each key and value
+//! is read once for those rows. `attention.wgsl`, one workgroup per (query head, query) walking
+//! the keys in tiles, serves what the others do not (and `gemma bench --attention blocked`, for
+//! comparison). One query (decode) takes the split
 //! kernels when a KV head serves at most `ATTN_MAX_GROUP` query heads: `attention_split.wgsl`
 //! gives each workgroup one KV head and one stretch of the keys (so a long context fills the
 //! GPU with workgroups, and each key is read once for all the query heads that share it), and
@@ -16,7 +19,7 @@ use crate::shaders;
 /// Largest head dimension the kernel supports (Gemma 2 and Gemma 3 use 256, their 27B
 /// models 128).
 pub const MAX_HEAD_DIM: u32 = crate::shaders::consts::MAX_HEAD_DIM;
-use crate::shaders::consts::{ATTN_KEYS, ATTN_MAX_GROUP, ATTN_MAX_SPLITS};
+use crate::shaders::consts::{AP_ROWS, ATTN_KEYS, ATTN_MAX_GROUP, ATTN_MAX_SPLITS};
 
 /// f32 elements of the split kernel's partial results per query head (the `part` buffer holds
 /// `n_heads` of these): one record of `head_dim + 2` (the unnormalised output, its running
@@ -82,6 +85,7 @@ uniform! {
 #[derive(Debug)]
 pub struct Attention {
     blocked: Kernel,
+    prefill: Kernel,
     split: Kernel,
     combine: Kernel,
     f32: bool,
@@ -90,6 +94,7 @@ pub struct Attention {
 #[derive(Debug)]
 pub struct AttentionBinding {
     bound: Bound<AttentionParams>,
+    prefill: Bound<AttentionParams>,
     split: Bound<AttentionParams>,
     combine: Bound<CombineParams>,
     q_len: u64,
@@ -99,9 +104,11 @@ pub struct AttentionBinding {
     width: u32,
     /// Bytes per cached value (4 or 2).
     elem: u64,
-    /// Whether one query takes the split kernels (default) or, as a prefill block does, one
-    /// workgroup per query head (`gemma bench --attention blocked` compares the two).
+    /// Whether one query takes the split kernels (default) and a block of queries the prefill
+    /// kernel (default), or either takes one workgroup per (query head, query): `gemma bench
+    /// --attention blocked` compares them.
     pub split_decode: bool,
+    pub tiled_prefill: bool,
 }
 
 impl Attention {
@@ -110,6 +117,7 @@ impl Attention {
         let kv = [("KV_F32", if f32 { 1.0 } else { 0.0 })];
         Ok(Self {
             blocked: Kernel::new(ctx, &shaders::ATTENTION, &kv).await?,
+            prefill: Kernel::new(ctx, &shaders::ATTENTION_PREFILL, &kv).await?,
             split: Kernel::new(ctx, &shaders::ATTENTION_SPLIT, &kv).await?,
             combine: Kernel::new(ctx, &shaders::ATTENTION_COMBINE, &[]).await?,
             f32,
@@ -134,6 +142,7 @@ impl Attention {
         }
         Ok(AttentionBinding {
             bound: self.blocked.bind(ctx, &[q, &cache.k, &cache.v, out]),
+            prefill: self.prefill.bind(ctx, &[q, &cache.k, &cache.v, out]),
             split: self.split.bind_with(ctx, &[q, &cache.k, &cache.v, part], &[step]),
             combine: self.combine.bind_with(ctx, &[part, out], &[step]),
             q_len: words(q),
@@ -143,6 +152,7 @@ impl Attention {
             width: cache.width,
             elem: if cache.f32 { 4 } else { 2 },
             split_decode: true,
+            tiled_prefill: true,
         })
     }
 }
@@ -193,11 +203,19 @@ impl AttentionBinding {
         if self.split_decode && s.n_queries == 1 && s.n_heads / s.n_kv_heads <= ATTN_MAX_GROUP {
             return self.dispatch_split(rec, params, first_needed as u32);
         }
-        let gy = check_groups(op, "queries", s.n_queries as u64)?;
-        // The K and V rows that any query of the block sees (the kernel reads them once per
-        // query head and query; a cache may serve the repeats).
+        // The K and V rows that any query of the block sees (read once per workgroup, which
+        // a cache may serve after the first).
         let kv = 2 * (end - first_needed) * s.n_kv_heads as u64 * s.head_dim as u64 * self.elem;
-        self.bound.dispatch(rec, &params, [s.n_heads, gy, 1], Traffic::new(kv + 4 * q_elems, 4 * q_elems));
+        let traffic = Traffic::new(kv + 4 * q_elems, 4 * q_elems);
+        if self.tiled_prefill && s.n_queries > 1 {
+            // One workgroup per KV head and AP_ROWS of its (query, head) rows.
+            let rows = s.n_queries as u64 * (s.n_heads / s.n_kv_heads) as u64;
+            let blocks = check_groups(op, "query rows", rows.div_ceil(AP_ROWS as u64))?;
+            self.prefill.dispatch(rec, &params, [s.n_kv_heads, blocks, 1], traffic);
+            return Ok(());
+        }
+        let gy = check_groups(op, "queries", s.n_queries as u64)?;
+        self.bound.dispatch(rec, &params, [s.n_heads, gy, 1], traffic);
         Ok(())
     }
 

@@ -512,6 +512,8 @@ const ATTN_CASES: &[AttnCase] = &[
     AttnCase { name: "prefill gqa2 D256 W16", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
     AttnCase { name: "prefill gqa2 D256 global", n_heads: 8, n_kv_heads: 4, head_dim: 256, window: 0, query_pre_attn_scalar: 256.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.0 },
     AttnCase { name: "prefill gqa1 D64 global no-cap", n_heads: 4, n_kv_heads: 4, head_dim: 64, window: 0, query_pre_attn_scalar: 64.0, softcap: 0.0, positions: 37, block: 37, capacity: 37, qk_std: 1.0 },
+    // Gemma 3 270M-like: 4 query heads on one KV head (a prefill workgroup holds 2 queries).
+    AttnCase { name: "prefill gqa4 D256 W16", n_heads: 4, n_kv_heads: 1, head_dim: 256, window: 16, query_pre_attn_scalar: 256.0, softcap: 0.0, positions: 37, block: 37, capacity: 64, qk_std: 2.0 },
     // 27B-like scaling (query_pre_attn_scalar 144 != head_dim 128), GQA 3.
     AttnCase { name: "prefill gqa3 D128 W8 q144", n_heads: 6, n_kv_heads: 2, head_dim: 128, window: 8, query_pre_attn_scalar: 144.0, softcap: 50.0, positions: 37, block: 37, capacity: 64, qk_std: 4.5 },
     // Chunked prefill then decode through a ring of window + block - 1 slots.
@@ -532,7 +534,10 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
     let (attn, kvw) = (e(Attention::for_cache(ctx, false).await)?, e(KvWrite::for_cache(ctx, false).await)?);
     let step = step_uniform(ctx);
     let mut max_pre_cap = 0f32;
-    for c in ATTN_CASES {
+    // Prefill blocks take attention_prefill.wgsl; each case runs again through the
+    // one-workgroup-per-(head, query) kernel (`--attention blocked`), which decode still uses.
+    let cases = ATTN_CASES.iter().flat_map(|c| if c.block > 1 { vec![(c, true), (c, false)] } else { vec![(c, true)] });
+    for (c, tiled) in cases {
         let (qw, kw) = (c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim);
         let q = rng.vec(c.positions * qw, c.qk_std);
         let k = f16_round(&rng.vec(c.positions * kw, c.qk_std));
@@ -547,7 +552,8 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             let (kb, vb) = (buf(ctx, &k[start * kw..(start + t) * kw])?, buf(ctx, &v[start * kw..(start + t) * kw])?);
             let (qb, ob) = (buf(ctx, &q[start * qw..(start + t) * qw])?, zeros(ctx, t * qw)?);
             let kv_bound = e(kvw.bind(ctx, &kb, &vb, &cache))?;
-            let bound = e(attn.bind(ctx, &qb, &cache, &ob, &part, &step))?;
+            let mut bound = e(attn.bind(ctx, &qb, &cache, &ob, &part, &step))?;
+            bound.tiled_prefill = tiled;
             set_step(ctx, &step, start, t);
             let shape = AttentionShape {
                 n_queries: t as u32,
@@ -582,7 +588,8 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             }
         }
         let vmax = v.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
-        rep.add(compare("attention", c.name, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
+        let name = if tiled { c.name.to_string() } else { format!("{} (blocked kernel)", c.name) };
+        rep.add(compare("attention", &name, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
     }
     // One decode query at the end of an 8192-token context (global, and a 4096 window): long
     // key loops are where llvmpipe's per-invocation loop budget would cut a kernel short, and
@@ -617,6 +624,18 @@ pub async fn attention(ctx: &GpuContext) -> TestResult {
             let got = read(ctx, &ob, q.len()).await?;
             let want = reference::attention(&q, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - 1, window, 1.0 / 16.0, 50.0);
             let case = format!("decode at position 8191, window {window}, {n_heads} heads on {n_kv_heads}");
+            rep.add(compare("attention", &case, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
+            // A prefill block of 13 queries ending there (the prefill kernel's longest walk:
+            // 512 tiles of keys; 13 x heads rows leave the last workgroup part-filled).
+            let n_q = 13usize;
+            let qs = rng.vec(n_q * n_heads * head_dim, 1.0);
+            let (qsb, osb) = (buf(ctx, &qs)?, zeros(ctx, qs.len())?);
+            let bound = e(attn.bind(ctx, &qsb, &cache, &osb, &part, &step))?;
+            let shape = AttentionShape { n_queries: n_q as u32, q_pos_start: (ctx_len - n_q) as u32, ..shape };
+            e(run_pass(ctx, "attention", |p| bound.dispatch(p, &shape).expect("shape checked")).await)?;
+            let got = read(ctx, &osb, qs.len()).await?;
+            let want = reference::attention(&qs, &k, &v, n_heads, n_kv_heads, head_dim, ctx_len - n_q, window, 1.0 / 16.0, 50.0);
+            let case = format!("prefill of {n_q} at positions {}..8191, window {window}, {n_heads} heads on {n_kv_heads}", ctx_len - n_q);
             rep.add(compare("attention", &case, &got, &want, Some(&vec![vmax; want.len()]), 2e-5, 0.0)?);
         }
     }
@@ -824,7 +843,7 @@ pub async fn errors(ctx: &GpuContext) -> TestResult {
     expect_err("limits", GpuContext::new(&opts).await.map(|_| ()), "maxStorageBufferBindingSize")?;
     rep.add(0.0);
     // A shader that does not compile.
-    let broken = gemma_webgpu::shaders::Shader { name: "broken.wgsl", parts: &["@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }"] };
+    let broken = gemma_webgpu::shaders::Shader { name: "broken.wgsl", parts: &["@compute @workgroup_size(1) fn main() { let x: u32 = 1.5; }"], teams: false };
     expect_err("shader", gemma_webgpu::gpu::Kernel::new(ctx, &broken, &[]).await.map(|_| ()), "broken.wgsl")?;
     rep.add(0.0);
     // A weight whose single row exceeds the allowed part size.
