@@ -184,9 +184,13 @@ impl Loader<'_> {
         self.opts.engine.resolve(&manifest.config)?;
         // The GPU first: no point downloading a model the adapter cannot hold.
         let largest = manifest.tensors.iter().flat_map(|t| t.parts.iter().map(|p| p.length)).max().unwrap_or(0);
-        let ctx =
-            GpuContext::new(&ContextOptions { min_storage_binding: largest, min_buffer_size: largest, max_storage_binding_cap: self.opts.max_storage_binding })
-                .await?;
+        let ctx = GpuContext::new(&ContextOptions {
+            min_storage_binding: largest,
+            min_buffer_size: largest,
+            max_storage_binding_cap: self.opts.max_storage_binding,
+            no_subgroups: false,
+        })
+        .await?;
 
         let tokenizer = self.tokenizer(&manifest).await?;
         let engine = load::load(ctx, &manifest, &Shards { loader: self, manifest: &manifest }, self.opts.engine).await?;
