@@ -164,14 +164,17 @@ impl<'a> WeightLoader<'a> {
 }
 
 /// `weights` joined by rows when they can be (`GpuWeight::join`): views of the joined weight in
-/// their place, and the joined weight; else the weights unchanged and `None`.
+/// their place (the originals destroyed), and the joined weight; else the weights unchanged
+/// and `None`.
 fn join<const N: usize>(ctx: &GpuContext, label: &str, weights: [GpuWeight; N]) -> Result<([GpuWeight; N], Option<GpuWeight>)> {
     let Some(joined) = GpuWeight::join(ctx, label, &weights.each_ref())? else { return Ok((weights, None)) };
     let mut first = 0;
     let mut views = Vec::with_capacity(N);
-    for w in &weights {
+    for w in weights {
         views.push(joined.view(first, w.rows)?);
         first = first.saturating_add(w.rows);
+        // Freed now, not when a browser's garbage collector gets to it (the copies run first).
+        w.destroy();
     }
     let views: [GpuWeight; N] = views.try_into().map_err(|_| Error::Format(format!("{label}: joined {N} weights into a different number of views")))?;
     Ok((views, Some(joined)))
