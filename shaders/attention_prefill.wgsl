@@ -9,13 +9,16 @@
 // 270M: 2 x 4). The rows' q vectors sit in workgroup memory; the keys the block sees are walked
 // in tiles of AP_KEYS, three barriers per tile:
 //   1. scores: invocation (key kk, pair) reads key kk once and dots it with rows pair and
-//      pair + 4 (each key is loaded by 4 invocations, not by 8 workgroups);
+//      pair + 4 (a key is loaded by 4 invocations of one workgroup for its 8 rows, where
+//      attention.wgsl loads it in 8 workgroups, one per row);
 //   2. softmax: invocation r < AP_ROWS updates row r's running maximum and sum and turns its
 //      scores into weights (masked keys weigh exactly 0);
 //   3. values: invocation d4 < head_dim / 4 reads dimensions 4 d4..4 d4 + 3 of each value once
 //      and accumulates them into all AP_ROWS rows (eight vec4 registers).
 // Loops that run per tile are unrolled by hand (llvmpipe's per-invocation loop budget, see
-// attention.wgsl): about 29 iterations per tile of 16 keys, so 8192 keys take ~15k.
+// attention.wgsl): at most 45 iterations per tile of 16 keys with head_dim 256 (32 for the
+// scores, 8 for the softmax, 4 for the values, the tile loop), so 8192 keys take ~23k of the
+// 65,535 (the kernel test's prefill at positions 8179..8191 checks it).
 
 const AP_PAIRS: u32 = AP_ROWS / 2u;
 const_assert AP_ROWS == 8u && AP_KEYS % 4u == 0u;  // eight accumulators below; tiles unrolled by 4

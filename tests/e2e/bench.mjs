@@ -1,13 +1,15 @@
 // Our engine in headless Chromium (SwiftShader here), timed the way ../shared/bench/webllm/
 // times WebLLM, so the two can be run one after the other on the same adapter. Not a test: a
-// benchmark, run by hand (about 15 minutes for the 2B on 2 cores; run nothing else meanwhile).
+// benchmark, run by hand (about 10 minutes for the 2B on 2 cores; run nothing else meanwhile).
 //
 //   bash scripts/build-pkg.sh                       # pkg/ (release)
-//   target/release/gemma synth target/bench-2b --preset 2b --quant int4 \
-//       --tokenizer tests/fixtures/gemma3-270m/tokenizer.json
+//   target/release/gemma synth target/bench-2b --preset 2b --quant int4 --tokenizer <tokenizer.json>
+//
 //   node tests/e2e/bench.mjs --model target/bench-2b [--reps 2] [--max-tokens 8] [--prompt-words 26] [--out FILE]
 //
-// The model directory is served from the repository; results (JSON) go to --out
+// For WebLLM's prompt tokens, give synth the WordLevel tokenizer that
+// ../shared/bench/webllm/gen_model.py writes (tests/e2e/README.md). The model directory is
+// served from the repository; results (JSON) go to --out
 // (default target/bench/chromium-<date>.json) and a summary to stdout. GPU memory is what the
 // page asked WebGPU for (createBuffer sizes, less destroyed buffers), as the WebLLM harness
 // counts it.
