@@ -71,10 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             for (var d8 = 0u; d8 < d_len / 8u; d8++) {
                 s += dot(qs[2u * d8], k_vec4(kb, 2u * d8)) + dot(qs[2u * d8 + 1u], k_vec4(kb, 2u * d8 + 1u));
             }
-            z = s * p.scale;
-            if p.softcap > 0.0 {
-                z = softcap(z, p.softcap);
-            }
+            z = score(s);
         }
         probs[lid] = z;
         workgroupBarrier();

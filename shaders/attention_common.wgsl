@@ -1,6 +1,7 @@
 // attention_common.wgsl: what attention.wgsl (a block of queries) and attention_split.wgsl (one
 // query, split across the keys) share (prepended to each; see src/shaders.rs): the cache layout,
-// the uniform (src/ops/attention.rs `AttentionParams`), the key reads and the window's start.
+// the uniform (src/ops/attention.rs `AttentionParams`), key and value reads, the capped score
+// and the window's start.
 
 override KV_F32: bool = false; // cache layout, see kv_cache.wgsl
 
@@ -39,6 +40,25 @@ fn k_vec4(base: u32, i: u32) -> vec4<f32> {
     }
     let b = base + 2u * i;
     return vec4<f32>(unpack2x16float(k_cache[b]), unpack2x16float(k_cache[b + 1u]));
+}
+
+// Value dimensions 4i..4i+3 of the value whose head starts at word `base` (as k_vec4).
+fn v_vec4(base: u32, i: u32) -> vec4<f32> {
+    if KV_F32 {
+        let b = base + 4u * i;
+        return vec4<f32>(bitcast<f32>(v_cache[b]), bitcast<f32>(v_cache[b + 1u]), bitcast<f32>(v_cache[b + 2u]), bitcast<f32>(v_cache[b + 3u]));
+    }
+    let b = base + 2u * i;
+    return vec4<f32>(unpack2x16float(v_cache[b]), unpack2x16float(v_cache[b + 1u]));
+}
+
+// The score of a raw q.k: scaled, then soft-capped (before any mask).
+fn score(qk: f32) -> f32 {
+    let z = qk * p.scale;
+    if p.softcap > 0.0 {
+        return softcap(z, p.softcap);
+    }
+    return z;
 }
 
 // The first key query position i sees: 0, or the window's start.

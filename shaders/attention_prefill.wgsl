@@ -51,32 +51,23 @@ fn visible(j: u32, i: u32) -> bool {
     return j <= i && j >= first_key(i);
 }
 
-// A dot product scaled and soft-capped.
-fn score(z: f32) -> f32 {
-    var s = z * p.scale;
-    if p.softcap > 0.0 {
-        s = softcap(s, p.softcap);
-    }
-    return s;
-}
-
-// Dimensions 4 d4..4 d4 + 3 of the value in slot `slot`, or zeros past the tile's keys.
+// Dimensions 4 d4..4 d4 + 3 of the tile's value c, or zeros past the tile's keys.
 fn v_quad(c: u32, n_valid: u32, slot_words: u32, head_word: u32, d4: u32) -> vec4<f32> {
     if c >= n_valid {
         return vec4<f32>();
     }
-    let base = slots[c] * slot_words + head_word;
-    if KV_F32 {
-        let b = base + 4u * d4;
-        return vec4<f32>(bitcast<f32>(v_cache[b]), bitcast<f32>(v_cache[b + 1u]), bitcast<f32>(v_cache[b + 2u]), bitcast<f32>(v_cache[b + 3u]));
-    }
-    let b = base + 2u * d4;
-    return vec4<f32>(unpack2x16float(v_cache[b]), unpack2x16float(v_cache[b + 1u]));
+    return v_vec4(slots[c] * slot_words + head_word, d4);
 }
 
 // Row r's weights of keys c..c+3 of the tile, as a vec4.
 fn w4(r: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(weight[r][c], weight[r][c + 1u], weight[r][c + 2u], weight[r][c + 3u]);
+}
+
+// Row r's accumulator plus its weights of keys c..c+3 times those keys' values.
+fn add_keys(a: vec4<f32>, r: u32, c: u32, v0: vec4<f32>, v1: vec4<f32>, v2: vec4<f32>, v3: vec4<f32>) -> vec4<f32> {
+    let x = w4(r, c);
+    return a + x.x * v0 + x.y * v1 + x.z * v2 + x.w * v3;
 }
 
 @compute @workgroup_size(AP_KEYS * AP_PAIRS)
@@ -191,22 +182,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let v1 = v_quad(c + 1u, n_valid, slot_words, head_word, lid);
                 let v2 = v_quad(c + 2u, n_valid, slot_words, head_word, lid);
                 let v3 = v_quad(c + 3u, n_valid, slot_words, head_word, lid);
-                let x0 = w4(0u, c);
-                a0 += x0.x * v0 + x0.y * v1 + x0.z * v2 + x0.w * v3;
-                let x1 = w4(1u, c);
-                a1 += x1.x * v0 + x1.y * v1 + x1.z * v2 + x1.w * v3;
-                let x2 = w4(2u, c);
-                a2 += x2.x * v0 + x2.y * v1 + x2.z * v2 + x2.w * v3;
-                let x3 = w4(3u, c);
-                a3 += x3.x * v0 + x3.y * v1 + x3.z * v2 + x3.w * v3;
-                let x4 = w4(4u, c);
-                a4 += x4.x * v0 + x4.y * v1 + x4.z * v2 + x4.w * v3;
-                let x5 = w4(5u, c);
-                a5 += x5.x * v0 + x5.y * v1 + x5.z * v2 + x5.w * v3;
-                let x6 = w4(6u, c);
-                a6 += x6.x * v0 + x6.y * v1 + x6.z * v2 + x6.w * v3;
-                let x7 = w4(7u, c);
-                a7 += x7.x * v0 + x7.y * v1 + x7.z * v2 + x7.w * v3;
+                a0 = add_keys(a0, 0u, c, v0, v1, v2, v3);
+                a1 = add_keys(a1, 1u, c, v0, v1, v2, v3);
+                a2 = add_keys(a2, 2u, c, v0, v1, v2, v3);
+                a3 = add_keys(a3, 3u, c, v0, v1, v2, v3);
+                a4 = add_keys(a4, 4u, c, v0, v1, v2, v3);
+                a5 = add_keys(a5, 5u, c, v0, v1, v2, v3);
+                a6 = add_keys(a6, 6u, c, v0, v1, v2, v3);
+                a7 = add_keys(a7, 7u, c, v0, v1, v2, v3);
             }
         }
         workgroupBarrier();

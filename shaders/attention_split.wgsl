@@ -82,10 +82,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if h >= group { break; }
             var zh = -3.0e38;
             if valid {
-                zh = z[h] * p.scale;
-                if p.softcap > 0.0 {
-                    zh = softcap(zh, p.softcap);
-                }
+                zh = score(z[h]);
             }
             z[h] = zh;
             probs[h * KT + lid] = zh;

@@ -11,10 +11,14 @@ where
     F: FnOnce(gemma_webgpu::gpu::GpuContext) -> Fut,
     Fut: Future<Output = common::TestResult>,
 {
-    let result = pollster::block_on(async {
+    finish(pollster::block_on(async {
         let ctx = common::context().await?;
-        case(ctx).await
-    });
+        case(ctx).await.map(|r| r.to_string())
+    }));
+}
+
+/// Print a case's report, or fail the test with its error.
+fn finish(result: Result<String, String>) {
     match result {
         Ok(report) => println!("{report}"),
         Err(e) => panic!("{e}"),
@@ -44,7 +48,7 @@ where
     F: Fn(gemma_webgpu::gpu::GpuContext) -> Fut,
     Fut: Future<Output = common::TestResult>,
 {
-    let result = pollster::block_on(async {
+    finish(pollster::block_on(async {
         let fast = common::context().await?;
         let expected = std::env::var("GEMMA_EXPECT_SUBGROUPS").is_ok_and(|v| v == "1");
         if expected && !fast.report.uses_subgroups {
@@ -60,12 +64,8 @@ where
             let path = if ctx.report.uses_subgroups { "subgroup reduction" } else { "workgroup-memory reduction" };
             out.push(format!("[{path}]\n{}", case(ctx).await?));
         }
-        Ok::<_, String>(out.join("\n"))
-    });
-    match result {
-        Ok(report) => println!("{report}"),
-        Err(e) => panic!("{e}"),
-    }
+        Ok(out.join("\n"))
+    }));
 }
 
 #[test]
