@@ -100,7 +100,8 @@ impl LinearBinding {
         let gz = check_groups("matvec", "row blocks", m.div_ceil(self.x_rows_per_group) as u64)?;
         for part in &self.parts {
             let [gx, gy, _] = grid(part.rows.div_ceil(self.rows_per_group));
-            let traffic = Traffic::new(part.bytes + 4 * m as u64 * self.k as u64, 4 * m as u64 * part.rows as u64);
+            // Each block of rows of x reads the part's weights again (from L2 at best).
+            let traffic = Traffic::new(part.bytes * gz.max(1) as u64 + 4 * m as u64 * self.k as u64, 4 * m as u64 * part.rows as u64);
             part.bound.dispatch(rec, &part.params(m, self.k, self.n, self.softcap), [gx, gy, gz.max(1)], traffic);
         }
         Ok(())
@@ -219,7 +220,8 @@ impl MatMulBinding {
         let gy = check_groups("matmul", "row tiles", m.div_ceil(MATMUL_TILE) as u64)?;
         for part in &b.parts {
             let gx = check_groups("matmul", "column tiles", part.rows.div_ceil(MATMUL_TILE) as u64)?;
-            let traffic = Traffic::new(part.bytes + 4 * m as u64 * b.k as u64, 4 * m as u64 * part.rows as u64);
+            // Each row tile reads the part's weights again.
+            let traffic = Traffic::new(part.bytes * gy as u64 + 4 * m as u64 * b.k as u64, 4 * m as u64 * part.rows as u64);
             part.bound.dispatch(rec, &part.params(m, b.k, b.n, b.softcap), [gx, gy, 1], traffic);
         }
         Ok(())
