@@ -1,8 +1,10 @@
 // packed.wgsl: reading packed weights (prepended to kernels that read weights).
 // The including shader declares `w: array<u32>` (one part of a packed [rows, cols] tensor).
-// Layouts are defined and documented in src/quant.rs; WTYPE selects one at pipeline creation.
+// Layouts are defined and documented in src/quant/mod.rs and, for llama.cpp's block types
+// (Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), src/quant/blocks.rs; WTYPE selects one at pipeline
+// creation.
 
-override WTYPE: u32 = WTYPE_F32; // WTYPE_F32, _F16, _BF16, _INT4 (affine), _INT8 (groups of 32)
+override WTYPE: u32 = WTYPE_F32; // WTYPE_F32, _F16, _BF16, _INT4 (affine), _INT8 (groups of 32), _Q*
 
 fn half_bits(i: u32) -> u32 {
     return (w[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu;
@@ -40,8 +42,69 @@ fn int8_codes(word: u32) -> vec4<f32> {
     return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
+// The block types' planes (src/quant/blocks.rs): low codes (4 words per 32-value chunk), high
+// bits (1 word per chunk for the 5-bit types, 2 for Q6_K), then the parameters from
+// scales_offset, which gives the chunk count and so where the high bits start.
+fn hi_plane(scales_offset: u32) -> u32 {
+    if WTYPE == WTYPE_Q6_K {
+        return scales_offset / 6u * 4u;
+    }
+    return scales_offset / 5u * 4u;
+}
+
+fn is_5bit() -> bool {
+    return WTYPE == WTYPE_Q5_0 || WTYPE == WTYPE_Q5_1 || WTYPE == WTYPE_Q5_K;
+}
+
+// Byte j of the bytes packed from word `at` on.
+fn byte_at(at: u32, j: u32) -> u32 {
+    return (w[at + j / 4u] >> ((j % 4u) * 8u)) & 0xffu;
+}
+
+// K-quant chunk g: (d * sc, dmin * mn) as ggml computes them (Q4_K, Q5_K).
+fn kquant_params(g: u32, scales_offset: u32) -> vec2<f32> {
+    let base = scales_offset + 5u * (g / 8u);
+    let dm = unpack2x16float(w[base]);
+    return vec2<f32>(dm.x * f32(byte_at(base + 1u, g % 8u)), dm.y * f32(byte_at(base + 3u, g % 8u)));
+}
+
+// Q6_K: d * sc of the 16 values that hold value e, as ggml computes it.
+fn q6k_scale(e: u32, scales_offset: u32) -> f32 {
+    let base = scales_offset + 5u * (e / 256u);
+    let sc = bitcast<i32>(byte_at(base + 1u, (e % 256u) / 16u) << 24u) >> 24u;
+    return unpack2x16float(w[base]).x * f32(sc);
+}
+
 // Element e (= row * cols + col) of the tensor, widened to f32.
 fn load_weight(e: u32, scales_offset: u32) -> f32 {
+    if WTYPE >= WTYPE_Q4_0 {
+        // llama.cpp's blocks, with ggml's operations in ggml's order.
+        let g = e >> 5u;
+        var q = (w[e >> 3u] >> ((e & 7u) * 4u)) & 15u;
+        if is_5bit() {
+            q |= ((w[hi_plane(scales_offset) + g] >> (e & 31u)) & 1u) << 4u;
+        }
+        switch WTYPE {
+            case WTYPE_Q4_0: {
+                return f32(i32(q) - 8) * int8_scale(g, scales_offset);
+            }
+            case WTYPE_Q5_0: {
+                return f32(i32(q) - 16) * int8_scale(g, scales_offset);
+            }
+            case WTYPE_Q5_1: {
+                let dm = int4_params(g, scales_offset);
+                return f32(q) * dm.x + dm.y;
+            }
+            case WTYPE_Q6_K: {
+                let h = (w[hi_plane(scales_offset) + 2u * g + ((e & 31u) >> 4u)] >> (2u * (e & 15u))) & 3u;
+                return q6k_scale(e, scales_offset) * f32(i32(q | (h << 4u)) - 32);
+            }
+            default: {
+                let dm = kquant_params(g, scales_offset);
+                return dm.x * f32(q) - dm.y;
+            }
+        }
+    }
     switch WTYPE {
         case WTYPE_F16, WTYPE_BF16: {
             return half_value(e);

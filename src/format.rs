@@ -3,7 +3,7 @@
 //! them one by one. The full description is in `docs/format.md`.
 //!
 //! Every tensor is stored as one or more *parts*: consecutive row ranges, each packed on its own
-//! (see `quant.rs` for the packings) and stored contiguously inside one shard. A part becomes one
+//! (see `quant/` for the packings) and stored contiguously inside one shard. A part becomes one
 //! GPU buffer, so no binding is ever larger than a part.
 
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,18 @@ pub enum StoredType {
     Bf16,
     Int4,
     Int8,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    #[serde(rename = "q4_k")]
+    Q4K,
+    #[serde(rename = "q5_k")]
+    Q5K,
+    #[serde(rename = "q6_k")]
+    Q6K,
 }
 
 impl From<StoredType> for DType {
@@ -36,6 +48,12 @@ impl From<StoredType> for DType {
             StoredType::Bf16 => DType::Bf16,
             StoredType::Int4 => DType::Int4,
             StoredType::Int8 => DType::Int8,
+            StoredType::Q4_0 => DType::Q4_0,
+            StoredType::Q5_0 => DType::Q5_0,
+            StoredType::Q5_1 => DType::Q5_1,
+            StoredType::Q4K => DType::Q4K,
+            StoredType::Q5K => DType::Q5K,
+            StoredType::Q6K => DType::Q6K,
         }
     }
 }
@@ -48,6 +66,12 @@ impl From<DType> for StoredType {
             DType::Bf16 => StoredType::Bf16,
             DType::Int4 => StoredType::Int4,
             DType::Int8 => StoredType::Int8,
+            DType::Q4_0 => StoredType::Q4_0,
+            DType::Q5_0 => StoredType::Q5_0,
+            DType::Q5_1 => StoredType::Q5_1,
+            DType::Q4K => StoredType::Q4K,
+            DType::Q5K => StoredType::Q5K,
+            DType::Q6K => StoredType::Q6K,
         }
     }
 }

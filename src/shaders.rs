@@ -72,6 +72,12 @@ shared_consts! {
     WTYPE_BF16 = 2;
     WTYPE_INT4 = 3;
     WTYPE_INT8 = 4;
+    WTYPE_Q4_0 = 5;
+    WTYPE_Q5_0 = 6;
+    WTYPE_Q5_1 = 7;
+    WTYPE_Q4_K = 8;
+    WTYPE_Q5_K = 9;
+    WTYPE_Q6_K = 10;
 }
 
 /// The shared constants as WGSL `const` declarations, which every kernel's source starts with.

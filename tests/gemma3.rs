@@ -145,7 +145,7 @@ fn gemma3_int4_matches_its_cpu_twin() {
 #[test]
 fn mixed_int4_layers_and_fp16_embedding_match_their_cpu_twin() {
     let (ids, _, _, _) = reference();
-    let (dir, m) = convert_to(convert::Quant { matrices: DType::Int4, embedding: DType::F16 });
+    let (dir, m) = convert_to(convert::Quant::new(DType::Int4, DType::F16));
     let types: Vec<_> = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight"].iter().map(|n| m.tensor(n).expect("tensor").dtype).collect();
     assert_eq!(types, vec![gemma_webgpu::format::StoredType::F16, gemma_webgpu::format::StoredType::Int4]);
     let cpu = cpu_twin(&dir);

@@ -1,7 +1,8 @@
 //! The packed weight codecs: round-trip error against stated bounds, and bit-exact row slicing
 //! (what splitting a tensor across bindings relies on).
 
-use gemma_webgpu::quant::{DType, Packed, INT4_GROUP};
+use gemma_webgpu::convert::gguf::{dequantize, GgmlType};
+use gemma_webgpu::quant::{blocks, DType, GgmlBlock, Packed, INT4_GROUP};
 
 fn data(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -141,4 +142,84 @@ fn row_slices_are_bit_exact_for_every_type() {
             assert_eq!(part.unpack(), all[start * cols..end * cols].to_vec(), "{dtype:?} rows {start}..{end}");
         }
     }
+}
+
+/// llama.cpp's block formats.
+const BLOCKS: [GgmlBlock; 8] =
+    [GgmlBlock::Q4_0, GgmlBlock::Q4_1, GgmlBlock::Q5_0, GgmlBlock::Q5_1, GgmlBlock::Q8_0, GgmlBlock::Q4K, GgmlBlock::Q5K, GgmlBlock::Q6K];
+
+fn ggml_type(b: GgmlBlock) -> GgmlType {
+    match b {
+        GgmlBlock::Q4_0 => GgmlType::Q4_0,
+        GgmlBlock::Q4_1 => GgmlType::Q4_1,
+        GgmlBlock::Q5_0 => GgmlType::Q5_0,
+        GgmlBlock::Q5_1 => GgmlType::Q5_1,
+        GgmlBlock::Q8_0 => GgmlType::Q8_0,
+        GgmlBlock::Q4K => GgmlType::Q4_K,
+        GgmlBlock::Q5K => GgmlType::Q5_K,
+        GgmlBlock::Q6K => GgmlType::Q6_K,
+    }
+}
+
+#[test]
+fn ggml_blocks_are_stored_value_for_value() {
+    // Quantized by our port of ggml's reference quantizers, laid out for the GPU, and read back
+    // element by element: every value equals ggml's dequantizer on the original block bytes
+    // (`gguf::dequantize`, itself checked against PyPI's gguf in tests/gguf.rs), bit for bit.
+    let (rows, cols) = (5, 512);
+    for block in BLOCKS {
+        let x = data(rows * cols, 9);
+        let bytes = blocks::quantize(block, &x).unwrap();
+        let want = dequantize(ggml_type(block), &bytes).unwrap();
+        let packed = blocks::from_ggml(block, rows, cols, &bytes).unwrap();
+        assert_eq!(packed.dtype, block.dtype());
+        assert_eq!(packed.words.len(), packed.dtype.words(rows, cols), "{block:?}");
+        let got = packed.unpack();
+        for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(a.to_bits(), b.to_bits(), "{block:?} value {i}: {a} vs ggml {b}");
+        }
+        // Packing f32 directly as the block type is the same thing.
+        if let Some(b) = GgmlBlock::of(packed.dtype) {
+            assert_eq!(Packed::pack(packed.dtype, rows, cols, &x).unwrap(), packed, "{b:?}");
+        }
+        // And row slices of it are bit-exact.
+        for (start, end) in [(0, 1), (1, 4), (2, 5)] {
+            let part = packed.rows_slice(start, end);
+            assert_eq!(part.words.len(), packed.dtype.words(end - start, cols));
+            assert_eq!(part.unpack(), got[start * cols..end * cols].to_vec(), "{block:?} rows {start}..{end}");
+        }
+    }
+}
+
+#[test]
+fn ggml_quantizers_stay_within_their_steps() {
+    // Relative RMS error of each block quantizer on trained-weight-like data: a wrong code
+    // order, scale or min shows up as an error of the order of the values themselves.
+    let x = data(64 * 256, 11);
+    let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+    for (block, bound) in [
+        (GgmlBlock::Q4_0, 0.08),
+        (GgmlBlock::Q4_1, 0.12),
+        (GgmlBlock::Q5_0, 0.08),
+        (GgmlBlock::Q5_1, 0.07),
+        (GgmlBlock::Q8_0, 0.02),
+        (GgmlBlock::Q4K, 0.08),
+        (GgmlBlock::Q5K, 0.07),
+        (GgmlBlock::Q6K, 0.045),
+    ] {
+        let y = dequantize(ggml_type(block), &blocks::quantize(block, &x).unwrap()).unwrap();
+        let err = (x.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>() / x.len() as f32).sqrt();
+        eprintln!("{block:?}: relative RMS error {:.4}", err / rms);
+        assert!(err <= bound * rms, "{block:?}: RMS error {err} of RMS {rms}");
+    }
+}
+
+#[test]
+fn k_quants_need_whole_super_blocks() {
+    for dtype in [DType::Q4K, DType::Q5K, DType::Q6K] {
+        let err = Packed::pack(dtype, 2, 96, &[0.0; 192]).unwrap_err();
+        assert!(err.to_string().contains("multiple of 256"), "{err}");
+    }
+    let err = blocks::from_ggml(GgmlBlock::Q4K, 1, 256, &[0u8; 100]).unwrap_err();
+    assert!(err.to_string().contains("144 bytes"), "{err}");
 }

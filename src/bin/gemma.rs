@@ -120,11 +120,12 @@ mod cli {
 
     fn quant_named(name: &str) -> Res<DType> {
         match name {
-            "int4" => Ok(DType::Int4),
-            "int8" => Ok(DType::Int8),
-            "fp16" | "f16" => Ok(DType::F16),
-            "f32" => Ok(DType::F32),
-            other => Err(format!("'{other}' is not one of int4, int8, fp16, f32")),
+            "f16" => Ok(DType::F16),
+            "bf16" => Err("bf16 is a storage type a checkpoint may come in, not one to convert to; use fp16".into()),
+            other => DType::parse(other).ok_or_else(|| {
+                let names: Vec<&str> = DType::ALL.iter().filter(|d| **d != DType::Bf16).map(|d| d.name()).collect();
+                format!("'{other}' is not one of {}", names.join(", "))
+            }),
         }
     }
 
@@ -180,11 +181,10 @@ mod cli {
         if src.is_file() && !is_gguf {
             return Err(format!("{} is a file; convert takes a Hugging Face checkpoint directory or a .gguf file", src.display()));
         }
-        let matrices = quant(args, DType::Int4)?;
-        let embedding = match args.get("--embed") {
-            Some(e) => quant_named(e).map_err(|e| format!("--embed: {e}"))?,
-            None => matrices,
-        };
+        // A GGUF keeps its own types unless told otherwise; a checkpoint becomes int4.
+        let named = |flag: &str| args.get(flag).map(|q| quant_named(q).map_err(|e| format!("{flag}: {e}"))).transpose();
+        let matrices = named("--quant")?.or((!is_gguf).then_some(DType::Int4));
+        let embedding = named("--embed")?.or(matrices);
         let quant = convert::Quant { matrices, embedding };
         let m = if is_gguf { convert::convert_gguf(&src, &out, quant, shard, true) } else { convert::convert_hf(&src, &out, quant, shard, true) }
             .map_err(|e| e.to_string())?;

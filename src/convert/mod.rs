@@ -141,10 +141,10 @@ impl ShardWriter {
     }
 }
 
-/// Storage type of a tensor: norms stay f32, matrices take `quant`.
-fn storage_for(name: &str, quant: Quant) -> DType {
+/// Storage type of a tensor: norms stay f32, matrices take `quant` (`None`: the source's own).
+fn storage_for(name: &str, quant: Quant) -> Option<DType> {
     if tensors::is_norm(name) {
-        DType::F32
+        Some(DType::F32)
     } else if name == tensors::EMBED {
         quant.embedding
     } else {
@@ -154,16 +154,27 @@ fn storage_for(name: &str, quant: Quant) -> DType {
 
 /// Storage types of a conversion: the decoder layers' matrices, and the embedding (which is
 /// also the LM head, and the tensor small models are most sensitive to: an int4 model with an
-/// fp16 embedding is much closer to the original). A plain `DType` means both.
+/// fp16 embedding is much closer to the original). A plain `DType` means both. `None` keeps
+/// the source's own type where it has one a kernel reads (a GGUF's blocks, value for value:
+/// `Quant::KEEP`), and f32 where it does not.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quant {
-    pub matrices: DType,
-    pub embedding: DType,
+    pub matrices: Option<DType>,
+    pub embedding: Option<DType>,
+}
+
+impl Quant {
+    /// Every tensor in the source's own type.
+    pub const KEEP: Quant = Quant { matrices: None, embedding: None };
+
+    pub fn new(matrices: DType, embedding: DType) -> Self {
+        Self { matrices: Some(matrices), embedding: Some(embedding) }
+    }
 }
 
 impl From<DType> for Quant {
     fn from(d: DType) -> Self {
-        Self { matrices: d, embedding: d }
+        Self::new(d, d)
     }
 }
 
@@ -182,6 +193,11 @@ pub trait TensorSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
     /// Tensor `name` as f32, with its shape.
     fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// Matrix `name` packed in the source's own storage type, if the kernels read that type
+    /// (a GGUF's blocks); `None` where the source has no such type.
+    fn read_packed(&self, _name: &str) -> Option<Result<Packed>> {
+        None
+    }
 }
 
 impl TensorSource for safetensors::Checkpoint {
@@ -209,8 +225,9 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
 }
 
 /// Convert a GGUF file (llama.cpp's format; Gemma 2 or Gemma 3) into our format in `out`, with
-/// a `tokenizer.json` built from its vocabulary. Quantized GGUF tensors are dequantized to f32
-/// and re-packed as `quant`, so an int4 result carries the GGUF's rounding plus ours.
+/// a `tokenizer.json` built from its vocabulary. With `Quant::KEEP` every matrix keeps its GGUF
+/// type, value for value (`quant::blocks`); a type given in `quant` re-packs the dequantized
+/// values, so an int4 result carries the GGUF's rounding plus ours.
 pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let quant = quant.into();
     let g = gguf::Gguf::open(path)?;
@@ -260,8 +277,14 @@ fn check_checkpoint(config: &ModelConfig, ck: &dyn TensorSource) -> Result<()> {
 fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
     let expected = tensors::table(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
-        let (_, values) = ck.read_f32(name)?;
-        let packed = Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?;
+        let (rows, cols) = (*rows as usize, *cols as usize);
+        let packed = match (storage_for(name, quant), ck.read_packed(name)) {
+            (None, Some(packed)) => packed?,
+            (dtype, _) => Packed::pack(dtype.unwrap_or(DType::F32), rows, cols, &ck.read_f32(name)?.1)?,
+        };
+        if (packed.rows, packed.cols) != (rows, cols) {
+            return Err(Error::Format(format!("{name} is [{}, {}]; the config makes it [{rows}, {cols}]", packed.rows, packed.cols)));
+        }
         w.add(name, &packed)?;
         if show_progress {
             progress(done + 1, expected.len(), w.bytes_written);
@@ -386,7 +409,7 @@ pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64
                 ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * std * 3.46
             })
             .collect();
-        w.add(name, &Packed::pack(storage_for(name, quant), *rows as usize, *cols as usize, &values)?)?;
+        w.add(name, &Packed::pack(storage_for(name, quant).unwrap_or(DType::F32), *rows as usize, *cols as usize, &values)?)?;
         if show_progress {
             progress(done + 1, tensors.len(), w.bytes_written);
         }

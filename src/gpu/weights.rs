@@ -149,7 +149,7 @@ impl GpuWeight {
         let Some(first) = weights.first() else { return Ok(None) };
         let (dtype, cols) = (first.dtype, first.cols as usize);
         let mut rows = 0usize;
-        // (buffer, code words, parameter words) of each weight.
+        // (buffer, words of each plane) of each weight.
         let mut planes = Vec::new();
         for w in weights {
             let part = match w.parts.as_slice() {
@@ -157,14 +157,20 @@ impl GpuWeight {
                 _ => return Ok(None),
             };
             let n = (part.rows as usize).saturating_mul(cols);
-            let (codes, params) = match dtype {
-                DType::F32 => (n, 0),
-                DType::F16 | DType::Bf16 if n.is_multiple_of(2) => (n / 2, 0),
-                DType::Int4 => (n / 8, n / INT4_GROUP),
-                DType::Int8 if (n / INT4_GROUP).is_multiple_of(2) => (n / 4, n / INT4_GROUP / 2),
-                _ => return Ok(None),
+            // Words of each plane (one for the float types); each must end on a word.
+            let sizes: Vec<u64> = match dtype {
+                DType::F32 => vec![n as u64],
+                DType::F16 | DType::Bf16 if n.is_multiple_of(2) => vec![n as u64 / 2],
+                DType::F16 | DType::Bf16 => return Ok(None),
+                _ => {
+                    let bits: Vec<u64> = dtype.planes().iter().map(|&b| (n / INT4_GROUP) as u64 * b as u64).collect();
+                    if bits.iter().any(|b| b % 32 != 0) {
+                        return Ok(None);
+                    }
+                    bits.iter().map(|b| b / 32).collect()
+                }
             };
-            planes.push((&part.buffer, codes as u64, params as u64));
+            planes.push((&part.buffer, sizes));
             rows = rows.saturating_add(part.rows as usize);
         }
         let bytes = 4 * dtype.words(rows, cols) as u64;
@@ -174,14 +180,19 @@ impl GpuWeight {
         let buffer = ctx.storage_zeroed(label, bytes)?;
         let scales_offset = dtype.scales_offset(rows, cols) as u64;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
-        let (mut codes_at, mut params_at) = (0u64, scales_offset);
-        for (src, codes, params) in planes {
-            enc.copy_buffer_to_buffer(src, 0, &buffer, 4 * codes_at, 4 * codes);
-            if params > 0 {
-                enc.copy_buffer_to_buffer(src, 4 * codes, &buffer, 4 * params_at, 4 * params);
+        // Plane k of the result starts after plane k of every weight before it and after
+        // every earlier plane of all of them.
+        let count = planes.first().map_or(0, |(_, s)| s.len());
+        let mut dst_at: Vec<u64> = (0..count).map(|k| planes.iter().map(|(_, s)| s.iter().take(k).sum::<u64>()).sum()).collect();
+        for (src, sizes) in &planes {
+            let mut src_at = 0u64;
+            for (k, &size) in sizes.iter().enumerate() {
+                if size > 0 {
+                    enc.copy_buffer_to_buffer(src, 4 * src_at, &buffer, 4 * dst_at[k], 4 * size);
+                }
+                src_at += size;
+                dst_at[k] += size;
             }
-            codes_at += codes;
-            params_at += params;
         }
         ctx.queue.submit([enc.finish()]);
         let rows = rows as u32;

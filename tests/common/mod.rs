@@ -129,10 +129,15 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("embedding");
     let mut rng = Rng::new(1);
     // (vocab, hidden, part size in rows (0 = whole), scale)
-    let cases: &[(usize, usize, usize, f32)] = &[(1000, 2336, 0, 48.0), (1000, 2336, 350, 3584f32.sqrt()), (517, 96, 100, 1.0)];
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
+    // Every case with scale 1 also checks the gather bit for bit: what the kernels decode is
+    // exactly the CPU codec's value (for llama.cpp's blocks, ggml's own dequantization).
+    let cases: &[(usize, usize, usize, f32)] = &[(1000, 2336, 0, 48.0), (1000, 2336, 350, 3584f32.sqrt()), (517, 96, 100, 1.0), (300, 512, 100, 1.0)];
+    for dtype in DType::ALL {
         let op = e(Embedding::new(ctx, dtype).await)?;
         for &(v, h, part_rows, scale) in cases {
+            if h % dtype.group_cols() != 0 {
+                continue;
+            }
             let table = e(Packed::pack(dtype, v, h, &rng.vec(v * h, 0.05)))?;
             let part_bytes = if part_rows == 0 { 0 } else { table.rows_slice(0, part_rows).bytes() };
             let w = e(GpuWeight::upload(ctx, "table", &table, part_bytes))?;
@@ -150,6 +155,11 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
             let want = reference::embedding(&table.unpack(), h, &ids, scale);
             let case = format!("{} V={v} H={h} parts={}", dtype.name(), w.parts.len());
             rep.add(compare("embedding", &case, &got, &want, None, 1e-6, 1e-12)?);
+            if scale == 1.0 {
+                if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                    return Err(format!("embedding {case}: value {i} is {} on the GPU, {} by the CPU codec (not bit for bit)", got[i], want[i]));
+                }
+            }
             if part_rows == 0 {
                 continue;
             }
@@ -157,13 +167,26 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
             // limit): the gather, and the tied LM head's matrix-vector product, read the same.
             let parts = w.parts.len();
             let two = table.rows_slice(0, 2 * part_rows).bytes();
+            // Parts join only if each plane ends on a word: int8's, q4_0's and q5_0's fp16
+            // scales need an even number of groups, which some parts of these uploads (349 rows
+            // of 73 groups) do not have. Those stay as they are, and must read the same.
+            let aligned = |rows: u32| dtype.planes().iter().all(|&b| (rows as usize * h / 32 * b as usize).is_multiple_of(32));
+            // The runs regroup forms: consecutive parts while they fit the limit together.
+            let mut runs: Vec<(Vec<u32>, u64)> = Vec::new();
+            for p in &w.parts {
+                let bytes = 4 * dtype.words(p.rows as usize, h) as u64;
+                match runs.last_mut() {
+                    Some((run, total)) if *total + bytes <= two => {
+                        run.push(p.rows);
+                        *total += bytes;
+                    }
+                    _ => runs.push((vec![p.rows], bytes)),
+                }
+            }
+            let expected: usize = runs.iter().map(|(run, _)| if run.iter().all(|r| aligned(*r)) { 1 } else { run.len() }).sum();
             let w = e(w.regroup_within(ctx, "table", two))?;
-            // int8 parts join only if their fp16 scales end on a word (an even number of
-            // groups), which the parts of these uploads (349 rows of 73 groups) do not: they
-            // stay as they are, and must read the same.
-            let joins = dtype != DType::Int8;
-            if joins && w.parts.len() != parts.div_ceil(2) {
-                return Err(format!("embedding: {parts} parts regrouped by two into {}", w.parts.len()));
+            if w.parts.len() != expected {
+                return Err(format!("embedding: {parts} parts regrouped by two into {} (expected {expected})", w.parts.len()));
             }
             let bound = e(op.bind(ctx, &ids_b, &w, &out))?;
             e(run_pass(ctx, "embedding", |p| bound.dispatch(p, ids.len() as u32, scale).expect("shape checked")).await)?;
@@ -308,6 +331,8 @@ const LINEAR_SHAPES: &[(usize, usize, usize, usize)] = &[
     // Few rows: tiles mostly past the end of x.
     (17, 2336, 1000, 0),
     (32, 256, 67, 40),
+    // Gemma 2's hidden size: whole k-quant super-blocks and teams of 16.
+    (9, 2304, 67, 0),
 ];
 
 pub async fn matmul(ctx: &GpuContext) -> TestResult {
@@ -337,10 +362,10 @@ async fn linear_cases(ctx: &GpuContext, decode: bool) -> TestResult {
     let name = if decode { "matvec" } else { "matmul" };
     let mut rep = Report::new(name);
     let mut rng = Rng::new(4);
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
+    for dtype in DType::ALL {
         let (mm, mv) = if decode { (None, Some(e(MatVec::new(ctx, dtype).await)?)) } else { (Some(e(MatMul::new(ctx, dtype).await)?), None) };
         for &(m, k, n, part_rows) in LINEAR_SHAPES {
-            if dtype.is_grouped() && k % 32 != 0 {
+            if k % dtype.group_cols() != 0 {
                 continue;
             }
             let m = if decode { 1 } else { m };
@@ -931,11 +956,11 @@ pub async fn fused(ctx: &GpuContext) -> TestResult {
     }
     // Pipelines compiled once per (type, K, cache type): SwiftShader takes seconds for each.
     let mut compiled: Vec<((DType, usize, bool), Fused)> = Vec::new();
-    for dtype in [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8] {
+    for dtype in DType::ALL {
         let mm = e(MatMul::new(ctx, dtype).await)?;
         // (K, I): teams of 4, 16 and 64 lanes (by K); I not a multiple of the workgroup's outputs.
-        for (k, i) in [(64usize, 12usize), (2336, 1000), (256, 4)] {
-            if dtype == DType::F32 && k > 256 {
+        for (k, i) in [(64usize, 12usize), (2336, 1000), (256, 4), (2304, 20)] {
+            if (dtype == DType::F32 && k > 256) || k % dtype.group_cols() != 0 || (k == 2304 && dtype.group_cols() != 256) {
                 continue;
             }
             let (w, parts) = joined(ctx, dtype, k, &[i, i], &mut rng)?;
@@ -977,9 +1002,12 @@ pub async fn fused(ctx: &GpuContext) -> TestResult {
         (4, 2, 64, 64, vec![100, 101], 24, false),
         (2, 2, 8, 32, vec![3], 4, true),
     ];
-    for dtype in [DType::F16, DType::Int4, DType::Int8] {
+    for dtype in [DType::F16, DType::Int4, DType::Int8, DType::Q5_0, DType::Q4K, DType::Q6K] {
         for (nh, nkv, d, k, positions, capacity, kv_f32) in &cases {
             let (nh, nkv, d, k, capacity, kv_f32) = (*nh, *nkv, *d, *k, *capacity, *kv_f32);
+            if k % dtype.group_cols() != 0 {
+                continue;
+            }
             let (qn, kvn) = (nh * d, nkv * d);
             let (w, parts) = joined(ctx, dtype, k, &[qn, kvn, kvn], &mut rng)?;
             if !compiled.iter().any(|(key, _)| *key == (dtype, k, kv_f32)) {

@@ -117,7 +117,11 @@ mod native {
     /// models span several of them, as real ones do).
     pub fn convert_to(name: &str, quant: impl Into<Quant>, shard_bytes: u64) -> (PathBuf, Manifest) {
         let quant = quant.into();
-        let out = temp_dir(&format!("{name}-{}-{}", quant.matrices.name(), quant.embedding.name()));
+        let out = temp_dir(&format!(
+            "{name}-{}-{}",
+            quant.matrices.map_or("keep", gemma_webgpu::quant::DType::name),
+            quant.embedding.map_or("keep", gemma_webgpu::quant::DType::name)
+        ));
         let m = convert::convert_hf(&fixture(name), &out, quant, shard_bytes, false).expect("convert");
         (out, m)
     }

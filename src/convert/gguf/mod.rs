@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::quant::{blocks, DType, GgmlBlock, Packed};
 
 pub use dequant::dequantize;
 use reader::HeaderReader;
@@ -252,6 +253,42 @@ impl Gguf {
         Ok((t.hf_shape(), values))
     }
 
+    /// A matrix by its Hugging Face name in its own GGUF type, laid out for the kernels value
+    /// for value (`quant::blocks`): F32, F16 and BF16 as those, Q4_1 as int4, Q8_0 as int8, the
+    /// other block types as storage types of their own.
+    pub fn read_hf_packed(&self, hf_name: &str) -> Result<Packed> {
+        let t = self.tensor_by_hf_name(hf_name).ok_or_else(|| self.err(format!("has no tensor for '{hf_name}'")))?;
+        let shape = t.hf_shape();
+        let (rows, cols) = match shape[..] {
+            [rows, cols] => (rows, cols),
+            [cols] => (1, cols),
+            _ => return Err(self.err(format!("tensor '{}' has {} dimensions; a matrix has 2", t.name, shape.len()))),
+        };
+        let block = match t.ggml_type {
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+                let dtype = match t.ggml_type {
+                    GgmlType::F32 => DType::F32,
+                    GgmlType::F16 => DType::F16,
+                    _ => DType::Bf16,
+                };
+                let bytes = self.tensor_bytes(t)?;
+                let mut words = vec![0u32; dtype.words(rows, cols)];
+                bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+                return Ok(Packed { dtype, rows, cols, words });
+            }
+            GgmlType::Q4_0 => GgmlBlock::Q4_0,
+            GgmlType::Q4_1 => GgmlBlock::Q4_1,
+            GgmlType::Q5_0 => GgmlBlock::Q5_0,
+            GgmlType::Q5_1 => GgmlBlock::Q5_1,
+            GgmlType::Q8_0 => GgmlBlock::Q8_0,
+            GgmlType::Q4_K => GgmlBlock::Q4K,
+            GgmlType::Q5_K => GgmlBlock::Q5K,
+            GgmlType::Q6_K => GgmlBlock::Q6K,
+            _ => return Err(self.unreadable(t)),
+        };
+        blocks::from_ggml(block, rows, cols, &self.tensor_bytes(t)?).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
+    }
+
     /// The Hugging Face shape of the tensor named `hf_name`, if the file has it.
     pub fn hf_shape(&self, hf_name: &str) -> Option<Vec<usize>> {
         self.tensor_by_hf_name(hf_name).map(GgufTensor::hf_shape)
@@ -286,6 +323,9 @@ impl super::TensorSource for Gguf {
     }
     fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         self.read_hf_f32(name)
+    }
+    fn read_packed(&self, name: &str) -> Option<Result<Packed>> {
+        Some(self.read_hf_packed(name))
     }
 }
 

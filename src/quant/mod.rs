@@ -34,6 +34,9 @@ use half::{bf16, f16};
 use crate::error::{Error, Result};
 use crate::shaders::consts;
 
+pub mod blocks;
+pub use blocks::GgmlBlock;
+
 /// Values per int4 / int8 group (one scale, and for int4 one min, each).
 pub const INT4_GROUP: usize = 32;
 
@@ -44,9 +47,20 @@ pub enum DType {
     Bf16,
     Int4,
     Int8,
+    /// llama.cpp's blocks, value for value (`blocks`): Q4_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K.
+    Q4_0,
+    Q5_0,
+    Q5_1,
+    Q4K,
+    Q5K,
+    Q6K,
 }
 
 impl DType {
+    /// Every storage type.
+    pub const ALL: [DType; 11] =
+        [DType::F32, DType::F16, DType::Bf16, DType::Int4, DType::Int8, DType::Q4_0, DType::Q5_0, DType::Q5_1, DType::Q4K, DType::Q5K, DType::Q6K];
+
     /// The value of the WGSL override `WTYPE` that selects this type in `shaders/packed.wgsl`.
     pub fn wgsl_id(self) -> f64 {
         match self {
@@ -55,7 +69,44 @@ impl DType {
             DType::Bf16 => consts::WTYPE_BF16 as f64,
             DType::Int4 => consts::WTYPE_INT4 as f64,
             DType::Int8 => consts::WTYPE_INT8 as f64,
+            DType::Q4_0 => consts::WTYPE_Q4_0 as f64,
+            DType::Q5_0 => consts::WTYPE_Q5_0 as f64,
+            DType::Q5_1 => consts::WTYPE_Q5_1 as f64,
+            DType::Q4K => consts::WTYPE_Q4_K as f64,
+            DType::Q5K => consts::WTYPE_Q5_K as f64,
+            DType::Q6K => consts::WTYPE_Q6_K as f64,
         }
+    }
+
+    /// Bits per 32-value chunk of each plane of a grouped type, in storage order (the last
+    /// holds the group parameters); empty for the float types.
+    pub fn planes(self) -> &'static [u32] {
+        match self {
+            DType::F32 | DType::F16 | DType::Bf16 => &[],
+            DType::Int4 => &[128, 32],
+            DType::Int8 => &[256, 16],
+            DType::Q4_0 => &[128, 16],
+            DType::Q5_0 => &[128, 32, 16],
+            DType::Q5_1 => &[128, 32, 32],
+            DType::Q4K => &[128, 20],
+            DType::Q5K => &[128, 32, 20],
+            DType::Q6K => &[128, 64, 20],
+        }
+    }
+
+    /// Row lengths must be a multiple of this: 32 for grouped types (a chunk never crosses a
+    /// row), 256 for the k-quants (whole super-blocks), 1 for floats.
+    pub fn group_cols(self) -> usize {
+        match self {
+            DType::F32 | DType::F16 | DType::Bf16 => 1,
+            DType::Q4K | DType::Q5K | DType::Q6K => 256,
+            _ => INT4_GROUP,
+        }
+    }
+
+    /// The name `gemma convert --quant` and the manifest use.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.name() == name)
     }
 
     /// u32 words for a `[rows, cols]` tensor of this type.
@@ -64,8 +115,7 @@ impl DType {
         match self {
             DType::F32 => n,
             DType::F16 | DType::Bf16 => n.div_ceil(2),
-            DType::Int4 => n / 8 + n / INT4_GROUP,
-            DType::Int8 => n / 4 + (n / INT4_GROUP).div_ceil(2),
+            _ => self.planes().iter().map(|&b| (n / INT4_GROUP * b as usize).div_ceil(32)).sum(),
         }
     }
 
@@ -76,22 +126,26 @@ impl DType {
             DType::Bf16 => "bf16",
             DType::Int4 => "int4",
             DType::Int8 => "int8",
+            DType::Q4_0 => "q4_0",
+            DType::Q5_0 => "q5_0",
+            DType::Q5_1 => "q5_1",
+            DType::Q4K => "q4_k",
+            DType::Q5K => "q5_k",
+            DType::Q6K => "q6_k",
         }
     }
 
     /// Word index where a `[rows, cols]` tensor's group parameters start: the number of code
     /// words (0 for ungrouped types).
     pub fn scales_offset(self, rows: usize, cols: usize) -> usize {
-        match self {
-            DType::Int4 => rows * cols / 8,
-            DType::Int8 => rows * cols / 4,
-            _ => 0,
-        }
+        let planes = self.planes();
+        let chunks = rows * cols / INT4_GROUP;
+        planes.iter().take(planes.len().saturating_sub(1)).map(|&b| (chunks * b as usize).div_ceil(32)).sum()
     }
 
     /// Whether the type stores codes in groups of `INT4_GROUP` along the input dimension.
     pub fn is_grouped(self) -> bool {
-        matches!(self, DType::Int4 | DType::Int8)
+        !self.planes().is_empty()
     }
 }
 
@@ -111,6 +165,22 @@ fn get_half(words: &[u32], i: usize) -> u16 {
 fn set_half(words: &mut [u32], i: usize, v: u16) {
     let shift = (i & 1) * 16;
     words[i >> 1] = (words[i >> 1] & !(0xffff << shift)) | ((v as u32) << shift);
+}
+
+/// Copy `n` 16-bit halves from half index `from` of `src` to half index `to` of `dst`: whole
+/// words where both start on one.
+fn copy_halves(src: &[u32], from: usize, dst: &mut [u32], to: usize, n: usize) {
+    if from.is_multiple_of(2) && to.is_multiple_of(2) {
+        let w = n / 2;
+        dst[to / 2..to / 2 + w].copy_from_slice(&src[from / 2..from / 2 + w]);
+        if n % 2 == 1 {
+            set_half(dst, to + n - 1, get_half(src, from + n - 1));
+        }
+    } else {
+        for i in 0..n {
+            set_half(dst, to + i, get_half(src, from + i));
+        }
+    }
 }
 
 /// The int4 grid for one group: `(scale, min)` rounded to fp16, minimising the squared error
@@ -187,8 +257,11 @@ impl Packed {
         if data.len() != rows * cols {
             return Err(Error::invalid("pack", format!("{} values for a [{rows}, {cols}] tensor", data.len())));
         }
-        if dtype.is_grouped() && !cols.is_multiple_of(INT4_GROUP) {
-            return Err(Error::invalid("pack", format!("{} needs the input dimension to be a multiple of {INT4_GROUP}; it is {cols}", dtype.name())));
+        if !cols.is_multiple_of(dtype.group_cols()) {
+            return Err(Error::invalid("pack", format!("{} needs the input dimension to be a multiple of {}; it is {cols}", dtype.name(), dtype.group_cols())));
+        }
+        if let Some(block) = GgmlBlock::of(dtype) {
+            return blocks::from_ggml(block, rows, cols, &blocks::quantize(block, data)?);
         }
         let mut words = vec![0u32; dtype.words(rows, cols)];
         match dtype {
@@ -221,6 +294,7 @@ impl Packed {
                     }
                 }
             }
+            _ => return Err(Error::invalid("pack", format!("no packer for {}", dtype.name()))),
         }
         Ok(Self { dtype, rows, cols, words })
     }
@@ -247,6 +321,7 @@ impl Packed {
                 let q = (self.words[e >> 2] >> ((e & 3) * 8)) as u8 as i8;
                 q as f32 * f16::from_bits(get_half(&self.words, 2 * self.scales_offset() + e / INT4_GROUP)).to_f32()
             }
+            _ => blocks::get(self, e),
         }
     }
 
@@ -261,28 +336,24 @@ impl Packed {
         out
     }
 
-    /// Rows `start..end` as a self-contained packed tensor, bit-exact (no re-quantisation).
+    /// Rows `start..end` as a self-contained packed tensor, bit-exact (no re-quantisation):
+    /// each plane's run of those rows copied (`planes`).
     pub fn rows_slice(&self, start: usize, end: usize) -> Self {
         let (rows, cols) = (end - start, self.cols);
         let mut words = vec![0u32; self.dtype.words(rows, cols)];
-        let per_row = cols / INT4_GROUP;
         match self.dtype {
             DType::F32 => words.copy_from_slice(&self.words[start * cols..end * cols]),
-            DType::F16 | DType::Bf16 => {
-                for i in 0..rows * cols {
-                    set_half(&mut words, i, get_half(&self.words, start * cols + i));
-                }
-            }
-            DType::Int4 => {
-                let (src_at, dst_at) = (self.scales_offset(), rows * cols / 8);
-                words[..dst_at].copy_from_slice(&self.words[start * cols / 8..end * cols / 8]);
-                words[dst_at..].copy_from_slice(&self.words[src_at + start * per_row..src_at + end * per_row]);
-            }
-            DType::Int8 => {
-                words[..rows * cols / 4].copy_from_slice(&self.words[start * cols / 4..end * cols / 4]);
-                let (src_at, dst_at) = (2 * self.scales_offset(), 2 * (rows * cols / 4));
-                for g in 0..rows * per_row {
-                    set_half(&mut words, dst_at + g, get_half(&self.words, src_at + start * per_row + g));
+            DType::F16 | DType::Bf16 => copy_halves(&self.words, start * cols, &mut words, 0, rows * cols),
+            dtype => {
+                let (chunks, row_chunks) = (self.rows * cols / INT4_GROUP, cols / INT4_GROUP);
+                let (mut src_at, mut dst_at) = (0, 0);
+                for &bits in dtype.planes() {
+                    let bits = bits as usize;
+                    // Every plane's rows start on a half word (bits per row is a multiple of 16).
+                    let halves = |chunks: usize| chunks * bits / 16;
+                    copy_halves(&self.words, 2 * src_at + halves(start * row_chunks), &mut words, 2 * dst_at, halves(rows * row_chunks));
+                    src_at += (chunks * bits).div_ceil(32);
+                    dst_at += (rows * row_chunks * bits).div_ceil(32);
                 }
             }
         }
@@ -302,5 +373,7 @@ pub fn row_bytes(dtype: DType, cols: usize) -> u64 {
         DType::F16 | DType::Bf16 => 2 * cols as u64 + 4,
         DType::Int4 => cols as u64 / 2 + 4 * (cols / INT4_GROUP) as u64,
         DType::Int8 => cols as u64 + 2 * (cols / INT4_GROUP) as u64 + 4,
+        // Each plane's share of a row, plus a word for a plane whose rows end mid-word.
+        dtype => dtype.planes().iter().map(|&b| (cols / INT4_GROUP) as u64 * b as u64 / 8 + 4).sum(),
     }
 }
