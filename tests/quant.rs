@@ -223,3 +223,25 @@ fn k_quants_need_whole_super_blocks() {
     let err = blocks::from_ggml(GgmlBlock::Q4K, 1, 256, &[0u8; 100]).unwrap_err();
     assert!(err.to_string().contains("144 bytes"), "{err}");
 }
+
+#[test]
+fn ggml_blocks_equal_pypi_gguf_dequantization() {
+    // Rows of the real 270M's tensors and random blocks, dequantized by llama.cpp's own Python
+    // package (tools/make_ggml_blocks_fixture.py): our layout's values and our port of ggml's
+    // dequantizers both equal them bit for bit.
+    let mut ck = gemma_webgpu::convert::safetensors::Checkpoint::default();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/ggml-blocks/blocks.safetensors");
+    ck.add_bytes("blocks.safetensors", std::fs::read(path).unwrap()).unwrap();
+    for block in BLOCKS {
+        let name = ggml_type(block).name();
+        let (shape, want) = ck.read_f32(&format!("{name}.values")).unwrap();
+        let bytes: Vec<u8> = ck.read_i32(&format!("{name}.bytes")).unwrap().into_iter().map(|b| b as u8).collect();
+        let ours = blocks::from_ggml(block, shape[0], shape[1], &bytes).unwrap().unpack();
+        let port = dequantize(ggml_type(block), &bytes).unwrap();
+        assert_eq!(ours.len(), want.len());
+        for i in 0..want.len() {
+            assert_eq!(ours[i].to_bits(), want[i].to_bits(), "{name} value {i}: ours {} vs gguf {}", ours[i], want[i]);
+            assert_eq!(port[i].to_bits(), want[i].to_bits(), "{name} value {i}: dequantize {} vs gguf {}", port[i], want[i]);
+        }
+    }
+}

@@ -17,7 +17,7 @@ use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
 use gemma_webgpu::ops::StepParams;
-use gemma_webgpu::quant::{DType, Packed};
+use gemma_webgpu::quant::{blocks, DType, GgmlBlock, Packed};
 use gemma_webgpu::reference;
 
 pub type TestResult = Result<Report, String>;
@@ -125,6 +125,32 @@ fn compare(op: &str, case: &str, got: &[f32], want: &[f32], scale: Option<&[f64]
 
 // ---------------------------------------------------------------------------------------------
 
+/// llama.cpp's blocks as PyPI's `gguf` dequantizes them (tools/make_ggml_blocks_fixture.py:
+/// rows of the real 270M's Q5_0, Q8_0, Q4_K and Q6_K tensors, random Q4_0, Q4_1, Q5_1 and Q5_K
+/// blocks): (format, rows, cols, the rows' block bytes, ggml's values).
+pub fn ggml_fixture() -> Vec<(GgmlBlock, usize, usize, Vec<u8>, Vec<f32>)> {
+    let mut ck = gemma_webgpu::convert::safetensors::Checkpoint::default();
+    ck.add_bytes("blocks.safetensors", include_bytes!("../fixtures/ggml-blocks/blocks.safetensors").to_vec()).expect("fixture");
+    let types = [
+        ("Q4_0", GgmlBlock::Q4_0),
+        ("Q4_1", GgmlBlock::Q4_1),
+        ("Q5_0", GgmlBlock::Q5_0),
+        ("Q5_1", GgmlBlock::Q5_1),
+        ("Q8_0", GgmlBlock::Q8_0),
+        ("Q4_K", GgmlBlock::Q4K),
+        ("Q5_K", GgmlBlock::Q5K),
+        ("Q6_K", GgmlBlock::Q6K),
+    ];
+    types
+        .into_iter()
+        .map(|(name, block)| {
+            let (shape, values) = ck.read_f32(&format!("{name}.values")).expect("values");
+            let bytes = ck.read_i32(&format!("{name}.bytes")).expect("bytes").into_iter().map(|b| b as u8).collect();
+            (block, shape[0], shape[1], bytes, values)
+        })
+        .collect()
+}
+
 pub async fn embedding(ctx: &GpuContext) -> TestResult {
     let mut rep = Report::new("embedding");
     let mut rng = Rng::new(1);
@@ -132,6 +158,24 @@ pub async fn embedding(ctx: &GpuContext) -> TestResult {
     // Every case with scale 1 also checks the gather bit for bit: what the kernels decode is
     // exactly the CPU codec's value (for llama.cpp's blocks, ggml's own dequantization).
     let cases: &[(usize, usize, usize, f32)] = &[(1000, 2336, 0, 48.0), (1000, 2336, 350, 3584f32.sqrt()), (517, 96, 100, 1.0), (300, 512, 100, 1.0)];
+    // Rows of llama.cpp's blocks gathered with scale 1: ggml's own values (PyPI's gguf), bit
+    // for bit.
+    for (block, rows, cols, bytes, values) in ggml_fixture() {
+        let packed = e(blocks::from_ggml(block, rows, cols, &bytes))?;
+        let op = e(Embedding::new(ctx, packed.dtype).await)?;
+        let w = e(GpuWeight::upload(ctx, "blocks", &packed, 0))?;
+        let ids: Vec<u32> = (0..rows as u32).rev().collect();
+        let (ids_b, out) = (buf_u32(ctx, &ids)?, zeros(ctx, rows * cols)?);
+        let bound = e(op.bind(ctx, &ids_b, &w, &out))?;
+        e(run_pass(ctx, "embedding", |p| bound.dispatch(p, rows as u32, 1.0).expect("shape checked")).await)?;
+        let got = read(ctx, &out, rows * cols).await?;
+        let want: Vec<f32> = ids.iter().flat_map(|&r| values[r as usize * cols..(r as usize + 1) * cols].to_vec()).collect();
+        let case = format!("{block:?} as {} (gguf's dequantization of {rows} rows of {cols})", packed.dtype.name());
+        if let Some(i) = (0..got.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+            return Err(format!("embedding {case}: value {i} is {} on the GPU, {} by ggml", got[i], want[i]));
+        }
+        rep.add(compare("embedding", &case, &got, &want, None, 0.0, 0.0)?);
+    }
     for dtype in DType::ALL {
         let op = e(Embedding::new(ctx, dtype).await)?;
         for &(v, h, part_rows, scale) in cases {
