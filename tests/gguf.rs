@@ -706,3 +706,95 @@ fn the_cli_converts_a_gguf_file() {
     assert_eq!((m.config.num_hidden_layers, m.tokenizer.as_deref()), (LAYERS as u32, Some("tokenizer.json")));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn keeps_every_gguf_type_value_for_value() {
+    // Without --quant every matrix keeps its GGUF type (Q4_1 as int4, Q8_0 as int8, the other
+    // blocks as types of their own, F16/BF16/F32 as themselves), and every value read back is
+    // the one the blocks were packed from, bit for bit.
+    let dir = tmp("keep");
+    let (bytes, want) = synthetic_gemma2();
+    let path = write_file(&dir, &bytes);
+    let out = dir.join("out");
+    let m = convert::convert_gguf(&path, &out, convert::Quant::KEEP, 64 << 10, false).expect("convert");
+    let dtype = |name: &str| DType::from(m.tensor(name).unwrap().dtype);
+    let l0 = "model.layers.0.";
+    let l1 = "model.layers.1.";
+    assert_eq!(dtype(&format!("{l0}self_attn.q_proj.weight")), DType::Int8);
+    assert_eq!(dtype(&format!("{l1}self_attn.q_proj.weight")), DType::Int4);
+    assert_eq!(dtype(&format!("{l0}self_attn.k_proj.weight")), DType::Q5_0);
+    assert_eq!(dtype(&format!("{l1}self_attn.k_proj.weight")), DType::Q5_1);
+    assert_eq!(dtype(&format!("{l0}self_attn.v_proj.weight")), DType::Bf16);
+    assert_eq!(dtype(&format!("{l0}self_attn.o_proj.weight")), DType::Q6K);
+    assert_eq!(dtype(&format!("{l0}mlp.up_proj.weight")), DType::Q4_0);
+    assert_eq!(dtype(&format!("{l0}mlp.down_proj.weight")), DType::Q4K);
+    assert_eq!(dtype(&format!("{l1}mlp.down_proj.weight")), DType::Q5K);
+    assert_eq!(dtype("model.embed_tokens.weight"), DType::F16);
+    for (name, values) in &want {
+        let got = stored(&out, &m, name);
+        if let Some(i) = (0..values.len()).find(|&i| got[i].to_bits() != values[i].to_bits()) {
+            panic!("{name}[{i}]: got {} want {}", got[i], values[i]);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A GGUF file read by ranges, as a browser reads one by URL; records the largest range.
+struct FileRanges(Vec<u8>, std::cell::Cell<u64>);
+
+impl convert::stream::RangeSource for FileRanges {
+    async fn range(&self, begin: u64, len: u64) -> gemma_webgpu::Result<Vec<u8>> {
+        self.1.set(self.1.get().max(len));
+        Ok(self.0[begin as usize..(begin + len) as usize].to_vec())
+    }
+}
+
+/// The header from growing prefixes, then the streamed conversion: (manifest, shards, largest
+/// range read).
+pub fn stream_convert(bytes: Vec<u8>, shard_bytes: u64) -> (Manifest, Vec<Vec<u8>>, u64) {
+    let size = bytes.len() as u64;
+    let mut n = 1024;
+    let g = loop {
+        match Gguf::from_prefix(&bytes[..n.min(bytes.len())], size, "model.gguf").expect("header") {
+            Some(g) => break g,
+            None => n *= 2,
+        }
+    };
+    let src = FileRanges(bytes, std::cell::Cell::new(0));
+    let mut stream = convert::stream::GgufStream::new(&g, shard_bytes).expect("stream");
+    let mut shards: Vec<Option<Vec<u8>>> = Vec::new();
+    let mut put = |i: usize, b: Vec<u8>| {
+        if shards.len() <= i {
+            shards.resize(i + 1, None);
+        }
+        assert!(shards[i].replace(b).is_none(), "shard {i} handed on twice");
+    };
+    while let Some(done) = pollster::block_on(stream.step(&src)).expect("step") {
+        done.into_iter().for_each(|(i, b)| put(i, b));
+    }
+    let (m, rest) = stream.finish().expect("finish");
+    rest.into_iter().for_each(|(i, b)| put(i, b));
+    (m, shards.into_iter().map(|s| s.expect("every shard")).collect(), src.1.get())
+}
+
+#[test]
+fn a_gguf_read_by_ranges_converts_as_the_file_does() {
+    let dir = tmp("stream");
+    let (bytes, _) = synthetic_gemma2();
+    let path = write_file(&dir, &bytes);
+    let shard_bytes = 64 << 10;
+    let m = convert::convert_gguf(&path, &dir.join("out"), convert::Quant::KEEP, shard_bytes, false).expect("convert");
+    let (ms, shards, largest) = stream_convert(bytes, shard_bytes);
+    assert_eq!(ms, m, "the streamed manifest");
+    for (i, s) in shards.iter().enumerate() {
+        assert_eq!(s, &std::fs::read(dir.join("out").join(&m.shards[i].file)).unwrap(), "shard {i}");
+    }
+    assert!(largest <= shard_bytes, "a range of {largest} bytes, more than a shard");
+    // A prefix that ends inside the header asks for more; one that is not a GGUF is an error.
+    let (bytes, _) = synthetic_gemma2();
+    assert!(Gguf::from_prefix(&bytes[..100], bytes.len() as u64, "x").unwrap().is_none());
+    let mut bad = bytes.clone();
+    bad[0] = b'X';
+    assert!(err_of(Gguf::from_prefix(&bad[..100], bad.len() as u64, "x")).contains("not a GGUF file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

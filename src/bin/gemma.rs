@@ -37,8 +37,12 @@ mod cli {
     use gemma_webgpu::tokenizer::{Message, Tokenizer};
 
     const USAGE: &str = "usage:
-  gemma convert <hf_dir|file.gguf> <out_dir> [--quant int4|int8|fp16|f32] [--embed int4|int8|fp16|f32] [--shard-mb 32]
-  gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant int4|int8|fp16|f32] [--seed N]
+  gemma convert <hf_dir|file.gguf> <out_dir> [--quant TYPE] [--embed TYPE] [--shard-mb 32]
+      TYPE: int4, int8, fp16, f32, or llama.cpp's q4_0, q5_0, q5_1, q4_k, q5_k, q6_k. A GGUF
+      keeps each tensor's own type (its blocks, value for value) unless --quant/--embed say
+      otherwise; a checkpoint becomes int4. A k-quant falls back, for rows that are not whole
+      256-value blocks, to int4 (q4_k), q5_1 (q5_k) or int8 (q6_k).
+  gemma synth <out_dir> --preset 2b|9b|27b|demo|<config.json> [--quant TYPE] [--seed N]
               [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens 256]
                  [--temperature 0.7] [--top-k 64] [--top-p 0.95] [--seed 0] [--stop TEXT]...

@@ -6,6 +6,7 @@
 
 pub mod gguf;
 pub mod safetensors;
+pub mod stream;
 
 use std::fs::File;
 use std::io::Write;
@@ -61,6 +62,26 @@ impl ShardWriter {
 
     /// Append one packed tensor, split into parts that fit a shard.
     pub fn add(&mut self, name: &str, packed: &Packed) -> Result<()> {
+        self.append(name, [packed.rows, packed.cols], packed, 0)
+    }
+
+    /// Append rows `first_row..first_row + packed.rows` of tensor `name` (`shape` rows in all):
+    /// a tensor may arrive in several calls, in order, when it is read in bounded ranges.
+    pub fn append(&mut self, name: &str, shape: [usize; 2], packed: &Packed, first_row: usize) -> Result<()> {
+        let same = self.tensors.last().is_some_and(|t| t.name == name);
+        let next = self.tensors.last().and_then(|t| t.parts.last()).map_or(0, |p| p.row_start as usize + p.rows as usize);
+        if (first_row == 0) == same || (same && next != first_row) || packed.cols != shape[1] || first_row + packed.rows > shape[0] {
+            return Err(Error::invalid("shard writer", format!("rows {first_row}..+{} of {name} {shape:?} arrive out of order", packed.rows)));
+        }
+        if first_row == 0 {
+            self.tensors.push(TensorEntry {
+                name: name.to_string(),
+                shape: [shape[0] as u32, shape[1] as u32],
+                dtype: packed.dtype.into(),
+                group_size: packed.dtype.is_grouped().then_some(INT4_GROUP as u32),
+                parts: Vec::new(),
+            });
+        }
         let per_part = rows_per_part(packed.dtype, packed.cols, self.max_bytes, packed.rows)?;
         let mut parts = Vec::new();
         let mut start = 0;
@@ -95,16 +116,12 @@ impl ShardWriter {
             }
             self.shards[shard as usize].size += len;
             self.bytes_written += len;
-            parts.push(PartEntry { shard, offset, length: len, row_start: start as u32, rows: (end - start) as u32 });
+            parts.push(PartEntry { shard, offset, length: len, row_start: (first_row + start) as u32, rows: (end - start) as u32 });
             start = end;
         }
-        self.tensors.push(TensorEntry {
-            name: name.to_string(),
-            shape: [packed.rows as u32, packed.cols as u32],
-            dtype: packed.dtype.into(),
-            group_size: packed.dtype.is_grouped().then_some(INT4_GROUP as u32),
-            parts,
-        });
+        if let Some(t) = self.tensors.last_mut() {
+            t.parts.extend(parts);
+        }
         Ok(())
     }
 
@@ -131,6 +148,23 @@ impl ShardWriter {
         Ok(manifest)
     }
 
+    /// The in-memory shards completed so far that were not taken yet, as (index, bytes): a
+    /// streamed conversion hands each on (to the browser cache) as soon as it is full.
+    pub fn take_closed(&mut self) -> Vec<(usize, Vec<u8>)> {
+        let open = if self.open.is_some() { self.shards.len().saturating_sub(1) } else { self.shards.len() };
+        match &mut self.sink {
+            Sink::Memory(shards) => shards.iter_mut().enumerate().take(open).filter(|(_, b)| !b.is_empty()).map(|(i, b)| (i, std::mem::take(b))).collect(),
+            Sink::Dir(_) => Vec::new(),
+        }
+    }
+
+    /// The manifest and the shards not taken by `take_closed` (index, bytes).
+    pub fn finish_streamed(mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<(Manifest, Vec<(usize, Vec<u8>)>)> {
+        let manifest = self.manifest(config, tokenizer)?;
+        let rest = self.take_closed();
+        Ok((manifest, rest))
+    }
+
     /// The manifest and the shards' bytes, for in-memory output.
     pub fn finish_in_memory(mut self, config: ModelConfig) -> Result<(Manifest, Vec<Vec<u8>>)> {
         let manifest = self.manifest(config, None)?;
@@ -149,6 +183,21 @@ fn storage_for(name: &str, quant: Quant) -> Option<DType> {
         quant.embedding
     } else {
         quant.matrices
+    }
+}
+
+/// `dtype`, or for a k-quant and rows that are not whole 256-value super-blocks (the Gemma 3
+/// 270M's 640-wide q/k/v/gate/up) the type of the same class whose groups are 32 values:
+/// q4_k → int4, q5_k → q5_1, q6_k → int8 (as llama.cpp falls back from its k-quants).
+pub fn fallback(dtype: DType, cols: usize) -> DType {
+    if cols.is_multiple_of(dtype.group_cols()) {
+        return dtype;
+    }
+    match dtype {
+        DType::Q4K => DType::Int4,
+        DType::Q5K => DType::Q5_1,
+        DType::Q6K => DType::Int8,
+        other => other,
     }
 }
 
@@ -231,18 +280,25 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
 pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
     let quant = quant.into();
     let g = gguf::Gguf::open(path)?;
-    g.check_tied_embeddings()?;
-    let config = ModelConfig::from_hf_json(&g.hf_config_json()?)?;
-    // Build the tokenizer and check every tensor before writing anything.
-    let tokenizer = g.tokenizer_json()?;
-    check_checkpoint(&config, &g)?;
-    for (name, _) in tensors::table(&config) {
-        g.check_readable(&name)?;
-    }
+    let (config, tokenizer) = check_gguf(&g)?;
     let mut w = ShardWriter::new(out, shard_bytes)?;
     write_tensors(&config, &g, &mut w, quant, show_progress)?;
     let tokenizer = write_tokenizer(out, &tokenizer)?;
     w.finish(config, Some(tokenizer))
+}
+
+/// A GGUF's config and tokenizer, after checking everything a conversion needs before it
+/// writes anything: a tied LM head, a Gemma 2/3 config, a vocabulary, every tensor present with
+/// the config's shape and of a type we read.
+pub(crate) fn check_gguf(g: &gguf::Gguf) -> Result<(ModelConfig, String)> {
+    g.check_tied_embeddings()?;
+    let config = ModelConfig::from_hf_json(&g.hf_config_json()?)?;
+    let tokenizer = g.tokenizer_json()?;
+    check_checkpoint(&config, g)?;
+    for (name, _) in tensors::table(&config) {
+        g.check_readable(&name)?;
+    }
+    Ok((config, tokenizer))
 }
 
 /// Convert a checkpoint held in memory (`config.json` text and a loaded `Checkpoint`) into a
@@ -280,7 +336,7 @@ fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWrite
         let (rows, cols) = (*rows as usize, *cols as usize);
         let packed = match (storage_for(name, quant), ck.read_packed(name)) {
             (None, Some(packed)) => packed?,
-            (dtype, _) => Packed::pack(dtype.unwrap_or(DType::F32), rows, cols, &ck.read_f32(name)?.1)?,
+            (dtype, _) => Packed::pack(fallback(dtype.unwrap_or(DType::F32), cols), rows, cols, &ck.read_f32(name)?.1)?,
         };
         if (packed.rows, packed.cols) != (rows, cols) {
             return Err(Error::Format(format!("{name} is [{}, {}]; the config makes it [{rows}, {cols}]", packed.rows, packed.cols)));
@@ -409,7 +465,8 @@ pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64
                 ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * std * 3.46
             })
             .collect();
-        w.add(name, &Packed::pack(storage_for(name, quant).unwrap_or(DType::F32), *rows as usize, *cols as usize, &values)?)?;
+        let dtype = fallback(storage_for(name, quant).unwrap_or(DType::F32), *cols as usize);
+        w.add(name, &Packed::pack(dtype, *rows as usize, *cols as usize, &values)?)?;
         if show_progress {
             progress(done + 1, tensors.len(), w.bytes_written);
         }

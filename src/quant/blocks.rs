@@ -26,7 +26,11 @@
 //! start), since plane 0 is 4 words per chunk and plane 1 one or two.
 //!
 //! The decoded value is computed with ggml's own operations in ggml's order (`get`), so it
-//! equals ggml's `dequantize_row_*` bit for bit on the CPU. The quantizers here (`quantize`)
+//! equals ggml's `dequantize_row_*` bit for bit on the CPU, and on the GPU too, whatever order
+//! or fused multiply-add a shader compiler picks: an fp16 `d` has 11 significant bits, a scale
+//! at most 8 and a code at most 6, so every product but Q6_K's last (`(d * sc) * (q - 32)`, up
+//! to 25 bits) is exact in f32, and each value is its exact real value rounded once (at that
+//! last product, or at the addition of the min). The quantizers here (`quantize`)
 //! write ggml's block bytes from f32 following ggml's reference quantizers (`quantize_row_*_ref`,
 //! without an importance matrix): the k-quants search each sub-block's scale and min for least
 //! weighted error, then round those to 6 bits against the super-block's fp16 `d` and `dmin`.
@@ -501,4 +505,27 @@ pub fn quantize(block: GgmlBlock, x: &[f32]) -> Result<Vec<u8>> {
         quantize_block(block, blk, &mut out);
     }
     Ok(out)
+}
+
+/// `quantize` on all cores natively (a k-quant's search is the slow part of a conversion:
+/// the 2B's 2.6 billion values), in one thread in a browser; the same bytes either way.
+pub fn quantize_all(block: GgmlBlock, x: &[f32]) -> Result<Vec<u8>> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let (bv, _) = block.size();
+        let blocks = x.len() / bv;
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(32);
+        if threads > 1 && blocks >= 1024 && x.len().is_multiple_of(bv) {
+            let per = blocks.div_ceil(threads) * bv;
+            return std::thread::scope(|s| {
+                let jobs: Vec<_> = x.chunks(per).map(|c| s.spawn(move || quantize(block, c))).collect();
+                let mut out = Vec::new();
+                for job in jobs {
+                    out.extend(job.join().map_err(|_| Error::invalid("quantize", "a quantizer thread failed"))??);
+                }
+                Ok(out)
+            });
+        }
+    }
+    quantize(block, x)
 }

@@ -10,6 +10,7 @@
 //! | bf16  | ceil(rows*cols / 2)            | same packing; widened by `bits << 16`                 |
 //! | int4  | rows*cols/8 + groups           | codes, then one (scale, min) word per group           |
 //! | int8  | rows*cols/4 + ceil(groups / 2) | codes, then fp16 scales                               |
+//! | q4_0 … q6_k | per `DType::planes`        | llama.cpp's blocks, value for value (`blocks`)        |
 //!
 //! Both quantized types have one set of parameters per group of 32 consecutive input-dimension
 //! values (`g = e / 32`; `cols % 32 == 0`, so a group never crosses a row). The parameters start
@@ -261,7 +262,7 @@ impl Packed {
             return Err(Error::invalid("pack", format!("{} needs the input dimension to be a multiple of {}; it is {cols}", dtype.name(), dtype.group_cols())));
         }
         if let Some(block) = GgmlBlock::of(dtype) {
-            return blocks::from_ggml(block, rows, cols, &blocks::quantize(block, data)?);
+            return blocks::from_ggml(block, rows, cols, &blocks::quantize_all(block, data)?);
         }
         let mut words = vec![0u32; dtype.words(rows, cols)];
         match dtype {

@@ -5,6 +5,7 @@
 //! fails naming it; network errors are retried twice with a pause.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use js_sys::{Function, Object, Uint8Array};
@@ -13,8 +14,10 @@ use web_sys::{AbortSignal, ReadableStreamDefaultReader, Response};
 
 use super::cache::{self, Meta, ModelCache};
 use super::js::{self, await_promise, describe, is_abort};
+use crate::convert::gguf::Gguf;
+use crate::convert::stream::{GgufStream, RangeSource};
 use crate::error::{Error, Result};
-use crate::format::{self, Manifest, MANIFEST_FILE};
+use crate::format::{self, Manifest, DEFAULT_SHARD_BYTES, MANIFEST_FILE};
 use crate::gpu::{ContextOptions, GpuContext};
 use crate::model::engine::{EngineOptions, KvType};
 use crate::model::load::{self, LoadPhase, ShardSource};
@@ -109,17 +112,47 @@ struct Loader<'a> {
     base: String,
     progress: Progress,
     cache: RefCell<Option<ModelCache>>,
+    /// The GGUF file's URL when loading one (`base` is then where its prepared conversion is
+    /// kept: `<url>.gemma-webgpu/`).
+    gguf: Option<String>,
+    /// Prepared files the browser cache could not take (no cache, or its quota ran out),
+    /// by URL; each is handed over (and dropped here) when the load reads it.
+    memory: RefCell<HashMap<String, Vec<u8>>>,
+    /// The GGUF load stopped writing to the cache (`cache` is still read).
+    cache_full: Cell<bool>,
 }
 
-/// Load the model at `url` (a directory URL holding `manifest.json`).
+/// Where a GGUF's prepared conversion is kept in the cache, under its URL.
+const PREPARED_SUFFIX: &str = ".gemma-webgpu/";
+/// The first request for a GGUF: its first bytes, whose hash (with the URL and the file's
+/// size) names the prepared copy.
+const GGUF_HEAD_BYTES: u64 = 64 << 10;
+/// A GGUF header larger than this is refused (the 270M's, with a 262k-token vocabulary, is
+/// about 6 MiB).
+const MAX_GGUF_HEADER: u64 = 128 << 20;
+/// Written last when a GGUF has been prepared: its presence says the prepared copy is whole.
+const SOURCE_FILE: &str = "gguf-source.json";
+
+/// Whether `url` names a GGUF file (by its path's extension).
+fn is_gguf(url: &str) -> bool {
+    url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase().ends_with(".gguf")
+}
+
+/// Load the model at `url`: a directory URL holding `manifest.json`, or a `.gguf` file.
 pub(crate) async fn load(url: &str, opts: &LoadOptions) -> Result<Session> {
-    let base = if url.ends_with('/') { url.to_string() } else { format!("{url}/") };
-    let base = absolute(&base);
+    let gguf = is_gguf(url).then(|| absolute(url));
+    let base = match &gguf {
+        Some(src) => format!("{src}{PREPARED_SUFFIX}"),
+        None => absolute(&if url.ends_with('/') { url.to_string() } else { format!("{url}/") }),
+    };
     let l = Loader {
         opts,
         base,
         progress: Progress { callback: opts.on_progress.clone(), total: Cell::new(0), loaded: Cell::new(0), reported: Cell::new(0) },
         cache: RefCell::new(None),
+        gguf,
+        memory: RefCell::new(HashMap::new()),
+        cache_full: Cell::new(false),
     };
     l.run().await
 }
@@ -147,8 +180,12 @@ impl Loader<'_> {
         if !js::get(&js::get(&js::global(), "navigator"), "gpu").is_object() {
             return Err(Error::NoAdapter { backend: "this browser has no WebGPU (navigator.gpu is missing)".into() });
         }
-        self.progress.report("manifest", MANIFEST_FILE, None);
         let manifest_url = format!("{}{MANIFEST_FILE}", self.base);
+        if let Some(src) = &self.gguf {
+            let text = self.prepare_gguf(src, &manifest_url).await?;
+            return self.load_manifest(text, manifest_url).await;
+        }
+        self.progress.report("manifest", MANIFEST_FILE, None);
         let text = match self.fetch_text(&manifest_url).await {
             Ok(t) => t,
             Err(e @ Error::Download { .. }) if self.opts.cache => match offline_manifest(&self.base, &manifest_url).await {
@@ -160,10 +197,15 @@ impl Loader<'_> {
             },
             Err(e) => return Err(e),
         };
+        self.load_manifest(text, manifest_url).await
+    }
+
+    /// Load the model `text` (a manifest) describes, its files from the cache or the network.
+    async fn load_manifest(&self, text: String, manifest_url: String) -> Result<Session> {
         let manifest = Manifest::from_json(&text)?;
         let total: u64 = manifest.shards.iter().map(|s| s.size).sum();
-        self.progress.total.set(total);
-        if self.opts.cache {
+        self.progress.total.set(self.progress.loaded.get() + total);
+        if self.opts.cache && self.cache().is_none() && self.gguf.is_none() {
             match ModelCache::open(&format::sha256_hex(text.as_bytes()), &self.base).await {
                 Ok(c) => {
                     let meta = Meta { url: self.base.clone(), bytes: total, files: manifest.shards.len() as u32, complete: false };
@@ -245,6 +287,9 @@ impl Loader<'_> {
     }
 
     async fn cache_get(&self, url: &str) -> Option<Vec<u8>> {
+        if let Some(bytes) = self.memory.borrow_mut().remove(url) {
+            return Some(bytes);
+        }
         self.cache()?.get(url).await
     }
 
@@ -309,9 +354,17 @@ impl Loader<'_> {
     /// GET `url`, retrying network failures twice (1 s, then 3 s later); an HTTP error status
     /// is not retried.
     async fn fetch_response(&self, url: &str) -> Result<Response> {
+        self.fetch_response_with(url, None).await
+    }
+
+    /// `fetch_response` with request headers.
+    async fn fetch_response_with(&self, url: &str, headers: Option<&Object>) -> Result<Response> {
         let init = Object::new();
         if let Some(s) = &self.opts.signal {
             js::set(&init, "signal", s.clone());
+        }
+        if let Some(h) = headers {
+            js::set(&init, "headers", h.clone());
         }
         let fetch = self.fetch_fn()?;
         let mut delays = [1000u32, 3000].into_iter();
@@ -348,7 +401,13 @@ impl Loader<'_> {
     /// The body of `url`, streamed chunk by chunk (progress counts the chunks when `counted`).
     async fn fetch_bytes(&self, url: &str, size: Option<u64>, file: &str, counted: bool) -> Result<Vec<u8>> {
         let response = self.fetch_response(url).await?;
-        let mut out = Vec::with_capacity(size.unwrap_or(0) as usize);
+        self.read_body(response, url, size, None, file, counted).await
+    }
+
+    /// A response's body, streamed chunk by chunk; more than `limit` bytes is an error (a body
+    /// that does not end where it should).
+    async fn read_body(&self, response: Response, url: &str, size: Option<u64>, limit: Option<u64>, file: &str, counted: bool) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(size.unwrap_or(0).min(limit.unwrap_or(u64::MAX)) as usize);
         let fail = |e: JsValue| {
             if is_abort(&e) {
                 Error::Aborted("loading the model")
@@ -364,6 +423,10 @@ impl Loader<'_> {
                     break;
                 }
                 let value = Uint8Array::new(&js::get(&chunk, "value"));
+                if limit.is_some_and(|l| out.len() as u64 + value.length() as u64 > l) {
+                    let _ = reader.cancel();
+                    return Err(Error::Download { url: url.into(), detail: format!("the server sent more than the {} bytes asked for", limit.unwrap_or(0)) });
+                }
                 let start = out.len();
                 out.resize(start + value.length() as usize, 0);
                 value.copy_to(&mut out[start..]);
@@ -425,4 +488,149 @@ async fn offline_manifest(base: &str, manifest_url: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// Loading a GGUF by URL: its header by HTTP Range requests, then its tensors in bounded
+/// ranges, each converted (`convert::stream`, every tensor keeping its GGUF type) into our
+/// format's shards, which go to the browser cache as they fill; the model then loads from
+/// there like any other, and a reload of the same file (same URL, size and first 64 KiB)
+/// finds it prepared and requests no weights.
+impl Loader<'_> {
+    /// The prepared model's manifest text, preparing it first unless the cache holds it.
+    async fn prepare_gguf(&self, src: &str, manifest_url: &str) -> Result<String> {
+        let file = src.rsplit('/').next().unwrap_or(src).split(['?', '#']).next().unwrap_or("model.gguf").to_string();
+        self.progress.report("manifest", &file, None);
+        let (head, size) = self.fetch_range(src, 0, GGUF_HEAD_BYTES, &file, false).await?;
+        let identity = format!("{src}\n{size}\n{}", format::sha256_hex(&head));
+        let source_url = format!("{}{SOURCE_FILE}", self.base);
+        if self.opts.cache {
+            match ModelCache::open(&format::sha256_hex(identity.as_bytes()), &self.base).await {
+                Ok(c) => {
+                    if c.get(&source_url).await.is_some() {
+                        if let Some(text) = c.get(manifest_url).await.and_then(|b| String::from_utf8(b).ok()) {
+                            *self.cache.borrow_mut() = Some(c);
+                            return Ok(text);
+                        }
+                    }
+                    let meta = Meta { url: self.base.clone(), bytes: 0, files: 0, complete: false };
+                    match c.write_meta(&meta).await {
+                        Ok(()) => *self.cache.borrow_mut() = Some(c),
+                        Err(e) => self.progress.warn(&file, &format!("the browser cache refused the model ({e}); loading without caching")),
+                    }
+                }
+                Err(e) => self.progress.warn(&file, &format!("the browser cache is unavailable ({e}); loading without caching")),
+            }
+        }
+        // The header, in growing prefixes: its vocabulary alone can be megabytes.
+        let mut prefix = head;
+        let g = loop {
+            if let Some(g) = Gguf::from_prefix(&prefix, size, &file)? {
+                break g;
+            }
+            let want = (prefix.len() as u64).saturating_mul(4).min(size).min(MAX_GGUF_HEADER);
+            if want <= prefix.len() as u64 {
+                return Err(Error::Format(format!("{file}: the GGUF header is larger than {} MiB; this is not a model file we read", MAX_GGUF_HEADER >> 20)));
+            }
+            let (more, _) = self.fetch_range(src, prefix.len() as u64, want - prefix.len() as u64, &file, false).await?;
+            prefix.extend_from_slice(&more);
+        };
+        drop(prefix);
+        // Everything that can be refused is refused here, before the weights are downloaded.
+        let mut stream = GgufStream::new(&g, DEFAULT_SHARD_BYTES)?;
+        self.opts.engine.resolve(stream.config())?;
+        self.progress.total.set(2 * stream.total_bytes);
+        self.store(&format!("{}tokenizer.json", self.base), "tokenizer.json", stream.tokenizer_json().as_bytes().to_vec()).await;
+        let ranges = Ranges { loader: self, url: src, file: &file, largest: Cell::new(0) };
+        self.progress.report("download", &file, None);
+        while let Some(done) = stream.step(&ranges).await? {
+            self.check_abort()?;
+            for (i, bytes) in done {
+                self.store_shard(i, bytes).await;
+            }
+        }
+        let largest = ranges.largest.get();
+        let (manifest, rest) = stream.finish()?;
+        for (i, bytes) in rest {
+            self.store_shard(i, bytes).await;
+        }
+        let text = manifest.to_json();
+        self.store(manifest_url, MANIFEST_FILE, text.clone().into_bytes()).await;
+        let source = serde_json::json!({ "url": src, "size": size, "largest_range": largest }).to_string();
+        self.store(&source_url, SOURCE_FILE, source.into_bytes()).await;
+        self.progress.report("prepared", &file, Some(&format!("converted {file}; the largest range held at once was {largest} bytes")));
+        Ok(text)
+    }
+
+    async fn store_shard(&self, i: usize, bytes: Vec<u8>) {
+        let file = format!("model-{i:05}.bin");
+        self.store(&format!("{}{file}", self.base), &file, bytes).await;
+    }
+
+    /// Keep a prepared file: in the cache, or in memory when there is none (or it is full).
+    async fn store(&self, url: &str, file: &str, bytes: Vec<u8>) {
+        if let (Some(c), false) = (self.cache(), self.cache_full.get()) {
+            match c.put(url, &bytes).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.cache_full.set(true);
+                    self.progress.warn(file, &format!("could not store {file} in the browser cache ({e}); keeping the rest of the prepared model in memory"));
+                }
+            }
+        }
+        self.memory.borrow_mut().insert(url.to_string(), bytes);
+    }
+
+    /// Bytes `begin..begin + len` of `url` (fewer at the end of the file) and the file's size,
+    /// by an HTTP Range request.
+    async fn fetch_range(&self, url: &str, begin: u64, len: u64, file: &str, counted: bool) -> Result<(Vec<u8>, u64)> {
+        let headers = Object::new();
+        js::set(&headers, "Range", format!("bytes={begin}-{}", begin + len.max(1) - 1));
+        let response = self.fetch_response_with(url, Some(&headers)).await?;
+        if response.status() != 206 {
+            if let Some(body) = response.body() {
+                let _ = body.cancel();
+            }
+            return Err(Error::Download {
+                url: url.into(),
+                detail: format!(
+                    "the server answered a Range request with HTTP {} instead of 206 Partial Content: it does not serve byte ranges, which loading a GGUF by URL needs (most static servers and CDNs do); serve it from one that does, or convert it with `gemma convert` and load the result",
+                    response.status()
+                ),
+            });
+        }
+        let range = response.headers().get("content-range").ok().flatten().unwrap_or_default();
+        let total = range.rsplit('/').next().and_then(|t| t.trim().parse::<u64>().ok()).ok_or_else(|| Error::Download {
+            url: url.into(),
+            detail: format!("the Range answer has no readable Content-Range header (got '{range}'); a cross-origin server must list it in Access-Control-Expose-Headers"),
+        })?;
+        let want = len.min(total.saturating_sub(begin));
+        let bytes = self.read_body(response, url, Some(want), Some(want), file, counted).await?;
+        if (bytes.len() as u64) < want {
+            return Err(Error::Download {
+                url: url.into(),
+                detail: format!("bytes {begin}..{} of the {total}-byte file came back {} bytes short; the download broke off or the file is truncated", begin + want, want - bytes.len() as u64),
+            });
+        }
+        Ok((bytes, total))
+    }
+}
+
+/// The GGUF's tensor data by range, for `GgufStream`, noting the largest range held.
+struct Ranges<'a, 'l> {
+    loader: &'a Loader<'l>,
+    url: &'a str,
+    file: &'a str,
+    largest: Cell<u64>,
+}
+
+impl RangeSource for Ranges<'_, '_> {
+    async fn range(&self, begin: u64, len: u64) -> Result<Vec<u8>> {
+        self.loader.check_abort()?;
+        self.largest.set(self.largest.get().max(len));
+        let (bytes, total) = self.loader.fetch_range(self.url, begin, len, self.file, true).await?;
+        if bytes.len() as u64 != len {
+            return Err(Error::Download { url: self.url.into(), detail: format!("the file is {total} bytes, which ends inside tensor data at byte {begin}: it is truncated") });
+        }
+        Ok(bytes)
+    }
 }

@@ -50,6 +50,27 @@ const MAX_DIMS: u32 = 4;
 enum Source {
     File(PathBuf),
     Memory(Arc<[u8]>),
+    /// Only the header was read (`from_prefix`): the data is elsewhere (a URL), read by range.
+    Elsewhere,
+}
+
+/// The first bytes of a file, read as if they were all of it: running past them is noted, so
+/// `Gguf::from_prefix` can ask for more instead of calling the file truncated.
+struct Prefix<'a> {
+    bytes: &'a [u8],
+    ran_out: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl Read for Prefix<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.bytes.is_empty() && !buf.is_empty() {
+            self.ran_out.set(true);
+        }
+        let n = buf.len().min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
 }
 
 /// A parsed GGUF file: metadata and tensor directory; data is read on demand.
@@ -80,6 +101,30 @@ impl Gguf {
         let bytes: Arc<[u8]> = bytes.into();
         let len = bytes.len() as u64;
         Self::parse(&bytes[..], len, Source::Memory(bytes.clone()), "the GGUF data".into())
+    }
+
+    /// The header of a `file_len`-byte GGUF from its first bytes (a Range request's answer):
+    /// `Ok(None)` when the header runs past them (ask for more), an error for a file that is
+    /// not a GGUF we read. Tensor data is then read by range (`tensor_range`).
+    pub fn from_prefix(prefix: &[u8], file_len: u64, label: &str) -> Result<Option<Self>> {
+        let ran_out = std::rc::Rc::new(std::cell::Cell::new(false));
+        let r = Prefix { bytes: prefix, ran_out: ran_out.clone() };
+        match Self::parse(r, file_len, Source::Elsewhere, label.to_string()) {
+            Ok(g) => Ok(Some(g)),
+            Err(_) if ran_out.get() && (prefix.len() as u64) < file_len => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where tensor `t`'s data lies in the file: (first byte, length).
+    pub fn tensor_range(&self, t: &GgufTensor) -> Result<(u64, u64)> {
+        let len = t.byte_len().ok_or_else(|| self.unreadable(t))?;
+        Ok((self.data_start + t.offset, len))
+    }
+
+    /// The tensor whose Hugging Face name is `hf_name`, or a named error.
+    pub fn hf_tensor(&self, hf_name: &str) -> Result<&GgufTensor> {
+        self.tensor_by_hf_name(hf_name).ok_or_else(|| self.err(format!("has no tensor for '{hf_name}'")))
     }
 
     fn parse<R: Read>(r: R, len: u64, source: Source, label: String) -> Result<Self> {
@@ -201,6 +246,7 @@ impl Gguf {
                 .get(begin as usize..(begin + len) as usize)
                 .map(<[u8]>::to_vec)
                 .ok_or_else(|| self.err(format!("tensor '{}' lies outside the data", t.name))),
+            Source::Elsewhere => Err(self.err(format!("holds only the header; tensor '{}' is read by range", t.name))),
             Source::File(path) => {
                 let mut f = File::open(path).map_err(|e| self.err(e))?;
                 f.seek(SeekFrom::Start(begin)).map_err(|e| self.err(format!("{}: {e}", t.name)))?;
@@ -244,49 +290,67 @@ impl Gguf {
     /// A tensor by its Hugging Face name: dequantized, norms shifted back to `w`, with the
     /// Hugging Face shape.
     pub fn read_hf_f32(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        let t = self.tensor_by_hf_name(hf_name).ok_or_else(|| self.err(format!("has no tensor for '{hf_name}'")))?;
-        let mut values = self.read_raw_f32(t)?;
-        let shift = self.norm_shift();
-        if t.name.ends_with("norm.weight") && shift != 0.0 {
-            values.iter_mut().for_each(|v| *v -= shift);
-        }
-        Ok((t.hf_shape(), values))
+        let t = self.hf_tensor(hf_name)?;
+        Ok((t.hf_shape(), self.f32_from_bytes(t, &self.tensor_bytes(t)?)?))
     }
 
     /// A matrix by its Hugging Face name in its own GGUF type, laid out for the kernels value
     /// for value (`quant::blocks`): F32, F16 and BF16 as those, Q4_1 as int4, Q8_0 as int8, the
     /// other block types as storage types of their own.
     pub fn read_hf_packed(&self, hf_name: &str) -> Result<Packed> {
-        let t = self.tensor_by_hf_name(hf_name).ok_or_else(|| self.err(format!("has no tensor for '{hf_name}'")))?;
-        let shape = t.hf_shape();
-        let (rows, cols) = match shape[..] {
-            [rows, cols] => (rows, cols),
-            [cols] => (1, cols),
-            _ => return Err(self.err(format!("tensor '{}' has {} dimensions; a matrix has 2", t.name, shape.len()))),
-        };
-        let block = match t.ggml_type {
-            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
-                let dtype = match t.ggml_type {
-                    GgmlType::F32 => DType::F32,
-                    GgmlType::F16 => DType::F16,
-                    _ => DType::Bf16,
-                };
-                let bytes = self.tensor_bytes(t)?;
-                let mut words = vec![0u32; dtype.words(rows, cols)];
-                bytemuck::cast_slice_mut::<u32, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
-                return Ok(Packed { dtype, rows, cols, words });
+        let t = self.hf_tensor(hf_name)?;
+        let (rows, _) = Self::matrix_shape(t)?;
+        self.packed_rows(t, rows, &self.tensor_bytes(t)?)
+    }
+
+    /// (rows, cols) of a tensor in Hugging Face orientation (a vector is one row).
+    pub fn matrix_shape(t: &GgufTensor) -> Result<(usize, usize)> {
+        match t.hf_shape()[..] {
+            [rows, cols] => Ok((rows, cols)),
+            [cols] => Ok((1, cols)),
+            _ => Err(Error::Format(format!("tensor '{}' has {} dimensions; a matrix has 2", t.name, t.dims.len()))),
+        }
+    }
+
+    /// `rows` consecutive rows of tensor `t` from their bytes in the file, packed as
+    /// `read_hf_packed` packs the whole tensor (rows are whole blocks, so any run of rows is).
+    pub fn packed_rows(&self, t: &GgufTensor, rows: usize, bytes: &[u8]) -> Result<Packed> {
+        let (_, cols) = Self::matrix_shape(t)?;
+        let Some(block) = block_of(t.ggml_type) else {
+            let dtype = self.stored_type(t)?;
+            let mut words = vec![0u32; dtype.words(rows, cols)];
+            let dst = bytemuck::cast_slice_mut::<u32, u8>(&mut words);
+            if bytes.len() > dst.len() || bytes.len() < dst.len().saturating_sub(3) {
+                return Err(self.err(format!("tensor '{}': {} bytes for {rows} rows", t.name, bytes.len())));
             }
-            GgmlType::Q4_0 => GgmlBlock::Q4_0,
-            GgmlType::Q4_1 => GgmlBlock::Q4_1,
-            GgmlType::Q5_0 => GgmlBlock::Q5_0,
-            GgmlType::Q5_1 => GgmlBlock::Q5_1,
-            GgmlType::Q8_0 => GgmlBlock::Q8_0,
-            GgmlType::Q4_K => GgmlBlock::Q4K,
-            GgmlType::Q5_K => GgmlBlock::Q5K,
-            GgmlType::Q6_K => GgmlBlock::Q6K,
-            _ => return Err(self.unreadable(t)),
+            dst[..bytes.len()].copy_from_slice(bytes);
+            return Ok(Packed { dtype, rows, cols, words });
         };
-        blocks::from_ggml(block, rows, cols, &self.tensor_bytes(t)?).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
+        blocks::from_ggml(block, rows, cols, bytes).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
+    }
+
+    /// The storage type `packed_rows` gives tensor `t`.
+    pub fn stored_type(&self, t: &GgufTensor) -> Result<DType> {
+        match t.ggml_type {
+            GgmlType::F32 => Ok(DType::F32),
+            GgmlType::F16 => Ok(DType::F16),
+            GgmlType::BF16 => Ok(DType::Bf16),
+            other => block_of(other).map(GgmlBlock::dtype).ok_or_else(|| self.unreadable(t)),
+        }
+    }
+
+    /// A tensor's values from its bytes, dequantized, norms shifted back to `w` (what
+    /// `read_hf_f32` returns for a tensor read from the file).
+    pub fn f32_from_bytes(&self, t: &GgufTensor, bytes: &[u8]) -> Result<Vec<f32>> {
+        if !t.ggml_type.is_readable() {
+            return Err(self.unreadable(t));
+        }
+        let mut values = dequantize(t.ggml_type, bytes).ok_or_else(|| self.unreadable(t))?;
+        let shift = self.norm_shift();
+        if t.name.ends_with("norm.weight") && shift != 0.0 {
+            values.iter_mut().for_each(|v| *v -= shift);
+        }
+        Ok(values)
     }
 
     /// The Hugging Face shape of the tensor named `hf_name`, if the file has it.
@@ -314,6 +378,21 @@ impl Gguf {
         }
         Ok(())
     }
+}
+
+/// The block format of a quantized GGML type we store value for value.
+fn block_of(ty: GgmlType) -> Option<GgmlBlock> {
+    Some(match ty {
+        GgmlType::Q4_0 => GgmlBlock::Q4_0,
+        GgmlType::Q4_1 => GgmlBlock::Q4_1,
+        GgmlType::Q5_0 => GgmlBlock::Q5_0,
+        GgmlType::Q5_1 => GgmlBlock::Q5_1,
+        GgmlType::Q8_0 => GgmlBlock::Q8_0,
+        GgmlType::Q4_K => GgmlBlock::Q4K,
+        GgmlType::Q5_K => GgmlBlock::Q5K,
+        GgmlType::Q6_K => GgmlBlock::Q6K,
+        _ => return None,
+    })
 }
 
 /// Reads `v` by Hugging Face name, so `write_tensors` can take a GGUF like a checkpoint.
