@@ -798,3 +798,30 @@ fn a_gguf_read_by_ranges_converts_as_the_file_does() {
     assert!(err_of(Gguf::from_prefix(&bad[..100], bad.len() as u64, "x")).contains("not a GGUF file"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The files the browser's GGUF-by-URL test (tests/e2e/gguf.test.mjs) serves, written by this
+/// native test (the test command runs it first) into target/test-data/e2e-gguf/: the synthetic
+/// Gemma 2 GGUF with all eight block types and its native conversion (the page compares the two
+/// logit for logit), and two files it must refuse before downloading their weights: another
+/// architecture, and a tensor type we do not read.
+#[test]
+fn writes_the_browser_tests_gguf_files() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-data/e2e-gguf");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("e2e-gguf dir");
+    let (bytes, _) = synthetic_gemma2();
+    std::fs::write(dir.join("synthetic-gemma2.gguf"), &bytes).expect("write");
+    // The same shard size as the browser's conversion, so the manifests match too.
+    let m = convert::convert_gguf(&dir.join("synthetic-gemma2.gguf"), &dir.join("synthetic-gemma2"), convert::Quant::KEEP, gemma_webgpu::format::DEFAULT_SHARD_BYTES, false)
+        .expect("convert");
+    assert!(m.tensors.iter().any(|t| DType::from(t.dtype) == DType::Q4K));
+    let (ts, _) = tensor_table(42);
+    let mut kvs = gemma2_kvs("llama");
+    kvs.push(("llama.block_count", V::U32(2)));
+    std::fs::write(dir.join("llama.gguf"), write_gguf(&kvs, &ts)).expect("write");
+    let (mut ts, _) = tensor_table(42);
+    let down = ts.iter_mut().find(|t| t.name == "blk.1.ffn_down.weight").unwrap();
+    down.ty = 10;
+    down.data = vec![0u8; I * H / 256 * 84];
+    std::fs::write(dir.join("q2k.gguf"), write_gguf(&gemma2_kvs("gemma2"), &ts)).expect("write");
+}

@@ -11,6 +11,8 @@
 
 const $ = (id) => document.getElementById(id);
 const el = {
+  modelPick: $('model-pick'),
+  modelFacts: $('model-facts'),
   modelUrl: $('model-url'),
   load: $('load'),
   progress: $('progress'),
@@ -129,6 +131,7 @@ function setState(next) {
   const busy = next === 'loading' || next === 'generating';
   el.load.disabled = busy;
   el.modelUrl.disabled = next === 'loading';
+  el.modelPick.disabled = next === 'loading';
   el.send.disabled = next !== 'ready';
   el.stop.disabled = next !== 'generating';
   el.newChat.disabled = next !== 'ready';
@@ -529,6 +532,42 @@ el.runSelftest.addEventListener('click', runKernelSelftest);
 
 const params = new URLSearchParams(location.search);
 if (params.get('model')) el.modelUrl.value = params.get('model');
+
+// The model list (models.json): picking one fills in its URL and says what it is.
+let models = [];
+function describeListed(m) {
+  const size = m.download_mb >= 1000 ? `${(m.download_mb / 1000).toFixed(2)} GB` : `${m.download_mb} MB`;
+  return `${m.format === 'gguf' ? 'GGUF by URL' : 'converted'} · ${size} download · context ${m.context.toLocaleString()} · ${m.instruction_tuned ? 'instruction-tuned (Chat)' : 'pretrained (Complete)'}${m.note ? ` · ${m.note}` : ''}`;
+}
+function showPicked() {
+  const m = models.find((x) => x.url === el.modelPick.value);
+  el.modelFacts.textContent = m ? describeListed(m) : '';
+}
+el.modelPick.addEventListener('change', () => {
+  const m = models.find((x) => x.url === el.modelPick.value);
+  if (!m) return;
+  el.modelUrl.value = m.url;
+  showPicked();
+  if (el.mode) el.mode.value = m.instruction_tuned ? 'chat' : 'complete';
+});
+fetch('models.json')
+  .then((r) => (r.ok ? r.json() : { models: [] }))
+  .then((list) => {
+    models = list.models ?? [];
+    for (const m of models) {
+      const o = document.createElement('option');
+      o.value = m.url;
+      o.textContent = m.name;
+      el.modelPick.append(o);
+    }
+    const custom = document.createElement('option');
+    custom.value = '';
+    custom.textContent = 'Other (type a URL below)';
+    el.modelPick.append(custom);
+    el.modelPick.value = models.some((m) => m.url === el.modelUrl.value) ? el.modelUrl.value : '';
+    showPicked();
+  })
+  .catch(() => {});
 setState('idle');
 refreshCached();
 if (params.has('selftest')) {

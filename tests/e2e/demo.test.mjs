@@ -96,6 +96,18 @@ async function openAndLoad({ reload = false } = {}) {
   assert((await state()) === 'idle', `the fresh page's state is '${await state()}', not 'idle'`);
   const urlField = await page.inputValue('#model-url');
   assert(urlField === 'models/default/', `#model-url is prefilled with '${urlField}', not 'models/default/'`);
+  // The model list (www/models.json): the local default picked, the public GGUFs listed with
+  // their facts, and picking one fills in its URL.
+  await page.waitForFunction(() => document.querySelectorAll('#model-pick option').length > 1, null, { timeout: 10_000 });
+  const options = await page.$$eval('#model-pick option', (os) => os.map((o) => o.value));
+  assert(options.filter((v) => v.endsWith('.gguf')).length >= 3 && (await page.inputValue('#model-pick')) === 'models/default/',
+    `the model list is ${JSON.stringify(options)}, picked '${await page.inputValue('#model-pick')}'`);
+  const gguf = options.find((v) => v.includes('gemma-2-2b-it'));
+  await page.selectOption('#model-pick', gguf);
+  const facts = await page.textContent('#model-facts');
+  assert((await page.inputValue('#model-url')) === gguf && /GGUF by URL/.test(facts) && /context 8,192/.test(facts), `picking ${gguf} gave URL '${await page.inputValue('#model-url')}' and facts '${facts}'`);
+  await page.selectOption('#model-pick', 'models/default/');
+  await page.selectOption('#mode', 'chat');
   await page.click('#load');
   const s = await waitForState(['ready', 'error'], LOAD_TIMEOUT);
   if (s !== 'ready') throw new Error(`loading ended in state '${s}': ${await errorText()}`);

@@ -11,6 +11,11 @@
 //   server.log        // [{ method, path, status, bytes }]        the same, with details
 //   await server.close();
 //
+// Files are served whole (200) or, for a `Range: bytes=a-b` request, in part (206 with
+// Content-Range), as static servers and CDNs do. Two path prefixes stand in for servers that
+// misbehave: `/__norange/<path>` ignores Range headers (200 with the whole file), and
+// `/__truncate/<n>/<path>` serves only the first n bytes of the file, as if it had been cut short.
+//
 // Run directly to serve the demo by hand: `node tests/e2e/server.mjs [port]`.
 
 import http from 'node:http';
@@ -53,7 +58,17 @@ export async function startServer({ root = REPO_ROOT, port = 0, quiet = true } =
     } catch {
       pathname = null;
     }
-    const entry = { method: req.method, path: pathname ?? req.url, status: 0, bytes: 0 };
+    const entry = { method: req.method, path: pathname ?? req.url, status: 0, bytes: 0, range: req.headers.range ?? null };
+    let ranges = true, cut = Infinity;
+    if (pathname?.startsWith('/__norange/')) {
+      ranges = false;
+      pathname = pathname.slice('/__norange'.length);
+    }
+    const trunc = pathname?.match(/^\/__truncate\/(\d+)(\/.*)$/);
+    if (trunc) {
+      cut = Number(trunc[1]);
+      pathname = trunc[2];
+    }
     requests.push(entry.path);
     log.push(entry);
     const finish = (status, headers, body) => {
@@ -89,14 +104,30 @@ export async function startServer({ root = REPO_ROOT, port = 0, quiet = true } =
       sendFile(file, stat.size);
     });
 
-    function sendFile(file, size) {
+    function sendFile(file, fullSize) {
+      const size = Math.min(fullSize, cut);
       const type = MIME[path.extname(file).toLowerCase()] ?? 'application/octet-stream';
-      entry.status = 200;
-      entry.bytes = size;
-      res.writeHead(200, { 'Content-Type': type, 'Content-Length': size, 'Cache-Control': 'no-store' });
-      if (!quiet) console.log(`200 ${req.method} ${entry.path} (${size} bytes)`);
-      if (req.method === 'HEAD') return res.end();
-      const stream = fs.createReadStream(file);
+      const m = ranges && req.headers.range?.match(/^bytes=(\d+)-(\d*)$/);
+      let start = 0, end = size - 1, status = 200;
+      const headers = { 'Content-Type': type, 'Cache-Control': 'no-store' };
+      if (ranges) headers['Accept-Ranges'] = 'bytes';
+      if (m) {
+        start = Number(m[1]);
+        end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+        if (start >= size || end < start) {
+          return finish(416, { 'Content-Range': `bytes */${size}`, 'Content-Type': 'text/plain' }, 'range not satisfiable\n');
+        }
+        status = 206;
+        headers['Content-Range'] = `bytes ${start}-${end}/${size}`;
+      }
+      const length = end - start + 1;
+      headers['Content-Length'] = length;
+      entry.status = status;
+      entry.bytes = length;
+      res.writeHead(status, headers);
+      if (!quiet) console.log(`${status} ${req.method} ${entry.path} (${length} bytes)`);
+      if (req.method === 'HEAD' || length <= 0) return res.end();
+      const stream = fs.createReadStream(file, { start, end });
       stream.on('error', () => res.destroy());
       stream.pipe(res);
     }
