@@ -786,6 +786,7 @@ fn a_gguf_read_by_ranges_converts_as_the_file_does() {
     let m = convert::convert_gguf(&path, &dir.join("out"), convert::Quant::KEEP, shard_bytes, false).expect("convert");
     let (ms, shards, largest) = stream_convert(bytes, shard_bytes);
     assert_eq!(ms, m, "the streamed manifest");
+    assert!(m.shards.len() > 1 && shards.len() == m.shards.len(), "{} shards handed on for {} in the manifest", shards.len(), m.shards.len());
     for (i, s) in shards.iter().enumerate() {
         assert_eq!(s, &std::fs::read(dir.join("out").join(&m.shards[i].file)).unwrap(), "shard {i}");
     }

@@ -160,8 +160,9 @@ impl ShardWriter {
 
     /// The manifest and the shards not taken by `take_closed` (index, bytes).
     pub fn finish_streamed(mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<(Manifest, Vec<(usize, Vec<u8>)>)> {
-        let manifest = self.manifest(config, tokenizer)?;
+        self.close_shard();
         let rest = self.take_closed();
+        let manifest = self.manifest(config, tokenizer)?;
         Ok((manifest, rest))
     }
 
