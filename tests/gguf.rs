@@ -726,7 +726,13 @@ fn keeps_every_gguf_type_value_for_value() {
     assert_eq!(dtype(&format!("{l1}self_attn.k_proj.weight")), DType::Q5_1);
     assert_eq!(dtype(&format!("{l0}self_attn.v_proj.weight")), DType::Bf16);
     assert_eq!(dtype(&format!("{l0}self_attn.o_proj.weight")), DType::Q6K);
-    assert_eq!(dtype(&format!("{l0}mlp.up_proj.weight")), DType::Q4_0);
+    // Each layer's gate (Q8_0) and up (Q4_0) differ, but int8 holds both exactly: both are
+    // stored as int8 so that a load joins them for the fused kernel (q/k/v, Q8_0/Q5_0/BF16 and
+    // Q4_1/Q5_1/F32, have no such common type and keep their own).
+    for l in [l0, l1] {
+        assert_eq!(dtype(&format!("{l}mlp.up_proj.weight")), DType::Int8);
+        assert_eq!(dtype(&format!("{l}mlp.gate_proj.weight")), DType::Int8);
+    }
     assert_eq!(dtype(&format!("{l0}mlp.down_proj.weight")), DType::Q4K);
     assert_eq!(dtype(&format!("{l1}mlp.down_proj.weight")), DType::Q5K);
     assert_eq!(dtype("model.embed_tokens.weight"), DType::F16);

@@ -178,6 +178,13 @@ fn ggml_blocks_are_stored_value_for_value() {
         for (i, (a, b)) in got.iter().zip(&want).enumerate() {
             assert_eq!(a.to_bits(), b.to_bits(), "{block:?} value {i}: {a} vs ggml {b}");
         }
+        // Q4_0, Q5_0 and Q8_0 also go into int8 exactly (what a load joins them as).
+        if matches!(block, GgmlBlock::Q4_0 | GgmlBlock::Q5_0 | GgmlBlock::Q8_0) {
+            let as_int8 = blocks::from_ggml_as(block, DType::Int8, rows, cols, &bytes).unwrap().unpack();
+            assert!(as_int8.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{block:?} as int8");
+        } else {
+            assert!(blocks::from_ggml_as(block, DType::Int8, rows, cols, &bytes).is_err(), "{block:?} as int8 is refused");
+        }
         // Packing f32 directly as the block type is the same thing.
         if let Some(b) = GgmlBlock::of(packed.dtype) {
             assert_eq!(Packed::pack(packed.dtype, rows, cols, &x).unwrap(), packed, "{b:?}");

@@ -82,7 +82,7 @@ impl<'g> GgufStream<'g> {
         // As many rows as one part of a shard holds in the stored type: the parts come out as
         // `ShardWriter::add` would cut the whole tensor.
         let row_bytes = len / rows.max(1) as u64;
-        let n = rows_per_part(self.g.stored_type(t)?, cols, self.shard_bytes, rows)?.min(rows - self.row);
+        let n = rows_per_part(self.g.kept_type(t)?, cols, self.shard_bytes, rows)?.min(rows - self.row);
         let bytes = src.range(begin + self.row as u64 * row_bytes, n as u64 * row_bytes).await?;
         let packed = self.g.packed_rows(t, n, &bytes)?;
         drop(bytes);

@@ -131,6 +131,18 @@ pub fn table(c: &ModelConfig) -> Vec<(String, [u32; 2])> {
     out
 }
 
+/// The tensors a load joins with `name` for one fused kernel (a layer's q/k/v, or its
+/// gate/up), `name` among them; `None` for a tensor that is read alone.
+pub fn joined_with(name: &str) -> Option<Vec<String>> {
+    let (prefix, suffix) = name.strip_prefix("model.layers.")?.split_once('.')?;
+    let group: &[LayerTensor] = match LayerTensor::ALL.into_iter().find(|t| t.suffix() == suffix)? {
+        LayerTensor::QProj | LayerTensor::KProj | LayerTensor::VProj => &[LayerTensor::QProj, LayerTensor::KProj, LayerTensor::VProj],
+        LayerTensor::GateProj | LayerTensor::UpProj => &[LayerTensor::GateProj, LayerTensor::UpProj],
+        _ => return None,
+    };
+    Some(group.iter().map(|t| format!("model.layers.{prefix}.{}", t.suffix())).collect())
+}
+
 /// Norm weights stay f32; matrices take the requested storage type.
 pub fn is_norm(name: &str) -> bool {
     name.ends_with("norm.weight")

@@ -167,7 +167,19 @@ pub(super) fn get(p: &Packed, e: usize) -> f32 {
 /// A GGUF tensor's data (`rows * cols` values in `block`s, ggml's byte layout) as a packed
 /// tensor of `block.dtype()`, every value unchanged.
 pub fn from_ggml(block: GgmlBlock, rows: usize, cols: usize, bytes: &[u8]) -> Result<Packed> {
-    let dtype = block.dtype();
+    from_ggml_as(block, block.dtype(), rows, cols, bytes)
+}
+
+/// `from_ggml` into `dtype`: the block's own type, or int8 for Q4_0, Q5_0 and Q8_0, which hold
+/// it exactly (codes `q - 8` and `q - 16` in -16..15 with the same fp16 `d`: the same products,
+/// so the same values bit for bit). A load can then join, say, Q5_0 q/k with a Q8_0 v.
+pub fn from_ggml_as(block: GgmlBlock, dtype: DType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Packed> {
+    let offset: i32 = match (block, dtype) {
+        (b, d) if b.dtype() == d => 0,
+        (GgmlBlock::Q4_0, DType::Int8) => 8,
+        (GgmlBlock::Q5_0, DType::Int8) => 16,
+        _ => return Err(Error::invalid("ggml blocks", format!("{block:?} cannot be stored exactly as {}", dtype.name()))),
+    };
     let (bv, bb) = block.size();
     let n = rows.checked_mul(cols).ok_or_else(|| Error::invalid("ggml blocks", format!("a [{rows}, {cols}] tensor is too large")))?;
     if !cols.is_multiple_of(dtype.group_cols()) || !cols.is_multiple_of(bv) {
@@ -243,7 +255,7 @@ pub fn from_ggml(block: GgmlBlock, rows: usize, cols: usize, bytes: &[u8]) -> Re
         for (i, &q) in codes[..bv].iter().enumerate() {
             let e = e0 + i;
             if dtype == DType::Int8 {
-                words[e >> 2] |= (q as u32) << ((e & 3) * 8);
+                words[e >> 2] |= ((q as i32 - offset) as u8 as u32) << ((e & 3) * 8);
                 continue;
             }
             words[e >> 3] |= ((q & 15) as u32) << ((e & 7) * 4);

@@ -316,6 +316,7 @@ impl Gguf {
     /// `read_hf_packed` packs the whole tensor (rows are whole blocks, so any run of rows is).
     pub fn packed_rows(&self, t: &GgufTensor, rows: usize, bytes: &[u8]) -> Result<Packed> {
         let (_, cols) = Self::matrix_shape(t)?;
+        let kept = self.kept_type(t)?;
         let Some(block) = block_of(t.ggml_type) else {
             let dtype = self.stored_type(t)?;
             let mut words = vec![0u32; dtype.words(rows, cols)];
@@ -326,7 +327,7 @@ impl Gguf {
             dst[..bytes.len()].copy_from_slice(bytes);
             return Ok(Packed { dtype, rows, cols, words });
         };
-        blocks::from_ggml(block, rows, cols, bytes).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
+        blocks::from_ggml_as(block, kept, rows, cols, bytes).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
     }
 
     /// The storage type `packed_rows` gives tensor `t`.
@@ -337,6 +338,27 @@ impl Gguf {
             GgmlType::BF16 => Ok(DType::Bf16),
             other => block_of(other).map(GgmlBlock::dtype).ok_or_else(|| self.unreadable(t)),
         }
+    }
+
+    /// The type a conversion keeping the GGUF's types stores tensor `t` in: its own
+    /// (`stored_type`), except that a layer's q/k/v or gate/up whose types differ but are all
+    /// Q4_0, Q5_0 or Q8_0 are all stored as int8, which holds each exactly, so that a load can
+    /// join them for the fused kernels (the Gemma 3 270M's Q4_K_M has Q5_0 q/k beside Q8_0 v).
+    pub fn kept_type(&self, t: &GgufTensor) -> Result<DType> {
+        let own = self.stored_type(t)?;
+        let Some(group) = crate::model::tensors::from_gguf(&t.name).and_then(|n| crate::model::tensors::joined_with(&n)) else { return Ok(own) };
+        let mut types = Vec::new();
+        for name in &group {
+            match self.tensor_by_hf_name(name) {
+                Some(other) => types.push(self.stored_type(other)?),
+                None => return Ok(own),
+            }
+        }
+        let exact_in_int8 = |d: &DType| matches!(d, DType::Q4_0 | DType::Q5_0 | DType::Int8);
+        if types.iter().any(|d| *d != own) && types.iter().all(exact_in_int8) {
+            return Ok(DType::Int8);
+        }
+        Ok(own)
     }
 
     /// A tensor's values from its bytes, dequantized, norms shifted back to `w` (what
