@@ -819,8 +819,14 @@ fn writes_the_browser_tests_gguf_files() {
     let (bytes, _) = synthetic_gemma2();
     std::fs::write(dir.join("synthetic-gemma2.gguf"), &bytes).expect("write");
     // The same shard size as the browser's conversion, so the manifests match too.
-    let m = convert::convert_gguf(&dir.join("synthetic-gemma2.gguf"), &dir.join("synthetic-gemma2"), convert::Quant::KEEP, gemma_webgpu::format::DEFAULT_SHARD_BYTES, false)
-        .expect("convert");
+    let m = convert::convert_gguf(
+        &dir.join("synthetic-gemma2.gguf"),
+        &dir.join("synthetic-gemma2"),
+        convert::Quant::KEEP,
+        gemma_webgpu::format::DEFAULT_SHARD_BYTES,
+        false,
+    )
+    .expect("convert");
     assert!(m.tensors.iter().any(|t| DType::from(t.dtype) == DType::Q4K));
     let (ts, _) = tensor_table(42);
     let mut kvs = gemma2_kvs("llama");

@@ -21,6 +21,9 @@ use crate::model::config::ModelConfig;
 use crate::model::tensors;
 use crate::quant::{DType, Packed, INT4_GROUP};
 
+/// Finished shards handed on by a streamed conversion: (index, bytes).
+pub type ShardBytes = Vec<(usize, Vec<u8>)>;
+
 /// Where shard bytes go.
 enum Sink {
     Dir(PathBuf),
@@ -69,6 +72,9 @@ impl ShardWriter {
     /// a tensor may arrive in several calls, in order, when it is read in bounded ranges.
     pub fn append(&mut self, name: &str, shape: [usize; 2], packed: &Packed, first_row: usize) -> Result<()> {
         let same = self.tensors.last().is_some_and(|t| t.name == name);
+        if same && self.tensors.last().is_some_and(|t| DType::from(t.dtype) != packed.dtype) {
+            return Err(Error::invalid("shard writer", format!("rows {first_row}.. of {name} are {}, its first rows another type", packed.dtype.name())));
+        }
         let next = self.tensors.last().and_then(|t| t.parts.last()).map_or(0, |p| p.row_start as usize + p.rows as usize);
         if (first_row == 0) == same || (same && next != first_row) || packed.cols != shape[1] || first_row + packed.rows > shape[0] {
             return Err(Error::invalid("shard writer", format!("rows {first_row}..+{} of {name} {shape:?} arrive out of order", packed.rows)));
@@ -150,7 +156,7 @@ impl ShardWriter {
 
     /// The in-memory shards completed so far that were not taken yet, as (index, bytes): a
     /// streamed conversion hands each on (to the browser cache) as soon as it is full.
-    pub fn take_closed(&mut self) -> Vec<(usize, Vec<u8>)> {
+    pub fn take_closed(&mut self) -> ShardBytes {
         let open = if self.open.is_some() { self.shards.len().saturating_sub(1) } else { self.shards.len() };
         match &mut self.sink {
             Sink::Memory(shards) => shards.iter_mut().enumerate().take(open).filter(|(_, b)| !b.is_empty()).map(|(i, b)| (i, std::mem::take(b))).collect(),
@@ -159,7 +165,7 @@ impl ShardWriter {
     }
 
     /// The manifest and the shards not taken by `take_closed` (index, bytes).
-    pub fn finish_streamed(mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<(Manifest, Vec<(usize, Vec<u8>)>)> {
+    pub fn finish_streamed(mut self, config: ModelConfig, tokenizer: Option<String>) -> Result<(Manifest, ShardBytes)> {
         self.close_shard();
         let rest = self.take_closed();
         let manifest = self.manifest(config, tokenizer)?;

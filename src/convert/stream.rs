@@ -8,7 +8,7 @@
 //! size writes from the file.
 
 use super::gguf::Gguf;
-use super::{check_gguf, ShardWriter};
+use super::{check_gguf, ShardBytes, ShardWriter};
 use crate::error::{Error, Result};
 use crate::format::Manifest;
 use crate::gpu::weights::rows_per_part;
@@ -63,7 +63,7 @@ impl<'g> GgufStream<'g> {
 
     /// Read and convert the next run of rows; `Ok(None)` when every tensor is done, else the
     /// shards that filled up, as (index, bytes).
-    pub async fn step(&mut self, src: &impl RangeSource) -> Result<Option<Vec<(usize, Vec<u8>)>>> {
+    pub async fn step(&mut self, src: &impl RangeSource) -> Result<Option<ShardBytes>> {
         let Some((name, [rows, cols])) = self.table.get(self.tensor).cloned() else { return Ok(None) };
         let (rows, cols) = (rows as usize, cols as usize);
         let t = self.g.hf_tensor(&name)?;
@@ -96,7 +96,7 @@ impl<'g> GgufStream<'g> {
     }
 
     /// The manifest (naming `tokenizer.json`) and the shards not handed on yet.
-    pub fn finish(self) -> Result<(Manifest, Vec<(usize, Vec<u8>)>)> {
+    pub fn finish(self) -> Result<(Manifest, ShardBytes)> {
         if self.tensor < self.table.len() {
             return Err(Error::invalid("GGUF conversion", "finished before every tensor was read"));
         }

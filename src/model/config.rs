@@ -88,9 +88,11 @@ impl ModelConfig {
         // A multimodal Gemma 3 checkpoint: its language model's config.
         if model_type == "gemma3" {
             if let Some(text_config) = cfg.get("text_config") {
-                let mut inner = text_config.clone();
-                inner["model_type"] = Value::from("gemma3_text");
-                return Self::from_hf_json(&inner.to_string());
+                let Value::Object(mut inner) = text_config.clone() else {
+                    return Err(Error::Config { field: "text_config", detail: format!("must be an object (the language model's config), got {text_config}") });
+                };
+                inner.insert("model_type".into(), Value::from("gemma3_text"));
+                return Self::from_hf_json(&Value::Object(inner).to_string());
             }
         }
         let archs: Vec<&str> = cfg.get("architectures").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
@@ -163,6 +165,33 @@ impl ModelConfig {
     /// Internal consistency; also run on configs read back from our own manifests.
     pub fn validate(&self) -> Result<()> {
         let bad = |field: &'static str, detail: String| Err(Error::Config { field, detail });
+        // Sizes a manifest states directly (serde skips `from_hf_json`'s checks): positive, and
+        // small enough that the engine's products of them (a tensor's elements, its bytes) fit
+        // in 64 bits and in one WebGPU dispatch grid with room to spare.
+        let sizes = [
+            ("vocab_size", self.vocab_size, 1 << 22),
+            ("hidden_size", self.hidden_size, 1 << 16),
+            ("intermediate_size", self.intermediate_size, 1 << 18),
+            ("num_hidden_layers", self.num_hidden_layers, 1024),
+            ("num_attention_heads", self.num_attention_heads, 1024),
+            ("max_position_embeddings", self.max_position_embeddings, 1 << 24),
+            ("sliding_window", self.sliding_window, 1 << 24),
+        ];
+        for (field, value, max) in sizes {
+            if value == 0 || value > max {
+                return bad(field, format!("{value} is out of range (1 to {max}); the model file is damaged or not a Gemma model"));
+            }
+        }
+        if !(self.rms_norm_eps > 0.0 && self.rms_norm_eps.is_finite() && self.query_pre_attn_scalar.is_finite()) {
+            return bad("rms_norm_eps", format!("must be a positive finite number, got {}", self.rms_norm_eps));
+        }
+        if !self.attn_logit_softcapping.is_finite()
+            || !self.final_logit_softcapping.is_finite()
+            || !self.rope_theta.is_finite()
+            || !self.rope_global_factor.is_finite()
+        {
+            return bad("rope_parameters", "soft-caps and RoPE parameters must be finite numbers".into());
+        }
         if self.num_key_value_heads == 0 || !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
             return bad("num_key_value_heads", format!("{} query heads do not divide into {} kv heads", self.num_attention_heads, self.num_key_value_heads));
         }

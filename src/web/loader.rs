@@ -122,6 +122,10 @@ struct Loader<'a> {
     cache_full: Cell<bool>,
 }
 
+/// The manifest and the tokenizer may not be larger than this (the 270M's 262k-token
+/// `tokenizer.json` is 14 MB).
+const MAX_SMALL_FILE: u64 = 256 << 20;
+
 /// Where a GGUF's prepared conversion is kept in the cache, under its URL.
 const PREPARED_SUFFIX: &str = ".gemma-webgpu/";
 /// The first request for a GGUF: its first bytes, whose hash (with the URL and the file's
@@ -395,19 +399,29 @@ impl Loader<'_> {
 
     async fn fetch_text(&self, url: &str) -> Result<String> {
         let bytes = self.fetch_bytes(url, None, MANIFEST_FILE, false).await?;
-        String::from_utf8(bytes).map_err(|_| Error::Format(format!("{url} is not UTF-8 text")))
+        let text = String::from_utf8(bytes).map_err(|_| Error::Format(format!("{url} is not UTF-8 text")))?;
+        if text.trim_start().starts_with('<') {
+            return Err(Error::Format(format!(
+                "{url} is a web page, not a model's manifest.json: the server answered with HTML (a wrong model URL, or a server that serves its index page for every path)"
+            )));
+        }
+        Ok(text)
     }
 
     /// The body of `url`, streamed chunk by chunk (progress counts the chunks when `counted`).
     async fn fetch_bytes(&self, url: &str, size: Option<u64>, file: &str, counted: bool) -> Result<Vec<u8>> {
         let response = self.fetch_response(url).await?;
-        self.read_body(response, url, size, None, file, counted).await
+        // A shard's body may not run past its stated size; a file of unstated size (the
+        // manifest, the tokenizer) not past what any real one takes.
+        self.read_body(response, url, size, Some(size.unwrap_or(MAX_SMALL_FILE)), file, counted).await
     }
 
     /// A response's body, streamed chunk by chunk; more than `limit` bytes is an error (a body
     /// that does not end where it should).
     async fn read_body(&self, response: Response, url: &str, size: Option<u64>, limit: Option<u64>, file: &str, counted: bool) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(size.unwrap_or(0).min(limit.unwrap_or(u64::MAX)) as usize);
+        // Grown as the body arrives; reserved up front only up to a bound a browser can always
+        // give (a stated size is a claim until the bytes come).
+        let mut out = Vec::with_capacity(size.unwrap_or(0).min(limit.unwrap_or(u64::MAX)).min(64 << 20) as usize);
         let fail = |e: JsValue| {
             if is_abort(&e) {
                 Error::Aborted("loading the model")
@@ -601,14 +615,20 @@ impl Loader<'_> {
         let range = response.headers().get("content-range").ok().flatten().unwrap_or_default();
         let total = range.rsplit('/').next().and_then(|t| t.trim().parse::<u64>().ok()).ok_or_else(|| Error::Download {
             url: url.into(),
-            detail: format!("the Range answer has no readable Content-Range header (got '{range}'); a cross-origin server must list it in Access-Control-Expose-Headers"),
+            detail: format!(
+                "the Range answer has no readable Content-Range header (got '{range}'); a cross-origin server must list it in Access-Control-Expose-Headers"
+            ),
         })?;
         let want = len.min(total.saturating_sub(begin));
         let bytes = self.read_body(response, url, Some(want), Some(want), file, counted).await?;
         if (bytes.len() as u64) < want {
             return Err(Error::Download {
                 url: url.into(),
-                detail: format!("bytes {begin}..{} of the {total}-byte file came back {} bytes short; the download broke off or the file is truncated", begin + want, want - bytes.len() as u64),
+                detail: format!(
+                    "bytes {begin}..{} of the {total}-byte file came back {} bytes short; the download broke off or the file is truncated",
+                    begin + want,
+                    want - bytes.len() as u64
+                ),
             });
         }
         Ok((bytes, total))
@@ -629,7 +649,10 @@ impl RangeSource for Ranges<'_, '_> {
         self.largest.set(self.largest.get().max(len));
         let (bytes, total) = self.loader.fetch_range(self.url, begin, len, self.file, true).await?;
         if bytes.len() as u64 != len {
-            return Err(Error::Download { url: self.url.into(), detail: format!("the file is {total} bytes, which ends inside tensor data at byte {begin}: it is truncated") });
+            return Err(Error::Download {
+                url: self.url.into(),
+                detail: format!("the file is {total} bytes, which ends inside tensor data at byte {begin}: it is truncated"),
+            });
         }
         Ok(bytes)
     }

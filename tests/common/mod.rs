@@ -125,10 +125,13 @@ fn compare(op: &str, case: &str, got: &[f32], want: &[f32], scale: Option<&[f64]
 
 // ---------------------------------------------------------------------------------------------
 
+/// Rows of one block format: (format, rows, cols, the rows' block bytes, ggml's values).
+pub type BlockRows = (GgmlBlock, usize, usize, Vec<u8>, Vec<f32>);
+
 /// llama.cpp's blocks as PyPI's `gguf` dequantizes them (tools/make_ggml_blocks_fixture.py:
 /// rows of the real 270M's Q5_0, Q8_0, Q4_K and Q6_K tensors, random Q4_0, Q4_1, Q5_1 and Q5_K
 /// blocks): (format, rows, cols, the rows' block bytes, ggml's values).
-pub fn ggml_fixture() -> Vec<(GgmlBlock, usize, usize, Vec<u8>, Vec<f32>)> {
+pub fn ggml_fixture() -> Vec<BlockRows> {
     let mut ck = gemma_webgpu::convert::safetensors::Checkpoint::default();
     ck.add_bytes("blocks.safetensors", include_bytes!("../fixtures/ggml-blocks/blocks.safetensors").to_vec()).expect("fixture");
     let types = [
