@@ -21,6 +21,10 @@ pub struct Message {
 
 impl Tokenizer {
     pub fn from_json(json: &[u8], bos: u32) -> Result<Self> {
+        // Syntax first: `tokenizers` 0.22 panics (an `expect` in its decoder's deserializer)
+        // on a file that is not valid JSON there, and a panic kills a WASM module. Found by
+        // tests/fuzz.rs.
+        serde_json::from_slice::<serde_json::Value>(json).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
         let (end_of_turn, start_of_turn) = (inner.token_to_id("<end_of_turn>"), inner.token_to_id("<start_of_turn>"));
         Ok(Self { inner, bos, end_of_turn, start_of_turn })

@@ -838,3 +838,19 @@ fn writes_the_browser_tests_gguf_files() {
     down.data = vec![0u8; I * H / 256 * 84];
     std::fs::write(dir.join("q2k.gguf"), write_gguf(&gemma2_kvs("gemma2"), &ts)).expect("write");
 }
+
+#[test]
+fn a_huge_block_count_or_metadata_array_is_an_error_not_an_allocation() {
+    // 4 billion layers: the config builder allocated a per-layer list before any check.
+    let mut kvs = gemma2_kvs("gemma2");
+    kvs.retain(|(k, _)| *k != "gemma2.block_count");
+    kvs.push(("gemma2.block_count", V::U32(4_000_000_000)));
+    let e = err_of(Gguf::from_bytes(write_gguf(&kvs, &[])).expect("parse").hf_config_json());
+    assert!(e.contains("block_count") && e.contains("1 to 1024"), "{e}");
+    // 5 million 4-byte metadata elements: 20 MB in the file, 160 MB as parsed values; the
+    // header's elements are capped in all.
+    let mut kvs = gemma2_kvs("gemma2");
+    kvs.push(("general.junk", V::I32s(vec![0; 5_000_000])));
+    let e = err_of(Gguf::from_bytes(write_gguf(&kvs, &[])));
+    assert!(e.contains("general.junk") && e.contains("array elements in all"), "{e}");
+}

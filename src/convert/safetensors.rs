@@ -102,6 +102,7 @@ impl Checkpoint {
         let v: Value = serde_json::from_slice(header).map_err(|e| bad(path, format!("header is not valid JSON: {e}")))?;
         let obj = v.as_object().ok_or_else(|| bad(path, "header is not a JSON object"))?;
         let data_start = 8 + header_len;
+        let mut spans: Vec<(u64, u64, &str)> = Vec::new();
         for (name, info) in obj {
             if name == "__metadata__" {
                 continue;
@@ -117,7 +118,10 @@ impl Checkpoint {
                 .ok_or_else(|| bad(path, format!("{name}: bad shape")))?;
             let offs = info.get("data_offsets").and_then(Value::as_array).ok_or_else(|| bad(path, format!("{name}: no data_offsets")))?;
             let (begin, end) = match (offs.first().and_then(Value::as_u64), offs.get(1).and_then(Value::as_u64)) {
-                (Some(b), Some(e)) if b <= e => (data_start + b, data_start + e),
+                (Some(b), Some(e)) if b <= e && offs.len() == 2 => match (data_start.checked_add(b), data_start.checked_add(e)) {
+                    (Some(b), Some(e)) => (b, e),
+                    _ => return Err(bad(path, format!("{name}: data_offsets [{b}, {e}] lie past any file"))),
+                },
                 _ => return Err(bad(path, format!("{name}: bad data_offsets"))),
             };
             if end > file_len {
@@ -128,10 +132,29 @@ impl Checkpoint {
                 "F16" | "BF16" => 2,
                 other => return Err(bad(path, format!("{name}: dtype {other} is not supported (F32, F16, BF16 and I32 are)"))),
             };
-            if (end - begin) as usize != shape.iter().product::<usize>() * elem {
+            let bytes = shape.iter().try_fold(elem as u64, |n, &d| n.checked_mul(d as u64));
+            if bytes != Some(end - begin) {
                 return Err(bad(path, format!("{name}: {} bytes for shape {shape:?} of {dtype}", end - begin)));
             }
+            if self.tensors.contains_key(name) {
+                return Err(bad(path, format!("{name} appears in two files of the checkpoint")));
+            }
+            spans.push((begin, end, name));
             self.tensors.insert(name.clone(), TensorInfo { dtype, shape, source: source.clone(), begin, end });
+        }
+        // As the format requires (and the safetensors crate checks): the tensors tile the data
+        // section exactly, with no overlap and no gap.
+        spans.sort_unstable();
+        let mut at = data_start;
+        for (begin, end, name) in &spans {
+            if *begin != at {
+                let what = if *begin < at { "overlaps the tensor before it" } else { "leaves a gap after the tensor before it" };
+                return Err(bad(path, format!("{name}: data at bytes {begin}..{end} {what}; the file is corrupt")));
+            }
+            at = *end;
+        }
+        if at != file_len {
+            return Err(bad(path, format!("the tensors end at byte {at} of {file_len}; the file has bytes no tensor covers")));
         }
         Ok(())
     }

@@ -106,6 +106,9 @@ impl Gguf {
         };
         let hidden = self.arch_u64_req("embedding_length")?;
         let layers = self.arch_u64_req("block_count")?;
+        if layers == 0 || layers > 1024 {
+            return Err(self.err(format!("{arch}.block_count is {layers}; a Gemma model has 1 to 1024 layers, so the file is corrupt")));
+        }
         let heads = self.arch_u64_req("attention.head_count")?;
         let kv_heads = self.arch_u64("attention.head_count_kv")?.unwrap_or(heads);
         if heads == 0 {

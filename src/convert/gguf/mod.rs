@@ -128,7 +128,7 @@ impl Gguf {
     }
 
     fn parse<R: Read>(r: R, len: u64, source: Source, label: String) -> Result<Self> {
-        let mut h = HeaderReader { r, pos: 0, len, label: &label };
+        let mut h = HeaderReader { r, pos: 0, len, label: &label, elements: 0 };
         let magic: [u8; 4] = h.array(&|| "the magic number".into())?;
         if &magic != b"GGUF" {
             return Err(h.err(format!("does not start with the GGUF magic (found {:?}); this is not a GGUF file", String::from_utf8_lossy(&magic))));

@@ -15,6 +15,10 @@ use crate::error::{Error, Result};
 
 /// Nested arrays deeper than this are refused (no real file nests at all).
 const MAX_NESTING: usize = 4;
+/// Array elements in all of a header's metadata, at most: each becomes a `MetaValue` (32
+/// bytes), so a hostile file of tiny elements cannot ask for 32 times its size. Gemma 3's
+/// vocabulary takes 3 arrays of 262144.
+pub(super) const MAX_META_ELEMENTS: u64 = 1 << 22;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -119,6 +123,8 @@ pub(super) struct HeaderReader<'a, R: Read> {
     pub(super) pos: u64,
     pub(super) len: u64,
     pub(super) label: &'a str,
+    /// Array elements read so far (`MAX_META_ELEMENTS`).
+    pub(super) elements: u64,
 }
 
 impl<R: Read> HeaderReader<'_, R> {
@@ -203,6 +209,13 @@ impl<R: Read> HeaderReader<'_, R> {
                         "{} is an array of {count} elements, more than the {} bytes left in the file hold; the file is truncated or corrupt",
                         what(),
                         self.left()
+                    )));
+                }
+                self.elements = self.elements.saturating_add(count);
+                if self.elements > MAX_META_ELEMENTS {
+                    return Err(self.err(format!(
+                        "{} takes the header's metadata past {MAX_META_ELEMENTS} array elements in all; no model's vocabulary needs that many, so the file is corrupt or hostile",
+                        what()
                     )));
                 }
                 let mut items = Vec::with_capacity(count.min(1 << 20) as usize);
