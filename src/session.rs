@@ -18,12 +18,15 @@ pub struct GenerateParams {
     pub sampling: Sampling,
     /// Generation ends before the first occurrence of any of these (which is not returned).
     pub stop: Vec<String>,
+    /// `generate` reads special-token strings in its prompt (`<start_of_turn>`, …) as those
+    /// tokens; by default a prompt is text, whatever it contains (`Tokenizer::encode`).
+    pub special_tokens: bool,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
         // Gemma's published generation settings.
-        Self { max_tokens: 256, sampling: Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 0 }, stop: Vec::new() }
+        Self { max_tokens: 256, sampling: Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 0 }, stop: Vec::new(), special_tokens: false }
     }
 }
 
@@ -165,9 +168,11 @@ impl Session {
         Ok(())
     }
 
-    /// Generate a continuation of `prompt` (text, BOS added).
+    /// Generate a continuation of `prompt` (text, BOS added; special-token strings in it are
+    /// text unless `params.special_tokens`).
     pub async fn generate(&mut self, prompt: &str, params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
-        let ids = self.tokenizer()?.encode(prompt)?;
+        let tok = self.tokenizer()?;
+        let ids = if params.special_tokens { tok.encode_raw(prompt)? } else { tok.encode(prompt)? };
         self.generate_ids(&ids, params, on_text, aborted).await
     }
 

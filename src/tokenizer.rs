@@ -9,6 +9,9 @@ pub struct Tokenizer {
     bos: u32,
     end_of_turn: Option<u32>,
     start_of_turn: Option<u32>,
+    /// The special tokens' texts (`<end_of_turn>`, `<bos>`, …) of more than one character:
+    /// text from a user is cut inside each so none is read as its control token.
+    specials: Vec<String>,
 }
 
 /// One chat message. `role` is `user`, `assistant` (rendered `model`) or `system` (folded into
@@ -27,7 +30,11 @@ impl Tokenizer {
         serde_json::from_slice::<serde_json::Value>(json).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
         let (end_of_turn, start_of_turn) = (inner.token_to_id("<end_of_turn>"), inner.token_to_id("<start_of_turn>"));
-        Ok(Self { inner, bos, end_of_turn, start_of_turn })
+        let mut specials: Vec<String> =
+            inner.get_added_tokens_decoder().values().filter(|t| t.special && t.content.chars().count() > 1).map(|t| t.content.clone()).collect();
+        specials.sort_unstable();
+        specials.dedup();
+        Ok(Self { inner, bos, end_of_turn, start_of_turn, specials })
     }
 
     /// The id of `<end_of_turn>` (107 in Gemma 2, 106 in Gemma 3), where the vocabulary has it:
@@ -53,10 +60,34 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// Encode plain text: BOS, then the text's tokens (special-token strings in the text are
-    /// matched as single tokens).
+    /// BOS, then the tokens of `text` read as text: a special token's string in it (say
+    /// `<end_of_turn>` typed by a user) becomes ordinary text tokens, never the control token.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(std::iter::once(self.bos).chain(self.encode_text(text)?).collect())
+    }
+
+    /// BOS, then the tokens of `text` with special-token strings read as those tokens (the
+    /// caller's explicit choice: `generate`'s `specialTokens`).
+    pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
         Ok(std::iter::once(self.bos).chain(self.encode_plain(text)?).collect())
+    }
+
+    /// The tokens of `text` as text: it is encoded in pieces cut just inside every special
+    /// token's string, so the tokenizer cannot match one (text without such strings encodes
+    /// exactly as `encode_plain` does).
+    pub fn encode_text(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for (i, c) in text.char_indices() {
+            if i < start || !self.specials.iter().any(|sp| sp.starts_with(c) && text[i..].starts_with(sp.as_str())) {
+                continue;
+            }
+            let cut = i + c.len_utf8();
+            ids.extend(self.encode_plain(&text[start..cut])?);
+            start = cut;
+        }
+        ids.extend(self.encode_plain(&text[start..])?);
+        Ok(ids)
     }
 
     /// Decode ids to text, dropping special tokens (BOS, turn markers).
@@ -67,14 +98,35 @@ impl Tokenizer {
     /// The Gemma chat template with the generation prompt:
     /// `<bos><start_of_turn>user\n{..}<end_of_turn>\n<start_of_turn>model\n{..}<end_of_turn>\n…<start_of_turn>model\n`
     pub fn chat_prompt(&self, messages: &[Message]) -> Result<Vec<u32>> {
-        self.encode(&render_chat(messages)?)
+        let (Some(start), Some(end)) = (self.start_of_turn, self.end_of_turn) else {
+            return self.encode(&render_chat(messages)?);
+        };
+        // The template's own markers are the only control tokens; everything between them
+        // (a role, a message) is text, whatever it contains.
+        let mut ids = vec![self.bos];
+        for seg in chat_segments(messages)? {
+            match seg {
+                Segment::StartOfTurn => ids.push(start),
+                Segment::EndOfTurn => ids.push(end),
+                Segment::Text(t) => ids.extend(self.encode_text(&t)?),
+            }
+        }
+        Ok(ids)
     }
 }
 
-/// Render messages with Gemma's template (without the BOS, which `encode` adds).
-pub fn render_chat(messages: &[Message]) -> Result<String> {
+/// A piece of a rendered chat: the template's markers, and text between them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    StartOfTurn,
+    EndOfTurn,
+    Text(String),
+}
+
+/// Messages in Gemma's template, as segments (`chat_prompt` encodes each on its own).
+pub fn chat_segments(messages: &[Message]) -> Result<Vec<Segment>> {
     let mut system: Option<&str> = None;
-    let mut out = String::new();
+    let mut out = Vec::new();
     let mut expect_user = true;
     for (i, m) in messages.iter().enumerate() {
         match m.role.as_str() {
@@ -91,7 +143,10 @@ pub fn render_chat(messages: &[Message]) -> Result<String> {
                 if let (true, Some(sys)) = (is_user, system.take()) {
                     content = format!("{sys}\n\n{content}");
                 }
-                out.push_str(&format!("<start_of_turn>{role}\n{content}<end_of_turn>\n"));
+                if !out.is_empty() {
+                    out.push(Segment::Text("\n".into()));
+                }
+                out.extend([Segment::StartOfTurn, Segment::Text(format!("{role}\n{content}")), Segment::EndOfTurn]);
             }
             other => return Err(Error::invalid("chat", format!("unknown role '{other}' (use user, assistant or system)"))),
         }
@@ -99,8 +154,20 @@ pub fn render_chat(messages: &[Message]) -> Result<String> {
     if expect_user {
         return Err(Error::invalid("chat", "the last message must come from the user"));
     }
-    out.push_str("<start_of_turn>model\n");
+    out.extend([Segment::Text("\n".into()), Segment::StartOfTurn, Segment::Text("model\n".into())]);
     Ok(out)
+}
+
+/// Render messages with Gemma's template as text (without the BOS, which `encode` adds).
+pub fn render_chat(messages: &[Message]) -> Result<String> {
+    Ok(chat_segments(messages)?
+        .into_iter()
+        .map(|s| match s {
+            Segment::StartOfTurn => "<start_of_turn>".to_string(),
+            Segment::EndOfTurn => "<end_of_turn>".to_string(),
+            Segment::Text(t) => t,
+        })
+        .collect())
 }
 
 /// Turns a growing list of generated ids into text pieces, holding back a piece while it ends

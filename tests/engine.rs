@@ -94,7 +94,7 @@ fn pipelined_generation_matches_stepping_one_at_a_time() {
         let want = stepped(&mut session.engine, &prompt, &sampling, 12);
         session.reset();
         // Generation pipelines its steps (the next submitted before a token is read).
-        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![] };
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![], special_tokens: false };
         let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(ids(&text), want, "{sampling:?}");
         assert_eq!(session.stats.finish, Finish::Length);
@@ -105,14 +105,14 @@ fn pipelined_generation_matches_stepping_one_at_a_time() {
         // (The text is "id id ...": the stop string, with its leading space, first matches at
         // the first token after the first one that equals the 5th.)
         let cut = 1 + want[1..].iter().position(|t| format!(" {t} ") == stop).expect("the 5th token");
-        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![stop.clone()] };
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![stop.clone()], special_tokens: false };
         session.reset();
         let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(session.stats.finish, Finish::Stop, "{text:?} {stop:?}");
         assert_eq!(session.context_tokens() as usize, prompt.len() + cut, "{text:?}");
         // Continuing from that cache (its prefix reused) gives what a fresh run gives.
         let longer: Vec<u32> = prompt.iter().chain(&want[..cut]).copied().collect();
-        let params = GenerateParams { max_tokens: 6, sampling, stop: vec![] };
+        let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false };
         let text = pollster::block_on(session.generate_ids(&longer, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(session.stats.reused_tokens as usize, longer.len() - 1, "the cached prefix is reused");
         assert_eq!(ids(&text), stepped(&mut session.engine, &longer, &sampling, 6), "{sampling:?} after a stop");

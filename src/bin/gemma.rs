@@ -46,7 +46,7 @@ mod cli {
               [--tokenizer tokenizer.json]
   gemma generate <model_dir> (--prompt TEXT | --tokens 2,651,...) [--chat] [--max-tokens 256]
                  [--temperature 0.7] [--top-k 64] [--top-p 0.95] [--seed 0] [--stop TEXT]...
-                 [--max-context 4096] [--kv-f32]
+                 [--max-context 4096] [--kv-f32] [--special-tokens]
   gemma logits <model_dir> --tokens 2,651,... [--decode] [--kv-f32] --out FILE.npy
   gemma bench <model_dir> [--prompt-tokens 128] [--gen-tokens 32] [--max-context N] [--json] [--profile]
               [--depth N] [--attention split|blocked] [--sample] [--unfused] [--sequential] [--no-subgroups]
@@ -69,7 +69,8 @@ mod cli {
         options: Vec<(String, Option<String>)>,
     }
 
-    const SWITCHES: &[&str] = &["--chat", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--unfused", "--sequential", "--no-subgroups", "--help"];
+    const SWITCHES: &[&str] =
+        &["--chat", "--special-tokens", "--decode", "--json", "--kv-f32", "--profile", "--sample", "--unfused", "--sequential", "--no-subgroups", "--help"];
 
     impl Args {
         fn parse(raw: Vec<String>) -> Res<Self> {
@@ -236,6 +237,7 @@ mod cli {
             "--stop",
             "--max-context",
             "--kv-f32",
+            "--special-tokens",
         ])?;
         let dir = PathBuf::from(args.pos(0, "<model_dir>")?);
         let manifest = read_manifest(&dir).map_err(|e| e.to_string())?;
@@ -256,6 +258,7 @@ mod cli {
                 seed: args.num("--seed", d.sampling.seed)?,
             },
             stop: args.all("--stop"),
+            special_tokens: args.has("--special-tokens"),
         };
         let engine = load(&dir, &manifest, args).await?;
         let mut session = Session::new(engine, tokenizer);

@@ -68,6 +68,10 @@ export interface GenerateOptions {
   seed?: number;
   /** Generation ends before the first of these (not included in the result). */
   stop?: string | string[];
+  /** `generate` only: read special-token strings in the prompt (`<start_of_turn>`, `<bos>`, …)
+   * as those tokens. Default false: a prompt is text, whatever it contains, so user input can
+   * never forge a turn (`chat` always treats messages as text; only its template adds them). */
+  specialTokens?: boolean;
   /** Called with each new piece of text (whole characters, never part of a stop string). */
   onToken?: (text: string) => void;
   signal?: AbortSignal;
@@ -193,11 +197,17 @@ fn call_options(o: &JsValue) -> Result<CallOptions> {
             seed,
         },
         stop: js::opt_strings(o, "stop")?,
+        special_tokens: js::opt_bool(o, "specialTokens")?.unwrap_or(false),
     };
     if params.max_tokens == 0 {
         return Err(Error::invalid("maxTokens", "must be at least 1"));
     }
     Ok(CallOptions { params, on_token: js::opt_function(o, "onToken")?, signal: js::opt_signal(o)? })
+}
+
+/// A prompt passed from JavaScript: a string, or a named error (not wasm-bindgen's TypeError).
+fn prompt_text(v: &JsValue) -> Result<String> {
+    v.as_string().ok_or_else(|| Error::invalid("prompt", format!("must be a string, got {}", describe(v))))
 }
 
 fn messages(v: &JsValue) -> Result<Vec<Message>> {
@@ -293,8 +303,15 @@ impl Gemma {
 
     /// Generate a continuation of `prompt`; resolves to the generated text.
     #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
-    pub fn generate(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>) -> Promise {
-        run_generation(&self.shared, Prompt::Text(prompt), &options.unwrap_or(JsValue::UNDEFINED))
+    pub fn generate(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
+        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
+    ) -> Promise {
+        match prompt_text(&prompt) {
+            Ok(p) => run_generation(&self.shared, Prompt::Text(p), &options.unwrap_or(JsValue::UNDEFINED)),
+            Err(e) => reject(e),
+        }
     }
 
     /// Like `generate`, as an async iterator of text pieces. Leaving the loop early stops the
