@@ -528,7 +528,7 @@ async fn retries_quota_and_named_load_errors() {
     v["config"]["head_dim"] = 12.into();
     let bad_head_dim = v.to_string();
     for (body, name, needle) in [
-        ("<!doctype html><title>Not here</title>".to_string(), "ModelFormatError", "not a valid manifest"),
+        ("<!doctype html><title>Not here</title>".to_string(), "ModelFormatError", "is a web page"),
         (other_version, "ModelFormatError", "version 99"),
         (bad_head_dim, "ModelConfigError", "head_dim"),
     ] {
