@@ -49,6 +49,18 @@ impl Tokenizer {
         self.start_of_turn
     }
 
+    /// A tokenizer that can produce ids the model has no row for is refused at load (they
+    /// would surface only at generate time, as an out-of-range embedding).
+    pub fn check_fits(&self, model_vocab: u32) -> Result<()> {
+        let n = self.vocab_size();
+        if n > model_vocab {
+            return Err(Error::Format(format!(
+                "tokenizer.json has {n} tokens but the model's vocabulary has {model_vocab} rows; it belongs to another model (use the tokenizer converted with this one)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Entries in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> u32 {
         self.inner.get_vocab_size(true) as u32

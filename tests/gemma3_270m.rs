@@ -396,3 +396,19 @@ fn real_gemma3_q4_k_error_against_int4() {
     // parameters save). The model-level comparison above favours q4_k slightly.
     assert!(rk <= 1.05 * ri && bytes_k < bytes_4, "q4_k {rk} in {bytes_k} bytes, int4 {ri} in {bytes_4}");
 }
+
+/// `logits` of more positions than a browser can hold the result of (2048 × 262144 f32 =
+/// 2 GiB) is a named error before anything is computed or allocated, and the engine is usable
+/// afterwards.
+#[test]
+fn real_gemma3_logits_beyond_the_result_cap_is_an_error() {
+    let (dir, temporary) = demo_conversion();
+    let mut gpu = support::engine(&dir, 4096, 64, KvType::F16);
+    let e = pollster::block_on(gpu.logits(&vec![2u32; 2048], false)).unwrap_err().to_string();
+    assert!(e.contains("2048 positions") && e.contains("at most 512 positions"), "{e}");
+    let ok = pollster::block_on(gpu.logits(&[2, 818, 6037], false)).expect("logits after the refusal");
+    assert_eq!(ok.len(), 3 * gpu.config.vocab_size as usize);
+    if temporary {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -152,3 +152,24 @@ fn safetensors_offsets_must_tile_the_data_exactly() {
     let mut ck = Checkpoint::default();
     ck.add_bytes("x.safetensors", safetensors(json!({ "a": t(0, 8, 2), "b": t(8, 12, 1) }), 12)).expect("valid");
 }
+
+#[test]
+fn a_weight_map_cannot_name_files_outside_the_checkpoint() {
+    let dir = std::env::temp_dir().join(format!("gemma-weight-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), CONFIG).unwrap();
+    for f in ["../model.safetensors", "/dev/zero", "sub/x.safetensors", ".hidden.safetensors"] {
+        std::fs::write(dir.join("model.safetensors.index.json"), json!({ "weight_map": { "model.embed_tokens.weight": f } }).to_string()).unwrap();
+        let e = gemma_webgpu::convert::convert_hf(&dir, &dir.join("out"), DType::F32, 1 << 20, false).unwrap_err().to_string();
+        assert!(e.contains("plain *.safetensors names"), "{f}: {e}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_models_vocabulary_is_refused() {
+    let tok = gemma_webgpu::tokenizer::Tokenizer::from_json(include_bytes!("fixtures/tiny-tokenizer.json"), 2).expect("tokenizer");
+    tok.check_fits(512).expect("the tiny model's own");
+    let e = tok.check_fits(100).unwrap_err().to_string();
+    assert!(e.contains("512 tokens") && e.contains("100 rows"), "{e}");
+}

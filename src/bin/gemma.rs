@@ -244,7 +244,9 @@ mod cli {
         let tokenizer = match &manifest.tokenizer {
             Some(file) => {
                 let bytes = std::fs::read(dir.join(file)).map_err(|e| format!("{}: {e}", dir.join(file).display()))?;
-                Some(Rc::new(Tokenizer::from_json(&bytes, manifest.config.bos_token_id).map_err(|e| e.to_string())?))
+                let tok = Tokenizer::from_json(&bytes, manifest.config.bos_token_id).map_err(|e| e.to_string())?;
+                tok.check_fits(manifest.config.vocab_size).map_err(|e| e.to_string())?;
+                Some(Rc::new(tok))
             }
             None => None,
         };

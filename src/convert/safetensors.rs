@@ -55,6 +55,15 @@ impl Checkpoint {
             files.sort();
             files.dedup();
             for f in files {
+                // A shard of this checkpoint, in its directory: not a path elsewhere (`../x`,
+                // `/dev/zero`).
+                let plain = !f.is_empty() && !f.starts_with('.') && !f.contains(['/', '\\']) && f.ends_with(".safetensors");
+                if !plain {
+                    return Err(bad(
+                        &index,
+                        format!("weight_map names the file '{f}'; a checkpoint's shards must be plain *.safetensors names in its directory"),
+                    ));
+                }
                 ck.add_file(&dir.join(f))?;
             }
         } else {

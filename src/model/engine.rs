@@ -41,6 +41,9 @@ impl StepStats {
     }
 }
 
+/// The most bytes `Engine::logits` returns from one call.
+pub const MAX_LOGITS_BYTES: u64 = 512 << 20;
+
 /// A model on the GPU, with its KV cache: Gemma 2 or Gemma 3 (text), as its config says.
 pub struct Engine {
     pub ctx: GpuContext,
@@ -390,6 +393,21 @@ impl Engine {
     pub async fn logits(&mut self, tokens: &[u32], decode: bool) -> Result<Vec<f32>> {
         if !self.pending.is_empty() {
             return Err(Error::invalid("logits", "submitted steps have not been read: call read_token first"));
+        }
+        // The result is one f32 per (position, vocabulary entry): refuse what no browser can
+        // allocate (2048 positions of a 262k vocabulary would be 2 GiB) before computing it.
+        let bytes = tokens.len() as u64 * self.config.vocab_size as u64 * 4;
+        if bytes > MAX_LOGITS_BYTES {
+            let most = MAX_LOGITS_BYTES / (self.config.vocab_size as u64 * 4);
+            return Err(Error::invalid(
+                "logits",
+                format!(
+                    "{} positions of a {}-token vocabulary take {} MiB; ask for at most {most} positions per call",
+                    tokens.len(),
+                    self.config.vocab_size,
+                    bytes >> 20
+                ),
+            ));
         }
         self.check_tokens(tokens)?;
         let head = match self.eval_head.take() {

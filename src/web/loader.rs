@@ -276,7 +276,10 @@ impl Loader<'_> {
         let cached = self.cache_get(&url).await;
         if let Some(bytes) = cached {
             match Tokenizer::from_json(&bytes, bos) {
-                Ok(t) => return Ok(t),
+                Ok(t) => {
+                    t.check_fits(manifest.config.vocab_size)?;
+                    return Ok(t);
+                }
                 Err(_) => {
                     self.progress.warn(file, &format!("the cached {file} was damaged; downloading it again"));
                     self.cache_delete(&url).await;
@@ -286,6 +289,7 @@ impl Loader<'_> {
         self.progress.report("download", file, None);
         let bytes = self.fetch_bytes(&url, None, file, false).await?;
         let tokenizer = Tokenizer::from_json(&bytes, bos)?;
+        tokenizer.check_fits(manifest.config.vocab_size)?;
         self.cache_put(&url, file, &bytes).await;
         Ok(tokenizer)
     }

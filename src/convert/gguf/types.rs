@@ -102,7 +102,7 @@ pub struct GgufTensor {
 
 impl GgufTensor {
     pub fn n_elements(&self) -> u64 {
-        self.dims.iter().product()
+        self.dims.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
 
     /// The Hugging Face (row-major, outermost first) shape: the dims reversed.
@@ -113,6 +113,6 @@ impl GgufTensor {
     /// Bytes of data, where the type's block layout is known.
     pub fn byte_len(&self) -> Option<u64> {
         let (block, bytes) = (self.ggml_type.block_size()?, self.ggml_type.block_bytes()?);
-        Some(self.n_elements() / block * bytes)
+        (self.dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d))? / block).checked_mul(bytes)
     }
 }
