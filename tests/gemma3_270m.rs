@@ -412,3 +412,51 @@ fn real_gemma3_logits_beyond_the_result_cap_is_an_error() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Every block-type tensor of the real file, every row: our layout's values equal our port of
+/// ggml's dequantizers bit for bit (that port equals PyPI's `gguf` on tests/fixtures/
+/// ggml-blocks/), and on the GPU the embedding gather of every row of one real tensor of each
+/// type (scale 1) equals them too.
+#[test]
+fn real_gemma3_every_block_row_decodes_as_ggml() {
+    use gemma_webgpu::gpu::weights::GpuWeight;
+    use gemma_webgpu::gpu::{run_pass, ContextOptions, GpuContext};
+    use gemma_webgpu::ops::embedding::Embedding;
+    let g = Gguf::open(&gguf_path()).expect("gguf");
+    let (mut tensors, mut values) = (0usize, 0usize);
+    let mut on_gpu: Vec<(String, gemma_webgpu::quant::Packed, Vec<f32>)> = Vec::new();
+    for t in g.tensors.iter().filter(|t| t.ggml_type != gemma_webgpu::convert::gguf::GgmlType::F32) {
+        let (rows, _) = Gguf::matrix_shape(t).expect("shape");
+        let bytes = g.tensor_bytes(t).expect("bytes");
+        let packed = g.packed_rows(t, rows, &bytes).expect("packed");
+        let ours = packed.unpack();
+        let ggml = gemma_webgpu::convert::gguf::dequantize(t.ggml_type, &bytes).expect("dequantize");
+        if let Some(i) = (0..ggml.len()).find(|&i| ours[i].to_bits() != ggml[i].to_bits()) {
+            panic!("{} ({} as {}): value {i} is {} here, {} by ggml", t.name, t.ggml_type.name(), packed.dtype.name(), ours[i], ggml[i]);
+        }
+        tensors += 1;
+        values += ggml.len();
+        if t.name.starts_with("blk.0.") && !on_gpu.iter().any(|(_, p, _)| p.dtype == packed.dtype) {
+            on_gpu.push((t.name.clone(), packed, ggml));
+        }
+    }
+    println!("{tensors} quantized tensors, {values} values: every one equals ggml's dequantization");
+    assert!(tensors == 127 && on_gpu.len() >= 4, "{tensors} tensors, {} types on the GPU", on_gpu.len());
+    pollster::block_on(async {
+        let ctx = GpuContext::new(&ContextOptions::default()).await.expect("adapter");
+        for (name, packed, want) in &on_gpu {
+            let op = Embedding::new(&ctx, packed.dtype).await.expect("kernel");
+            let w = GpuWeight::upload(&ctx, name, packed, 0).expect("upload");
+            let ids: Vec<u32> = (0..packed.rows as u32).collect();
+            let ids_b = ctx.storage_from("ids", bytemuck::cast_slice(&ids)).expect("ids");
+            let out = ctx.storage_zeroed("out", want.len() as u64 * 4).expect("out");
+            let bound = op.bind(&ctx, &ids_b, &w, &out).expect("bind");
+            run_pass(&ctx, "embedding", |p| bound.dispatch(p, ids.len() as u32, 1.0).expect("shape")).await.expect("pass");
+            let got = ctx.read_back::<f32>(&out, 0, want.len() as u64).await.expect("read");
+            if let Some(i) = (0..want.len()).find(|&i| got[i].to_bits() != want[i].to_bits()) {
+                panic!("{name} ({}) on the GPU: value {i} is {}, ggml's {}", packed.dtype.name(), got[i], want[i]);
+            }
+            println!("{name} ({}): all {} rows gathered on the GPU equal ggml's values", packed.dtype.name(), packed.rows);
+        }
+    });
+}
