@@ -335,9 +335,11 @@ impl Gemma {
         }
     }
 
-    /// Token ids of `text`, starting with BOS (as `generate` feeds them).
-    pub fn tokenize(&self, text: &str) -> Result<Uint32Array, JsValue> {
-        let ids = self.shared.tokenizer.encode(text).map_err(js_error)?;
+    /// Token ids of `text`, starting with BOS (as `generate` feeds them): special-token strings
+    /// in it are text unless `specialTokens` is true (as `generate`'s option of that name).
+    pub fn tokenize(&self, text: &str, #[wasm_bindgen(js_name = "specialTokens")] special_tokens: Option<bool>) -> Result<Uint32Array, JsValue> {
+        let tok = &self.shared.tokenizer;
+        let ids = if special_tokens.unwrap_or(false) { tok.encode_raw(text) } else { tok.encode(text) }.map_err(js_error)?;
         Ok(Uint32Array::from(ids.as_slice()))
     }
 
