@@ -854,3 +854,16 @@ fn a_huge_block_count_or_metadata_array_is_an_error_not_an_allocation() {
     let e = err_of(Gguf::from_bytes(write_gguf(&kvs, &[])));
     assert!(e.contains("general.junk") && e.contains("array elements in all"), "{e}");
 }
+
+#[test]
+fn a_header_read_by_ranges_cannot_ask_for_a_gigabyte_string() {
+    // A file read by URL is checked against the whole file's size, so a 1 GiB key length in a
+    // 2 GiB file once reached a 1 GiB allocation (found by tests/fuzz.rs at scale 5).
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend((1u64 << 30).to_le_bytes());
+    let e = err_of(Gguf::from_prefix(&b, 2 << 30, "x.gguf"));
+    assert!(e.contains("longer than any real one"), "{e}");
+}

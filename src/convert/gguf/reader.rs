@@ -19,6 +19,8 @@ const MAX_NESTING: usize = 4;
 /// bytes), so a hostile file of tiny elements cannot ask for 32 times its size. Gemma 3's
 /// vocabulary takes 3 arrays of 262144.
 pub(super) const MAX_META_ELEMENTS: u64 = 1 << 22;
+/// Bytes of one string in the header, at most.
+const MAX_STRING: u64 = 16 << 20;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +169,12 @@ impl<R: Read> HeaderReader<'_, R> {
         let n = self.u64(what)?;
         if n > self.left() {
             return Err(self.err(format!("{} claims {n} bytes but only {} are left in the file; the file is truncated or corrupt", what(), self.left())));
+        }
+        // A file read by ranges (a URL) has its header checked against the whole file's size,
+        // so one length field could ask for gigabytes here: no real string (a key, a token, a
+        // chat template) comes near this. Found by tests/fuzz.rs at GEMMA_FUZZ_SCALE=5.
+        if n > MAX_STRING {
+            return Err(self.err(format!("{} claims a string of {n} bytes, longer than any real one ({MAX_STRING} at most); the file is corrupt", what())));
         }
         let mut bytes = vec![0u8; n as usize];
         self.fill(&mut bytes, what)?;
