@@ -173,3 +173,72 @@ fn a_tokenizer_larger_than_the_models_vocabulary_is_refused() {
     let e = tok.check_fits(100).unwrap_err().to_string();
     assert!(e.contains("512 tokens") && e.contains("100 rows"), "{e}");
 }
+
+/// The tiny checkpoint with element `index` of tensor `name` (f32) set to `value`.
+fn weights_with(name: &str, index: usize, value: f32) -> Checkpoint {
+    let mut bytes = WEIGHTS.to_vec();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + header_len]).expect("header");
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let begin = header[name]["data_offsets"][0].as_u64().expect("offset") as usize;
+    let at = 8 + header_len + begin + 4 * index;
+    bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    let mut ck = Checkpoint::default();
+    ck.add_bytes("model.safetensors", bytes).expect("fixture");
+    ck
+}
+
+#[test]
+fn weights_that_are_not_finite_numbers_are_named_not_converted() {
+    let down = "model.layers.1.mlp.down_proj.weight";
+    let cols = ModelConfig::from_hf_json(CONFIG).expect("config").intermediate_size as usize;
+    let (row, col) = (3, 40);
+    let expect = |dtype: DType, value: f32, want: &[&str]| {
+        let e = convert_in_memory(CONFIG, &weights_with(down, row * cols + col, value), dtype, 64 << 10).map(|_| ()).unwrap_err().to_string();
+        let mut all = vec![down, "row 3, column 40"];
+        all.extend_from_slice(want);
+        assert!(all.iter().all(|w| e.contains(w)), "{} {value}: {e}", dtype.name());
+        println!("{} {value}: {e}", dtype.name());
+    };
+    // Before these checks, int4 turned the NaN's whole 32-value group into NaN, silently.
+    for dtype in [DType::Int4, DType::Int8, DType::F16, DType::F32, DType::Q4K] {
+        expect(dtype, f32::NAN, &["is NaN", "damaged"]);
+        expect(dtype, f32::NEG_INFINITY, &["is -inf", "damaged"]);
+    }
+    // Finite but beyond fp16: the f16 value, or an int4 group's fp16 scale, would be infinite.
+    for dtype in [DType::Int4, DType::F16, DType::Int8] {
+        expect(dtype, 1e6, &["1e6", "6.5504e4", dtype.name(), "convert to f32"]);
+    }
+    for dtype in [DType::F32, DType::Bf16] {
+        convert_in_memory(CONFIG, &weights_with(down, row * cols + col, 1e6), dtype, 64 << 10).expect("f32 and bf16 hold 1e6");
+    }
+}
+
+#[test]
+fn ggml_blocks_and_copied_floats_must_be_finite() {
+    use gemma_webgpu::quant::{blocks, GgmlBlock, Packed};
+    // A Q4_0 row of two blocks: fp16 d, then 16 bytes of codes. The second block's d is NaN,
+    // then +inf; a finite d is accepted.
+    for (d, want) in [(0x7e00u16, Some("a NaN scale")), (0x7c00, Some("an infinite scale")), (0x3c00, None)] {
+        let mut row = vec![0u8; 36];
+        row[18..20].copy_from_slice(&d.to_le_bytes());
+        match (blocks::from_ggml(GgmlBlock::Q4_0, 1, 64, &row), want) {
+            (Ok(_), None) => {}
+            (Err(e), Some(w)) => {
+                let e = e.to_string();
+                assert!(e.contains(w) && e.contains("row 0, columns 32..64"), "{e}");
+            }
+            (r, w) => panic!("{d:#x}: {:?}, expected {w:?}", r.map(|_| ())),
+        }
+    }
+    // A Q6_K super-block keeps its d at byte 208.
+    let mut sb = vec![0u8; 210];
+    sb[208..210].copy_from_slice(&0xfc00u16.to_le_bytes());
+    assert!(blocks::from_ggml(GgmlBlock::Q6K, 1, 256, &sb).unwrap_err().to_string().contains("an infinite scale"));
+    // f16 words copied from a file as they are (a GGUF's F16 tensor): NaN at value 5 of row 1.
+    let mut words = vec![0x3c00_3c00u32; 32];
+    words[(32 + 5) / 2] = 0x7e01 << 16 | 0x3c00;
+    let p = Packed { dtype: DType::F16, rows: 2, cols: 32, words };
+    let e = p.check_finite().unwrap_err().to_string();
+    assert!(e.contains("row 1, column 5") && e.contains("NaN"), "{e}");
+}

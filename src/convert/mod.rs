@@ -336,6 +336,14 @@ fn check_checkpoint(config: &ModelConfig, ck: &dyn TensorSource) -> Result<()> {
     Ok(())
 }
 
+/// An error's text without its kind's prefix ("model files: "), to be set in a longer message.
+pub(crate) fn detail(e: &Error) -> String {
+    match e {
+        Error::Format(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// Read, pack and append every tensor, one at a time.
 fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
     let expected = tensors::table(config);
@@ -343,7 +351,8 @@ fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWrite
         let (rows, cols) = (*rows as usize, *cols as usize);
         let packed = match (storage_for(name, quant), ck.read_packed(name)) {
             (None, Some(packed)) => packed?,
-            (dtype, _) => Packed::pack(fallback(dtype.unwrap_or(DType::F32), cols), rows, cols, &ck.read_f32(name)?.1)?,
+            (dtype, _) => Packed::pack(fallback(dtype.unwrap_or(DType::F32), cols), rows, cols, &ck.read_f32(name)?.1)
+                .map_err(|e| Error::Format(format!("tensor '{name}': {}", detail(&e))))?,
         };
         if (packed.rows, packed.cols) != (rows, cols) {
             return Err(Error::Format(format!("{name} is [{}, {}]; the config makes it [{rows}, {cols}]", packed.rows, packed.cols)));

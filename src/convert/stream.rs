@@ -71,7 +71,9 @@ impl<'g> GgufStream<'g> {
         if tensors::is_norm(&name) {
             let bytes = src.range(begin, len).await?;
             let values = self.g.f32_from_bytes(t, &bytes)?;
-            self.writer.add(&name, &crate::quant::Packed::pack(crate::quant::DType::F32, rows, cols, &values)?)?;
+            let packed = crate::quant::Packed::pack(crate::quant::DType::F32, rows, cols, &values)
+                .map_err(|e| Error::Format(format!("tensor '{name}': {}", super::detail(&e))))?;
+            self.writer.add(&name, &packed)?;
             self.read_bytes += len;
             (self.tensor, self.row) = (self.tensor + 1, 0);
             return Ok(Some(self.writer.take_closed()));

@@ -191,9 +191,24 @@ pub fn from_ggml_as(block: GgmlBlock, dtype: DType, rows: usize, cols: usize, by
     let mut words = vec![0u32; dtype.words(rows, cols)];
     let [_, hi_at, params_at] = plane_starts(dtype, rows, cols);
     let mut codes = [0u8; 256];
+    // Where each block keeps its fp16 parameters (`d`, and `m` or `dmin`).
+    let params: &[usize] = match block {
+        GgmlBlock::Q4_0 | GgmlBlock::Q5_0 | GgmlBlock::Q8_0 => &[0],
+        GgmlBlock::Q4_1 | GgmlBlock::Q5_1 | GgmlBlock::Q4K | GgmlBlock::Q5K => &[0, 2],
+        GgmlBlock::Q6K => &[208],
+    };
     for (k, b) in bytes.chunks_exact(bb).enumerate() {
         let e0 = k * bv;
         let g0 = e0 / 32;
+        // A NaN or infinite parameter would make every value of the block NaN or infinite.
+        if let Some(h) = params.iter().map(|&at| f16_at(b, at)).find(|h| h & 0x7c00 == 0x7c00) {
+            let what = if h & 0x3ff == 0 { "an infinite" } else { "a NaN" };
+            let (row, col) = (e0 / cols, e0 % cols);
+            return Err(Error::Format(format!(
+                "the {block:?} block at row {row}, columns {col}..{} has {what} scale: the weights are damaged (every weight must be a finite number)",
+                col + bv
+            )));
+        }
         // Unsigned codes of the block's values, in order, and its parameters.
         match block {
             GgmlBlock::Q4_0 | GgmlBlock::Q4_1 | GgmlBlock::Q5_0 | GgmlBlock::Q5_1 => {

@@ -252,8 +252,61 @@ fn int4_grids(data: &[f32]) -> Vec<(f16, f16)> {
     serial(data)
 }
 
+/// The largest magnitude `dtype` stores without overflow: a quantized type's parameters are
+/// fp16, whose largest finite value is 65504.
+fn max_magnitude(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => f32::MAX,
+        DType::Bf16 => bf16::MAX.to_f32(),
+        _ => f16::MAX.to_f32(),
+    }
+}
+
+/// The error for a source weight that is not a finite number, or too large for `dtype`: NaN or
+/// infinity would silently turn a whole quantization group (or every product with it) into NaN.
+pub(crate) fn bad_weight(dtype: DType, row: usize, col: usize, value: f32) -> Error {
+    if value.is_finite() {
+        Error::Format(format!(
+            "the value at row {row}, column {col} is {value:e}, beyond the ±{:e} that {} stores; convert to f32 (or bf16) instead",
+            max_magnitude(dtype),
+            dtype.name()
+        ))
+    } else {
+        Error::Format(format!("the value at row {row}, column {col} is {value}: the weights are damaged (every weight must be a finite number)"))
+    }
+}
+
+/// Every value of `data` (rows of `cols`) is finite and within what `dtype` stores.
+fn check_values(dtype: DType, cols: usize, data: &[f32]) -> Result<()> {
+    let limit = max_magnitude(dtype);
+    match data.iter().position(|x| !x.is_finite() || x.abs() > limit) {
+        Some(e) => Err(bad_weight(dtype, e / cols.max(1), e % cols.max(1), data[e])),
+        None => Ok(()),
+    }
+}
+
 impl Packed {
-    /// Pack f32 values `data` (row-major, `rows*cols` long) as `dtype`.
+    /// Fails on the first value that is not a finite number, for the float types (f32, f16,
+    /// bf16), whose words may be copied from a file as they are. Packing from f32 (`pack`) and
+    /// from ggml blocks (`blocks::from_ggml`) check their inputs themselves.
+    pub fn check_finite(&self) -> Result<()> {
+        if !matches!(self.dtype, DType::F32 | DType::F16 | DType::Bf16) {
+            return Ok(());
+        }
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let v = self.get(r, c);
+                if !v.is_finite() {
+                    return Err(bad_weight(self.dtype, r, c, v));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pack f32 values `data` (row-major, `rows*cols` long) as `dtype`. A value that is NaN,
+    /// infinite or beyond what `dtype` stores (±65504 for f16 and the quantized types, whose
+    /// parameters are fp16) is an error naming its row and column.
     pub fn pack(dtype: DType, rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
         if data.len() != rows * cols {
             return Err(Error::invalid("pack", format!("{} values for a [{rows}, {cols}] tensor", data.len())));
@@ -261,6 +314,7 @@ impl Packed {
         if !cols.is_multiple_of(dtype.group_cols()) {
             return Err(Error::invalid("pack", format!("{} needs the input dimension to be a multiple of {}; it is {cols}", dtype.name(), dtype.group_cols())));
         }
+        check_values(dtype, cols, data)?;
         if let Some(block) = GgmlBlock::of(dtype) {
             return blocks::from_ggml(block, rows, cols, &blocks::quantize_all(block, data)?);
         }

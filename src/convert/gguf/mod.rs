@@ -325,9 +325,11 @@ impl Gguf {
                 return Err(self.err(format!("tensor '{}': {} bytes for {rows} rows", t.name, bytes.len())));
             }
             dst[..bytes.len()].copy_from_slice(bytes);
-            return Ok(Packed { dtype, rows, cols, words });
+            let packed = Packed { dtype, rows, cols, words };
+            packed.check_finite().map_err(|e| self.err(format!("tensor '{}': {}", t.name, crate::convert::detail(&e))))?;
+            return Ok(packed);
         };
-        blocks::from_ggml_as(block, kept, rows, cols, bytes).map_err(|e| self.err(format!("tensor '{}': {e}", t.name)))
+        blocks::from_ggml_as(block, kept, rows, cols, bytes).map_err(|e| self.err(format!("tensor '{}': {}", t.name, crate::convert::detail(&e))))
     }
 
     /// The storage type `packed_rows` gives tensor `t`.
