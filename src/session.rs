@@ -160,10 +160,11 @@ impl Session {
         out
     }
 
-    fn check_fits(&self, n: usize) -> Result<()> {
+    fn check_fits(&self, n: impl TryInto<u64>) -> Result<()> {
         let max = self.engine.max_context();
-        if n as u64 > max as u64 {
-            return Err(Error::ContextOverflow { needed: n as u64, max_context: max, cached: 0 });
+        let n = n.try_into().unwrap_or(u64::MAX);
+        if n > max as u64 {
+            return Err(Error::ContextOverflow { needed: n, max_context: max, cached: 0 });
         }
         Ok(())
     }
@@ -171,14 +172,22 @@ impl Session {
     /// Generate a continuation of `prompt` (text, BOS added; special-token strings in it are
     /// text unless `params.special_tokens`).
     pub async fn generate(&mut self, prompt: &str, params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        if prompt.is_empty() {
+            return Err(Error::invalid("prompt", "is empty: give the text to continue"));
+        }
         let tok = self.tokenizer()?;
+        // A prompt too long for the context by its length alone is not tokenized (which, for
+        // megabytes of text, takes seconds and memory only to be refused).
+        self.check_fits(1u64.saturating_add(tok.min_tokens(prompt)))?;
         let ids = if params.special_tokens { tok.encode_raw(prompt)? } else { tok.encode(prompt)? };
         self.generate_ids(&ids, params, on_text, aborted).await
     }
 
     /// Reply to a conversation rendered with the chat template.
     pub async fn chat(&mut self, messages: &[Message], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
-        let ids = self.tokenizer()?.chat_prompt(messages)?;
+        let tok = self.tokenizer()?;
+        self.check_fits(messages.iter().fold(1u64, |n, m| n.saturating_add(tok.min_tokens(&m.role)).saturating_add(tok.min_tokens(&m.content))))?;
+        let ids = tok.chat_prompt(messages)?;
         self.generate_ids(&ids, params, on_text, aborted).await
     }
 
@@ -215,6 +224,21 @@ impl Session {
             // after it. If token n ends generation (end of turn, stop string), that step is
             // discarded unread. The tokens are the same as stepping one at a time.
             let prompt = &ids[keep..];
+            // The prompt's leading whole chunks first, abortable between chunks; then the rest
+            // (1 to a chunk's tokens) and the first draw. The chunks are those one step cuts.
+            let chunk = self.engine.prefill_chunk().max(1) as usize;
+            let head = (prompt.len() - 1) / chunk * chunk;
+            if head > 0 {
+                let run = self.engine.prefill(&prompt[..head], aborted).await;
+                // The chunks submitted are in the cache (an abort leaves them there).
+                let done = (self.engine.position() as usize).saturating_sub(keep).min(head);
+                self.cached.extend_from_slice(&prompt[..done]);
+                match run {
+                    Err(Error::Aborted(_)) => return Ok(Finish::Abort),
+                    other => other?,
+                }
+            }
+            let prompt = &prompt[head..];
             self.engine.submit_step(Some(prompt), &params.sampling).await?;
             self.cached.extend_from_slice(prompt);
             let mut t1 = None;

@@ -12,6 +12,10 @@ pub struct Tokenizer {
     /// The special tokens' texts (`<end_of_turn>`, `<bos>`, …) of more than one character:
     /// text from a user is cut inside each so none is read as its control token.
     specials: Vec<String>,
+    /// The most bytes of input text one token can stand for: its vocabulary string's length,
+    /// where the normalizer only widens text (Gemma's turns each space into the 3-byte `▁`).
+    /// `None` where the normalizer might shorten text.
+    max_token_bytes: Option<usize>,
 }
 
 /// One chat message. `role` is `user`, `assistant` (rendered `model`) or `system` (folded into
@@ -27,14 +31,15 @@ impl Tokenizer {
         // Syntax first: `tokenizers` 0.22 panics (an `expect` in its decoder's deserializer)
         // on a file that is not valid JSON there, and a panic kills a WASM module. Found by
         // tests/fuzz.rs.
-        serde_json::from_slice::<serde_json::Value>(json).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
+        let value = serde_json::from_slice::<serde_json::Value>(json).map_err(|e| Error::Format(format!("tokenizer.json is not valid JSON: {e}")))?;
         let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| Error::Format(format!("tokenizer.json could not be loaded: {e}")))?;
         let (end_of_turn, start_of_turn) = (inner.token_to_id("<end_of_turn>"), inner.token_to_id("<start_of_turn>"));
         let mut specials: Vec<String> =
             inner.get_added_tokens_decoder().values().filter(|t| t.special && t.content.chars().count() > 1).map(|t| t.content.clone()).collect();
         specials.sort_unstable();
         specials.dedup();
-        Ok(Self { inner, bos, end_of_turn, start_of_turn, specials })
+        let max_token_bytes = widening_normalizer(&value["normalizer"]).then(|| inner.get_vocab(true).keys().map(String::len).max().unwrap_or(1).max(1));
+        Ok(Self { inner, bos, end_of_turn, start_of_turn, specials, max_token_bytes })
     }
 
     /// The id of `<end_of_turn>` (107 in Gemma 2, 106 in Gemma 3), where the vocabulary has it:
@@ -59,6 +64,13 @@ impl Tokenizer {
             )));
         }
         Ok(())
+    }
+
+    /// A lower bound on the tokens `text` encodes to (BOS not counted), from its length alone:
+    /// a prompt that cannot fit the context is refused before it is tokenized (0 where the
+    /// tokenizer allows no bound).
+    pub fn min_tokens(&self, text: &str) -> u64 {
+        self.max_token_bytes.map_or(0, |m| text.len().div_ceil(m) as u64)
     }
 
     /// Entries in the vocabulary, added tokens included.
@@ -124,6 +136,20 @@ impl Tokenizer {
             }
         }
         Ok(ids)
+    }
+}
+
+/// Whether a `tokenizer.json` normalizer never makes text shorter: none, or `Replace`s of a
+/// string by one at least as long (Gemma's: a space by `▁`), alone or in a sequence.
+fn widening_normalizer(n: &serde_json::Value) -> bool {
+    match n["type"].as_str() {
+        _ if n.is_null() => true,
+        Some("Replace") => match (n["pattern"]["String"].as_str(), n["content"].as_str()) {
+            (Some(pattern), Some(content)) => content.len() >= pattern.len(),
+            _ => false,
+        },
+        Some("Sequence") => n["normalizers"].as_array().is_some_and(|all| all.iter().all(widening_normalizer)),
+        _ => false,
     }
 }
 

@@ -120,3 +120,80 @@ fn pipelined_generation_matches_stepping_one_at_a_time() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_abort_stops_a_long_prefill_between_chunks_and_the_cache_keeps_what_ran() {
+    use gemma_webgpu::session::{Finish, GenerateParams, Session};
+    use gemma_webgpu::Error;
+    use std::cell::Cell;
+    let dir = support::temp_dir("engine-prefill-abort");
+    convert::synth(tiny_config(), &dir, DType::Int4, 12, 64 << 10, false).expect("synth");
+    // 100 tokens in chunks of 8: 12 whole chunks, then 4 tokens with the first draw.
+    let prompt = tokens(100);
+    let mut session = Session::new(support::engine(&dir, 128, 8, KvType::F16), None);
+    let sampling = Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 9 };
+    let want = stepped(&mut session.engine, &prompt, &sampling, 6);
+    session.reset();
+    let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false };
+
+    // The caller aborts at its 3rd poll: before the 3rd chunk, so 2 chunks ran (before the
+    // chunked prefill, the whole prompt ran before the first poll).
+    let polls = Cell::new(0);
+    let aborted = || {
+        polls.set(polls.get() + 1);
+        polls.get() >= 3
+    };
+    let e = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| panic!("no text"), &aborted)).unwrap_err();
+    assert_eq!(e, Error::Aborted("generation"));
+    assert_eq!(polls.get(), 3);
+    assert_eq!(session.stats.finish, Finish::Abort);
+    assert_eq!(session.context_tokens(), 16, "the two chunks that ran stay cached");
+
+    // The session is usable: the same prompt reuses the 16 tokens and gives what stepping gives.
+    let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+    assert_eq!(session.stats.reused_tokens, 16);
+    let ids: Vec<u32> = text.split_whitespace().map(|t| t.parse().expect("an id")).collect();
+    assert_eq!(ids, want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_empty_prompt_is_refused_and_a_huge_one_before_it_is_tokenized() {
+    use gemma_webgpu::session::{GenerateParams, Session};
+    use gemma_webgpu::tokenizer::{Message, Tokenizer};
+    use gemma_webgpu::Error;
+    use std::rc::Rc;
+    let dir = support::temp_dir("engine-prompts");
+    convert::synth(tiny_config(), &dir, DType::Int4, 13, 64 << 10, false).expect("synth");
+    let tok = Rc::new(Tokenizer::from_json(include_bytes!("fixtures/tiny-tokenizer.json"), 2).expect("tokenizer"));
+    let mut session = Session::new(support::engine(&dir, 64, 8, KvType::F16), Some(tok.clone()));
+    let params = GenerateParams { max_tokens: 2, ..Default::default() };
+    let generate = |s: &mut Session, p: &str| pollster::block_on(s.generate(p, &params, &mut |_| {}, &|| false));
+
+    let e = generate(&mut session, "").unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { what: "prompt", .. }), "{e}");
+    assert!(e.to_string().contains("empty"), "{e}");
+
+    // Too long for the 64-token context by its length: the error counts the bound on its
+    // tokens that the length gives, not the tokens themselves (it was never tokenized).
+    let long = "the sky is blue. ".repeat(400);
+    let bound = 1 + tok.min_tokens(&long);
+    let exact = tok.encode(&long).expect("encode").len() as u64;
+    assert!(bound > 64 && bound < exact, "bound {bound}, tokens {exact}");
+    match generate(&mut session, &long) {
+        Err(Error::ContextOverflow { needed, max_context: 64, .. }) => assert_eq!(needed, bound),
+        other => panic!("{other:?}"),
+    }
+    // 64 MiB is refused the same way (tokenizing it would take seconds and gigabytes).
+    let huge = "a".repeat(64 << 20);
+    assert!(matches!(generate(&mut session, &huge), Err(Error::ContextOverflow { .. })));
+    let chat = [Message { role: "user".into(), content: huge }];
+    assert!(matches!(pollster::block_on(session.chat(&chat, &params, &mut |_| {}, &|| false)), Err(Error::ContextOverflow { .. })));
+    // A prompt whose length allows it but whose tokens do not is still refused, after tokenizing.
+    let short = "the sky is blue. ".repeat(30);
+    assert!(1 + tok.min_tokens(&short) <= 64 && tok.encode(&short).expect("encode").len() > 64);
+    assert!(matches!(generate(&mut session, &short), Err(Error::ContextOverflow { .. })));
+    // And the session still generates.
+    assert!(generate(&mut session, "the sky").is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}

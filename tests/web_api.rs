@@ -12,7 +12,7 @@ use std::rc::Rc;
 use gemma_webgpu::convert::{convert_in_memory, safetensors::Checkpoint};
 use gemma_webgpu::quant::DType;
 use gemma_webgpu::web::Gemma;
-use js_sys::{Array, Function, Object, Promise, Reflect, Uint8Array};
+use js_sys::{Array, Function, Object, Promise, Reflect, Uint32Array, Uint8Array};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -553,4 +553,36 @@ async fn retries_quota_and_named_load_errors() {
     assert_eq!(err_name(&e), "NoWebGPUError", "{}", err_message(&e));
     assert!(err_message(&e).contains("navigator.gpu"), "{}", err_message(&e));
     assert!(m.server.borrow().requests.is_empty(), "{:?}", m.server.borrow().requests);
+}
+
+#[wasm_bindgen_test]
+async fn an_abort_stops_a_long_prefill_within_a_chunk_and_empty_prompts_are_refused() {
+    let m = model("https://models.test/prefill-abort/", DType::F32);
+    let g = load(&m, &[("prefillChunk", 8.into())]).await.expect("load");
+    let prompt = "Why is the sky blue? Because light scatters. ".repeat(3);
+    let n = Uint32Array::from(call(&g, "tokenize", &[prompt.as_str().into()]).expect("tokenize")).length();
+    assert!((90..=120).contains(&n), "{n} prompt tokens");
+    let reference = generate(&g, &prompt, &sampled(5, 4)).await.expect("generate");
+    call(&g, "reset", &[]).expect("reset");
+
+    // Aborted from a timer as soon as the page runs: the prefill stops after the chunk that
+    // was running then (before chunking, the whole prompt ran first).
+    let controller = web_sys::AbortController::new().expect("controller");
+    let signal = controller.signal();
+    let abort = Closure::once_into_js(move || controller.abort());
+    web_sys::window().expect("window").set_timeout_with_callback(abort.unchecked_ref()).expect("timer");
+    let mut opts = sampled(5, 4);
+    opts.push(("signal", signal.into()));
+    let e = generate(&g, &prompt, &opts).await.expect_err("aborted");
+    assert_eq!(err_name(&e), "AbortError", "{}", err_message(&e));
+    let s = stats(&g);
+    console_log!("aborted a {n}-token prefill with {} tokens in the cache", num(&s, "contextTokens"));
+    assert!(num(&s, "contextTokens") <= 16.0, "at most the two chunks queued when the abort came: {}", num(&s, "contextTokens"));
+    assert_eq!(get(&s, "finishReason").as_string().as_deref(), Some("abort"));
+    // Usable, and the prefix that ran is reused.
+    assert_eq!(generate(&g, &prompt, &sampled(5, 4)).await.expect("after abort"), reference);
+
+    let e = generate(&g, "", &sampled(5, 4)).await.expect_err("empty");
+    assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("empty"), "{}", err_message(&e));
 }

@@ -120,15 +120,44 @@ impl GpuContext {
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
+    /// A signal that fires once the submission `index` (the latest) and all work before it is
+    /// done. Take it right after the submission and wait for it (`wait_for`) after submitting
+    /// more, so the GPU keeps busy while the CPU waits.
+    pub fn done_signal(&self, index: wgpu::SubmissionIndex) -> Done {
+        let (tx, rx) = futures_channel::oneshot::channel();
+        self.queue.on_submitted_work_done(move || {
+            let _ = tx.send(());
+        });
+        Done { index, rx }
+    }
+
+    /// Wait for a `done_signal`: natively by blocking until that submission is done (not the
+    /// ones after it); in the browser by yielding to the event loop, so the page and its abort
+    /// signals run meanwhile.
+    pub async fn wait_for(&self, done: Done) -> Result<()> {
+        let lost = |reason: String| Error::Gpu { during: "waiting for the GPU".into(), reason };
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device.poll(wgpu::PollType::Wait { submission_index: Some(done.index), timeout: None }).map_err(|e| lost(e.to_string()))?;
+        #[cfg(target_arch = "wasm32")]
+        let _ = done.index;
+        done.rx.await.map_err(|_| lost("the device dropped the request (device lost?)".into()))
+    }
+
     /// Submit one command buffer and surface any validation error it raised.
-    pub async fn submit_checked(&self, during: &str, enc: wgpu::CommandEncoder) -> Result<()> {
+    pub async fn submit_checked(&self, during: &str, enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        self.queue.submit([enc.finish()]);
+        let index = self.queue.submit([enc.finish()]);
         if let Some(e) = scope.pop().await {
             return Err(Error::Gpu { during: during.into(), reason: e.to_string() });
         }
-        Ok(())
+        Ok(index)
     }
+}
+
+/// A submission to wait for (`GpuContext::done_signal`).
+pub struct Done {
+    index: wgpu::SubmissionIndex,
+    rx: futures_channel::oneshot::Receiver<()>,
 }
 
 /// A compiled compute pipeline for one shader and one set of override constants.
@@ -306,5 +335,5 @@ impl<'a> Recorder<'a> {
 pub async fn run_pass(ctx: &GpuContext, label: &str, f: impl FnOnce(&mut Recorder<'_>)) -> Result<()> {
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
     f(&mut Recorder::begin(ctx, &mut enc, label));
-    ctx.submit_checked(label, enc).await
+    ctx.submit_checked(label, enc).await.map(|_| ())
 }

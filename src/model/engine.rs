@@ -267,15 +267,15 @@ impl Engine {
     }
 
     /// Submit `enc`, reading the profiler's timestamps back when profiling.
-    async fn submit(&mut self, during: &str, mut enc: wgpu::CommandEncoder) -> Result<()> {
+    async fn submit(&mut self, during: &str, mut enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         if let Some(p) = &self.profiler {
             p.resolve(&mut enc);
         }
-        self.ctx.submit_checked(during, enc).await?;
+        let index = self.ctx.submit_checked(during, enc).await?;
         if let Some(p) = &mut self.profiler {
             p.collect(&self.ctx).await?;
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Time every kernel from now on (each dispatch in its own timed pass, which itself costs
@@ -359,6 +359,40 @@ impl Engine {
         stats.readback_bytes += 4;
         self.last_step = stats;
         Ok(())
+    }
+
+    /// Run `tokens` through the layers in prefill chunks, without the head (a prompt's leading
+    /// whole chunks; `submit_step` then takes the rest and samples). `aborted` is polled before
+    /// each chunk, and each chunk is recorded while the one before it runs, after waiting for
+    /// the one before that: the GPU always has the next chunk queued, and an abort is answered
+    /// within one chunk's time instead of after the whole prompt. On an abort, the chunks
+    /// already submitted stay in the cache (`position`) and `Error::Aborted` is returned.
+    pub async fn prefill(&mut self, tokens: &[u32], aborted: &dyn Fn() -> bool) -> Result<()> {
+        if !self.pending.is_empty() {
+            return Err(Error::invalid("prefill", format!("{} submitted step(s) have not been read: call read_token first", self.pending.len())));
+        }
+        self.check_tokens(tokens)?;
+        let mut stats = StepStats::default();
+        let mut running = None;
+        for piece in tokens.chunks(self.options.prefill_chunk as usize) {
+            if aborted() {
+                return Err(Error::Aborted("prefill"));
+            }
+            let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma prefill") });
+            self.record_layers(&mut enc, Some(piece), &mut stats)?;
+            let index = self.submit("prefill", enc).await?;
+            stats.submits += 1;
+            if let Some(previous) = running.replace(self.ctx.done_signal(index)) {
+                self.ctx.wait_for(previous).await?;
+            }
+        }
+        self.last_step = stats;
+        Ok(())
+    }
+
+    /// Tokens a prefill chunk holds.
+    pub fn prefill_chunk(&self) -> u32 {
+        self.options.prefill_chunk
     }
 
     /// The token of the oldest submitted step (waits for it).
