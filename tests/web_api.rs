@@ -586,3 +586,30 @@ async fn an_abort_stops_a_long_prefill_within_a_chunk_and_empty_prompts_are_refu
     assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
     assert!(err_message(&e).contains("empty"), "{}", err_message(&e));
 }
+
+#[wasm_bindgen_test]
+async fn dispose_with_a_call_in_flight_and_one_waiting_frees_the_model() {
+    use gemma_webgpu::model::engine::Engine;
+    let m = model("https://models.test/dispose-queued/", DType::F32);
+    let before = Engine::live_count();
+    let g = load(&m, &[]).await.expect("load");
+    assert_eq!(Engine::live_count(), before + 1);
+    // The first call disposes the model at its first token, while the second waits its turn.
+    let gc = g.clone();
+    let on_token = Closure::<dyn FnMut(String)>::new(move |_t: String| {
+        call(&gc, "dispose", &[]).expect("dispose");
+    })
+    .into_js_value();
+    let mut opts = sampled(1, 6);
+    opts.push(("onToken", on_token));
+    let first = call(&g, "generate", &["Hello".into(), obj(&opts)]).expect("generate").dyn_into::<Promise>().expect("promise");
+    let second = call(&g, "generate", &["Hello".into(), obj(&sampled(1, 6))]).expect("generate").dyn_into::<Promise>().expect("promise");
+    let text = JsFuture::from(first).await.expect("the call in flight finishes");
+    assert!(!text.as_string().unwrap_or_default().is_empty());
+    let e = JsFuture::from(second).await.expect_err("the waiting call");
+    assert_eq!(err_name(&e), "DisposedError", "{}", err_message(&e));
+    // Before, the waiting call left the session (and its GPU memory) behind.
+    assert_eq!(Engine::live_count(), before, "the model's engine is dropped");
+    let e = generate(&g, "Hello", &[]).await.expect_err("disposed");
+    assert_eq!(err_name(&e), "DisposedError");
+}

@@ -6,6 +6,8 @@
 //! load (`new`: compile the kernels, allocate activations and caches, bind each layer and the
 //! head); a decode step writes a few uniforms, records one command buffer and submits it once.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder, Traffic};
 use crate::model::activations::Activations;
@@ -45,7 +47,26 @@ impl StepStats {
 pub const MAX_LOGITS_BYTES: u64 = 512 << 20;
 
 /// A model on the GPU, with its KV cache: Gemma 2 or Gemma 3 (text), as its config says.
+static LIVE_ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// Counts its engine among the live ones while it exists.
+struct Live;
+
+impl Live {
+    fn new() -> Self {
+        LIVE_ENGINES.fetch_add(1, Ordering::Relaxed);
+        Live
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        LIVE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 pub struct Engine {
+    _live: Live,
     pub ctx: GpuContext,
     pub config: ModelConfig,
     /// Resolved options (`max_context` is always set).
@@ -122,6 +143,7 @@ impl Engine {
         };
         let token_staging = [staging("token read-back 0"), staging("token read-back 1")];
         Ok(Self {
+            _live: Live::new(),
             options,
             config,
             weights,
@@ -388,6 +410,12 @@ impl Engine {
         }
         self.last_step = stats;
         Ok(())
+    }
+
+    /// Engines in this process (or page) that still exist, holding their GPU memory: for
+    /// tests that a model's memory is freed.
+    pub fn live_count() -> usize {
+        LIVE_ENGINES.load(Ordering::Relaxed)
     }
 
     /// Tokens a prefill chunk holds.

@@ -147,17 +147,16 @@ where
     let shared = shared.clone();
     future_to_promise(async move {
         let guard = shared.lock.acquire().await;
-        if shared.disposed.get() {
-            return Err(js_error(Error::Disposed));
-        }
-        let out = op(shared.clone()).await;
+        let out = if shared.disposed.get() { Err(Error::Disposed) } else { op(shared.clone()).await };
         if let Some(s) = shared.session.borrow().as_ref() {
             shared.context_tokens.set(s.context_tokens());
         }
-        drop(guard);
-        if shared.disposed.get() && !shared.lock.is_busy() {
+        // Whoever holds the lock when the model is disposed frees it: the call in flight when
+        // `dispose` came, or any call that was waiting behind it (each then rejects).
+        if shared.disposed.get() {
             shared.session.borrow_mut().take();
         }
+        drop(guard);
         out.map_err(js_error)
     })
 }
