@@ -60,6 +60,21 @@ pub enum Error {
     #[error("{0} was aborted")]
     Aborted(&'static str),
 
+    #[error(
+        "the GPU device was lost ({reason}); load the model again (it loads from the browser's \
+         cache, without downloading). A GPU reset, a driver update or other pages using too much \
+         GPU memory can cause this"
+    )]
+    DeviceLost { reason: String },
+
+    #[error(
+        "the GPU ran out of memory allocating {what} ({:.1} MiB); close other tabs or programs \
+         that use the GPU, load with a smaller maxContext (the KV cache grows with it), or use \
+         a smaller model",
+        *bytes as f64 / 1048576.0
+    )]
+    OutOfMemory { what: String, bytes: u64 },
+
     #[error("this model was disposed; load it again with Gemma.load")]
     Disposed,
 }

@@ -150,14 +150,25 @@ impl Session {
     /// Logits for every position of `ids` from an empty context (for evaluation):
     /// `[ids.len() * vocab]`. The cache then holds `ids`.
     pub async fn logits(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        self.engine.ctx.check_lost()?;
         self.check_fits(ids.len())?;
         self.reset();
-        let out = self.engine.logits(ids, false).await;
-        match &out {
-            Ok(_) => self.cached = ids.to_vec(),
-            Err(_) => self.reset(),
+        match self.engine.logits(ids, false).await {
+            Ok(out) => {
+                self.cached = ids.to_vec();
+                Ok(out)
+            }
+            Err(e) => {
+                self.reset();
+                Err(self.lost_or(e))
+            }
         }
-        out
+    }
+
+    /// `e`, or `Error::DeviceLost` where the device was lost meanwhile (then whatever failed,
+    /// a read-back or a submit, failed because of it).
+    fn lost_or(&self, e: Error) -> Error {
+        self.engine.ctx.check_lost().err().unwrap_or(e)
     }
 
     fn check_fits(&self, n: impl TryInto<u64>) -> Result<()> {
@@ -196,6 +207,7 @@ impl Session {
     /// tokens; an abort returns `Error::Aborted` after the text so far was streamed, and the
     /// session stays usable (the cache keeps what was computed).
     pub async fn generate_ids(&mut self, ids: &[u32], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        self.engine.ctx.check_lost()?;
         if ids.is_empty() {
             return Err(Error::invalid("prompt", "the prompt has no tokens"));
         }
@@ -305,7 +317,7 @@ impl Session {
                 if self.engine.pending_steps() > 0 || !matches!(e, Error::ContextOverflow { .. } | Error::InvalidArgument { .. }) {
                     self.reset();
                 }
-                Err(e)
+                Err(self.lost_or(e))
             }
         }
     }

@@ -197,3 +197,27 @@ fn an_empty_prompt_is_refused_and_a_huge_one_before_it_is_tokenized() {
     assert!(generate(&mut session, "the sky").is_ok());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_lost_device_is_named_and_a_new_engine_works() {
+    use gemma_webgpu::session::{GenerateParams, Session};
+    use gemma_webgpu::Error;
+    let dir = support::temp_dir("engine-device-lost");
+    convert::synth(tiny_config(), &dir, DType::Int4, 14, 64 << 10, false).expect("synth");
+    let params = GenerateParams { max_tokens: 4, sampling: Sampling::GREEDY, stop: vec![], special_tokens: false };
+    let prompt = tokens(12);
+    let mut session = Session::new(support::engine(&dir, 64, 8, KvType::F16), None);
+    let want = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+    // As a GPU reset would: every call after it is refused by name (before, a read-back error).
+    session.engine.ctx.device.destroy();
+    for _ in 0..2 {
+        let e = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).unwrap_err();
+        assert!(matches!(&e, Error::DeviceLost { .. }), "{e}");
+        assert!(e.to_string().contains("load the model again"), "{e}");
+    }
+    assert!(matches!(pollster::block_on(session.logits(&prompt)), Err(Error::DeviceLost { .. })));
+    // Loading again (a new device) works, and generates the same.
+    let mut again = Session::new(support::engine(&dir, 64, 8, KvType::F16), None);
+    assert_eq!(pollster::block_on(again.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate"), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}

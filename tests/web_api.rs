@@ -613,3 +613,98 @@ async fn dispose_with_a_call_in_flight_and_one_waiting_frees_the_model() {
     let e = generate(&g, "Hello", &[]).await.expect_err("disposed");
     assert_eq!(err_name(&e), "DisposedError");
 }
+
+#[wasm_bindgen_test]
+async fn a_lost_device_rejects_by_name_and_the_model_loads_again_from_the_cache_offline() {
+    use gemma_webgpu::model::engine::Engine;
+    clear_cache().await;
+    let m = model("https://models.test/device-lost/", DType::Int4);
+    let cached = [("cache", JsValue::TRUE)];
+    let g = load(&m, &cached).await.expect("load");
+    let live = Engine::live_count();
+    let want = generate(&g, "Hello", &sampled(5, 8)).await.expect("generate");
+    // The device is lost at the first token of a generation (as a GPU reset would lose it).
+    let gc = g.clone();
+    let on_token = Closure::<dyn FnMut(String)>::new(move |_t: String| {
+        call(&gc, "__loseDevice", &[]).expect("lose the device");
+    })
+    .into_js_value();
+    let mut opts = sampled(5, 8);
+    opts.push(("onToken", on_token));
+    let e = generate(&g, "Hello", &opts).await.expect_err("lost");
+    console_log!("{}: {}", err_name(&e), err_message(&e));
+    assert_eq!(err_name(&e), "DeviceLostError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("load the model again"), "{}", err_message(&e));
+    assert_eq!(Engine::live_count(), live - 1, "the lost model's engine is dropped");
+    let e = generate(&g, "Hello", &sampled(5, 8)).await.expect_err("still lost");
+    assert_eq!(err_name(&e), "DeviceLostError", "{}", err_message(&e));
+
+    // Loading again works with the server gone (every file a 404): from the cache.
+    let files = std::mem::take(&mut m.server.borrow_mut().files);
+    m.server.borrow_mut().requests.clear();
+    let g = load(&m, &cached).await.expect("load again, offline");
+    assert_eq!(m.server.borrow().count("model-"), 0, "{:?}", m.server.borrow().requests);
+    assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), want);
+    m.server.borrow_mut().files = files;
+    call(&g, "dispose", &[]).expect("dispose");
+    clear_cache().await;
+}
+
+/// Make the browser's WebGPU report out-of-memory for buffers whose label starts with
+/// `label` (`None`: stop), as a GPU without room for them would: the allocation's error scope
+/// resolves to a `GPUOutOfMemoryError`. (No GPU here runs out on purpose; this is the same
+/// report at the same place.)
+fn simulate_oom(label: Option<&str>) {
+    const PATCH: &str = r#"
+      if (!globalThis.__oom) {
+        const P = GPUDevice.prototype, push = P.pushErrorScope, pop = P.popErrorScope, create = P.createBuffer;
+        const scopes = new WeakMap();
+        globalThis.__oom = { label: null, hits: 0 };
+        P.pushErrorScope = function (filter) {
+          const s = scopes.get(this) || [];
+          s.push({ filter, failed: false });
+          scopes.set(this, s);
+          return push.call(this, filter);
+        };
+        P.popErrorScope = function () {
+          const top = (scopes.get(this) || []).pop();
+          const real = pop.call(this);
+          return top && top.failed ? real.then(() => new GPUOutOfMemoryError('out of memory (simulated)')) : real;
+        };
+        P.createBuffer = function (d) {
+          const o = globalThis.__oom;
+          if (o.label && d && typeof d.label === 'string' && d.label.startsWith(o.label)) {
+            const s = scopes.get(this) || [];
+            const oom = s.findLast((x) => x.filter === 'out-of-memory');
+            if (oom) { oom.failed = true; o.hits++; }
+          }
+          return create.call(this, d);
+        };
+      }
+    "#;
+    Function::new_no_args(PATCH).call0(&JsValue::NULL).expect("patch");
+    let state = get(&js_sys::global(), "__oom");
+    Reflect::set(&state, &"label".into(), &label.map_or(JsValue::NULL, JsValue::from)).expect("set");
+}
+
+#[wasm_bindgen_test]
+async fn out_of_gpu_memory_is_named_and_a_kv_cache_that_does_not_fit_is_refused_before_the_download() {
+    let m = model("https://models.test/oom/", DType::Int4);
+    // The KV cache is allocated before any shard is fetched.
+    simulate_oom(Some("kv"));
+    let e = load(&m, &[]).await.expect_err("no room for the KV cache");
+    console_log!("{}: {}", err_name(&e), err_message(&e));
+    assert_eq!(err_name(&e), "OutOfMemoryError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("KV cache") && err_message(&e).contains("maxContext"), "{}", err_message(&e));
+    assert_eq!(m.server.borrow().count("model-"), 0, "nothing downloaded: {:?}", m.server.borrow().requests);
+    // A weight that does not fit names its shard.
+    simulate_oom(Some("model.layers.2."));
+    let e = load(&m, &[]).await.expect_err("no room for a weight");
+    console_log!("{}: {}", err_name(&e), err_message(&e));
+    assert_eq!(err_name(&e), "OutOfMemoryError", "{}", err_message(&e));
+    assert!(err_message(&e).contains("the weights of model-"), "{}", err_message(&e));
+    // With room again, the same load works.
+    simulate_oom(None);
+    let g = load(&m, &[]).await.expect("load");
+    generate(&g, "Hello", &sampled(5, 4)).await.expect("generate");
+}

@@ -157,10 +157,12 @@ const HINTS = {
   ModelFormatError: 'The files at this URL are not a model this version can read. Re-convert it with `gemma convert`.',
   ModelConfigError: "The model's configuration is not supported by this engine.",
   InvalidArgumentError: 'Check the settings (model URL and sampling values).',
-  GPUError: 'The GPU reported an error (out of memory, or the device was lost). Reload the page and try again.',
+  GPUError: 'The GPU reported an error. Reload the page and try again.',
   ShaderCompileError:
     "This browser's WebGPU could not compile one of the engine's shaders. The self-test below may tell more.",
   DisposedError: 'The model was unloaded. Load it again.',
+  DeviceLostError: 'The GPU was reset. Press Load again: the model loads from the browser cache, without downloading.',
+  OutOfMemoryError: 'The GPU has too little free memory. Close other tabs, lower the context length, or pick a smaller model.',
   AbortError: 'The operation was cancelled.',
   WorkerError: '',
 };
@@ -197,6 +199,7 @@ function showNotice(text) {
 
 const PHASES = {
   manifest: 'Reading manifest',
+  waiting: 'Waiting for the download in another tab',
   download: 'Downloading',
   cache: 'Reading from cache',
   upload: 'Uploading to GPU',

@@ -81,6 +81,8 @@ pub struct GpuContext {
     /// The last error the device reported outside an error scope (a lost device, an OOM in a
     /// submit). wgpu's default handler would panic; ours records it for `take_device_error`.
     device_error: Arc<Mutex<Option<String>>>,
+    /// Why the device was lost, once it is (a driver reset, a GPU process crash, `destroy`).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 impl GpuContext {
@@ -143,6 +145,20 @@ impl GpuContext {
             }
         }));
 
+        let lost = Arc::new(Mutex::new(None));
+        let sink = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            log::error!("wgpu: device lost ({reason:?}): {message}");
+            if let Ok(mut slot) = sink.lock() {
+                let why = match reason {
+                    wgpu::DeviceLostReason::Destroyed => "the device was destroyed".to_string(),
+                    wgpu::DeviceLostReason::Unknown if message.is_empty() => "the browser or driver reset the GPU".to_string(),
+                    wgpu::DeviceLostReason::Unknown => message,
+                };
+                slot.get_or_insert(why);
+            }
+        });
+
         let report = AdapterReport {
             name: info.name.clone(),
             backend: format!("{:?}", info.backend),
@@ -158,12 +174,21 @@ impl GpuContext {
             max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             max_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         };
-        Ok(Self { device, queue, report, device_error })
+        Ok(Self { device, queue, report, device_error, lost })
     }
 
     /// The largest storage binding this device accepts, in bytes.
     pub fn max_storage_binding(&self) -> u64 {
         self.report.max_storage_binding
+    }
+
+    /// `Error::DeviceLost` once the device is lost: nothing on it works any more, and the model
+    /// must be loaded again on a new one.
+    pub fn check_lost(&self) -> Result<()> {
+        match self.lost.lock().ok().and_then(|slot| slot.clone()) {
+            Some(reason) => Err(Error::DeviceLost { reason }),
+            None => Ok(()),
+        }
     }
 
     /// An error the device reported asynchronously since the last call, if any.

@@ -11,7 +11,6 @@ pub use profile::{KernelTime, Profiler};
 use std::marker::PhantomData;
 
 use bytemuck::Pod;
-use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 use crate::shaders::Shader;
@@ -42,11 +41,17 @@ impl GpuContext {
         } else {
             data
         };
-        Ok(self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        // Written through the queue, not mapped at creation: a buffer the device has no memory
+        // for cannot be mapped (wgpu panics, a browser throws), while a write to it is only
+        // an error the caller's scope (`allocating`) reports.
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            contents,
+            size: contents.len() as u64,
             usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
-        }))
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&buffer, 0, contents);
+        Ok(buffer)
     }
 
     /// A zero-filled storage buffer of `bytes` bytes.
@@ -70,6 +75,23 @@ impl GpuContext {
             });
         }
         Ok(())
+    }
+
+    /// Run `f`, which allocates GPU memory, and fail with `Error::OutOfMemory` if the device
+    /// could not allocate it (WebGPU reports that through an error scope, after the fact; the
+    /// buffers `f` made are then invalid and are dropped). `describe` names what `f` made and
+    /// its size, for the error.
+    pub async fn allocating<T>(&self, f: impl FnOnce() -> Result<T>, describe: impl FnOnce(&T) -> (String, u64)) -> Result<T> {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let made = f();
+        let popped = scope.pop();
+        let made = made?;
+        if let Some(e) = popped.await {
+            let (what, bytes) = describe(&made);
+            log::error!("wgpu: out of memory allocating {what}: {e}");
+            return Err(Error::OutOfMemory { what, bytes });
+        }
+        Ok(made)
     }
 
     /// Copy `count` elements of `T` starting at element `first` of `buffer` back to the CPU.

@@ -65,6 +65,14 @@ impl Drop for Live {
     }
 }
 
+/// What `Engine::allocate_state` allocates: the activations and the KV caches.
+pub struct State {
+    acts: Activations,
+    caches: Vec<KvCache>,
+    /// The resolved options they were allocated for.
+    options: EngineOptions,
+}
+
 pub struct Engine {
     _live: Live,
     pub ctx: GpuContext,
@@ -105,8 +113,35 @@ impl Engine {
     /// Build the engine for `weights` (uploaded by `model::load`): compile the kernels,
     /// allocate the activations and KV caches, and bind every layer and the head.
     pub async fn new(ctx: GpuContext, config: ModelConfig, weights: Weights, options: EngineOptions) -> Result<Self> {
-        let options = options.resolve(&config)?;
+        let state = Self::allocate_state(&ctx, &config, options).await?;
+        Self::with_state(ctx, config, weights, options, state).await
+    }
+
+    /// The activations and KV caches for `options`: the memory that grows with the context.
+    /// `model::load` allocates them before the weights, so that a context the GPU has no room
+    /// for is refused (`Error::OutOfMemory`) before anything is downloaded.
+    pub async fn allocate_state(ctx: &GpuContext, config: &ModelConfig, options: EngineOptions) -> Result<State> {
+        let options = options.resolve(config)?;
         let (max_context, chunk) = (options.context(), options.prefill_chunk);
+        ctx.allocating(
+            || {
+                Ok(State {
+                    acts: Activations::allocate(ctx, config, chunk)?,
+                    caches: allocate_caches(ctx, config, max_context, chunk, options.kv == KvType::F32)?,
+                    options,
+                })
+            },
+            |st| {
+                (format!("the KV cache and activations for a {max_context}-token context"), st.acts.bytes() + st.caches.iter().map(KvCache::bytes).sum::<u64>())
+            },
+        )
+        .await
+    }
+
+    /// `new` with the activations and caches already allocated (for `options`).
+    pub async fn with_state(ctx: GpuContext, config: ModelConfig, weights: Weights, options: EngineOptions, state: State) -> Result<Self> {
+        let options = options.resolve(&config)?;
+        let max_context = options.context();
         let c = &config;
         let embed = WeightUse { dtype: weights.embed_tokens.dtype, cols: weights.embed_tokens.cols, prefill: false };
         let matrices = weights.layers.iter().flat_map(|l| l.matrices().map(|m| WeightUse { dtype: m.dtype, cols: m.cols, prefill: true }));
@@ -120,8 +155,10 @@ impl Engine {
             }
         }
         let ops = Ops::new(&ctx, &uses, options.kv == KvType::F32, &fused, c.qk_norm).await?;
-        let acts = Activations::allocate(&ctx, c, chunk)?;
-        let caches = allocate_caches(&ctx, c, max_context, chunk, options.kv == KvType::F32)?;
+        let State { acts, caches, options: allocated_for } = state;
+        if allocated_for != options {
+            return Err(Error::invalid("engine", "the activations and caches were allocated for other options"));
+        }
         let (ropes, rope_of) = rope_tables(&ctx, c, max_context)?;
         let step = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("step"),

@@ -40,6 +40,9 @@ pub trait ShardSource {
 /// uploaded as it arrives, then the engine is built.
 pub async fn load(ctx: GpuContext, manifest: &Manifest, source: &impl ShardSource, options: EngineOptions) -> Result<Engine> {
     let options = options.resolve(&manifest.config)?;
+    // The KV cache and activations first: a context the GPU has no room for is refused before
+    // a shard is read.
+    let state = Engine::allocate_state(&ctx, &manifest.config, options).await?;
     let loader = RefCell::new(WeightLoader::new(&ctx, manifest));
     let next = Cell::new(0usize);
     let worker = || async {
@@ -51,13 +54,15 @@ pub async fn load(ctx: GpuContext, manifest: &Manifest, source: &impl ShardSourc
             next.set(i + 1);
             let bytes = source.shard(i).await?;
             source.progress(LoadPhase::Upload(i));
-            loader.borrow_mut().add_shard(i, &bytes)?;
+            let size = bytes.len() as u64;
+            let file = manifest.shards.get(i).map_or("?", |s| s.file.as_str());
+            ctx.allocating(|| loader.borrow_mut().add_shard(i, &bytes), |_| (format!("the weights of {file}"), size)).await?;
         }
     };
     futures_util::future::try_join_all((0..source.concurrency().max(1)).map(|_| worker())).await?;
     let weights = loader.into_inner().finish()?;
     source.progress(LoadPhase::Compile);
-    Engine::new(ctx, manifest.config.clone(), weights, options).await
+    Engine::with_state(ctx, manifest.config.clone(), weights, options, state).await
 }
 
 /// Shards held in memory (a conversion done in memory, in tests and in the browser).

@@ -101,6 +101,9 @@ impl<'a> WeightLoader<'a> {
                 }
             }
         }
+        // Hand the shard's writes to the GPU now, so the copies staged for them do not pile up
+        // until the first step.
+        self.ctx.queue.submit([]);
         Ok(())
     }
 

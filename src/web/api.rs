@@ -121,6 +121,12 @@ struct Shared {
     lock: Rc<AsyncLock>,
     reset_pending: Cell<bool>,
     disposed: Cell<bool>,
+    /// Set once a call found the GPU device lost: the session is dropped, and every later call
+    /// rejects with this error (`DeviceLostError`) until the model is loaded again.
+    lost: RefCell<Option<Error>>,
+    /// The session's device (for `__loseDevice`, which must reach it while a call holds the
+    /// session).
+    device: wgpu::Device,
     stats: Cell<GenerateStats>,
     context_tokens: Cell<u32>,
     max_context: u32,
@@ -147,9 +153,19 @@ where
     let shared = shared.clone();
     future_to_promise(async move {
         let guard = shared.lock.acquire().await;
-        let out = if shared.disposed.get() { Err(Error::Disposed) } else { op(shared.clone()).await };
+        let lost = shared.lost.borrow().clone();
+        let out = match lost {
+            Some(lost) => Err(lost),
+            None if shared.disposed.get() => Err(Error::Disposed),
+            None => op(shared.clone()).await,
+        };
         if let Some(s) = shared.session.borrow().as_ref() {
             shared.context_tokens.set(s.context_tokens());
+        }
+        // A lost device takes the session with it: free what is left of it.
+        if let Err(e @ Error::DeviceLost { .. }) = &out {
+            shared.lost.borrow_mut().get_or_insert_with(|| e.clone());
+            shared.session.borrow_mut().take();
         }
         // Whoever holds the lock when the model is disposed frees it: the call in flight when
         // `dispose` came, or any call that was waiting behind it (each then rejects).
@@ -289,6 +305,8 @@ impl Gemma {
                 lock: Rc::new(AsyncLock::default()),
                 reset_pending: Cell::new(false),
                 disposed: Cell::new(false),
+                lost: RefCell::new(None),
+                device: e.ctx.device.clone(),
                 stats: Cell::new(GenerateStats::default()),
                 context_tokens: Cell::new(0),
                 max_context: e.max_context(),
@@ -405,6 +423,14 @@ impl Gemma {
         if !self.shared.lock.is_busy() {
             self.shared.session.borrow_mut().take();
         }
+    }
+
+    /// For tests: destroy the model's GPU device, as a GPU reset or a crash of the browser's
+    /// GPU process would lose it. The call in flight and every later one reject with
+    /// `DeviceLostError`; loading the model again recovers.
+    #[wasm_bindgen(js_name = "__loseDevice", skip_typescript)]
+    pub fn lose_device(&self) {
+        self.shared.device.destroy();
     }
 
     /// Models stored in this browser's cache.

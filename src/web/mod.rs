@@ -34,6 +34,8 @@ pub(crate) fn js_error(e: Error) -> JsValue {
         Error::Corrupt(_) => "ShardCorruptError",
         Error::Aborted(_) => "AbortError",
         Error::Disposed => "DisposedError",
+        Error::DeviceLost { .. } => "DeviceLostError",
+        Error::OutOfMemory { .. } => "OutOfMemoryError",
     };
     let err = js_sys::Error::new(&e.to_string());
     err.set_name(name);
