@@ -1,5 +1,5 @@
 // sample_common.wgsl: what the sampler's two kernels share (sample_select.wgsl, sample.wgsl):
-// the uniform and the order-preserving key of a logit.
+// the uniform (the order-preserving key of a logit is in order_key.wgsl).
 
 struct Params {
     n: u32,
@@ -12,24 +12,6 @@ struct Params {
     // greedy, or 1 <= top_k <= SAMPLE_LOCAL), so sample.wgsl reads its candidates.
     candidates: u32,
     _pad0: u32,
-}
-
-// Order-preserving map from f32 to u32: a < b  <=>  order_key(a) < order_key(b). Every key of a
-// number is >= 1 (0 is the key of one NaN bit pattern only), so 0 marks an empty slot.
-fn order_key(x: f32) -> u32 {
-    let b = bitcast<u32>(x);
-    if (b & 0x80000000u) != 0u {
-        return ~b;
-    }
-    return b | 0x80000000u;
-}
-
-// The inverse of order_key.
-fn key_value(k: u32) -> f32 {
-    if (k & 0x80000000u) != 0u {
-        return bitcast<f32>(k & 0x7fffffffu);
-    }
-    return bitcast<f32>(~k);
 }
 
 // Chunks of SAMPLE_CHUNK logits, one per sample_select workgroup.

@@ -174,3 +174,43 @@ pub fn sample(logits: &[f32], temperature: f32, top_k: u32, top_p: f32, seed: u3
     }
     SampleTrace { kept, target, chosen }
 }
+
+/// The logit rules before a draw (`logit_penalty.wgsl`), written from their definitions: the
+/// repetition penalty (Hugging Face's) on every token of `context` or `generated`, OpenAI's
+/// frequency and presence penalties on the tokens of `generated` (by how many times each
+/// occurs), then each bias added, a bias of -100 or less banning its token (-3.4e38).
+pub fn penalize(logits: &mut [f32], rules: &crate::ops::logits::LogitRules, context: &[u32], generated: &[u32]) {
+    let mut seen = std::collections::BTreeMap::<u32, u32>::new();
+    for &t in context {
+        seen.entry(t).or_insert(0);
+    }
+    for &t in generated {
+        *seen.entry(t).or_insert(0) += 1;
+    }
+    if rules.penalizes() {
+        for (&t, &count) in &seen {
+            let Some(l) = logits.get_mut(t as usize) else { continue };
+            let r = rules.repetition_penalty;
+            if r != 1.0 {
+                *l = if *l > 0.0 { *l / r } else { *l * r };
+            }
+            *l -= rules.frequency_penalty * count as f32 + if count > 0 { rules.presence_penalty } else { 0.0 };
+        }
+    }
+    for &(t, b) in &rules.logit_bias {
+        if let Some(l) = logits.get_mut(t as usize) {
+            *l = if b <= -100.0 { -3.4e38 } else { *l + b };
+        }
+    }
+}
+
+/// Log-softmax of `logits` (in f64) at `id`, and the `k` largest logits' ids (ties to the
+/// lower id) with theirs.
+pub fn logprobs(logits: &[f32], id: u32, k: usize) -> (f64, Vec<(u32, f64)>) {
+    let m = logits.iter().fold(f64::NEG_INFINITY, |m, &l| m.max(l as f64));
+    let lse = m + logits.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln();
+    let mut order: Vec<u32> = (0..logits.len() as u32).collect();
+    order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
+    let top = order.iter().take(k).map(|&i| (i, logits[i as usize] as f64 - lse)).collect();
+    (logits.get(id as usize).map_or(f64::NEG_INFINITY, |&l| l as f64 - lse), top)
+}

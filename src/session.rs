@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use crate::error::{Error, Result};
 use crate::model::engine::Engine;
+use crate::ops::logits::{LogitRules, Logprobs};
 use crate::ops::sample::Sampling;
 use crate::tokenizer::{Message, TextStream, Tokenizer};
 
@@ -21,12 +22,20 @@ pub struct GenerateParams {
     /// `generate` reads special-token strings in its prompt (`<start_of_turn>`, …) as those
     /// tokens; by default a prompt is text, whatever it contains (`Tokenizer::encode`).
     pub special_tokens: bool,
+    /// Penalties, logit bias and log-probabilities (`ops::logits`); the default asks nothing.
+    pub rules: LogitRules,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
         // Gemma's published generation settings.
-        Self { max_tokens: 256, sampling: Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 0 }, stop: Vec::new(), special_tokens: false }
+        Self {
+            max_tokens: 256,
+            sampling: Sampling { temperature: 0.7, top_k: 64, top_p: 0.95, seed: 0 },
+            stop: Vec::new(),
+            special_tokens: false,
+            rules: LogitRules::default(),
+        }
     }
 }
 
@@ -114,11 +123,14 @@ pub struct Session {
     /// The tokens whose K/V are in the cache, in order (`engine.position()` of them).
     cached: Vec<u32>,
     pub stats: GenerateStats,
+    /// The log-probabilities of each token of the generation in progress or last finished,
+    /// where its rules asked for them (shared, so a streaming callback can read them).
+    pub logprobs: Rc<std::cell::RefCell<Vec<Logprobs>>>,
 }
 
 impl Session {
     pub fn new(engine: Engine, tokenizer: Option<Rc<Tokenizer>>) -> Self {
-        Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default() }
+        Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default(), logprobs: Rc::default() }
     }
 
     /// Forget the conversation.
@@ -216,6 +228,8 @@ impl Session {
         if params.stop.iter().any(String::is_empty) {
             return Err(Error::invalid("stop", "stop strings must not be empty"));
         }
+        params.rules.validate(self.engine.config.vocab_size)?;
+        self.logprobs.borrow_mut().clear();
         // Reuse the cached prefix; at least the last prompt token runs, to get its logits.
         let common = self.cached.iter().zip(ids).take_while(|(a, b)| a == b).count();
         let mut keep = common.min(ids.len() - 1);
@@ -235,6 +249,7 @@ impl Session {
             // (reading it from GPU memory) is already submitted, whenever generation could go on
             // after it. If token n ends generation (end of turn, stop string), that step is
             // discarded unread. The tokens are the same as stepping one at a time.
+            self.engine.set_logit_rules(&params.rules, ids).await?;
             let prompt = &ids[keep..];
             // The prompt's leading whole chunks first, abortable between chunks; then the rest
             // (1 to a chunk's tokens) and the first draw. The chunks are those one step cuts.
@@ -262,7 +277,7 @@ impl Session {
                 if speculate {
                     self.engine.submit_step(None, &params.sampling).await?;
                 }
-                let next = self.engine.read_token().await?;
+                let (next, logprobs) = self.engine.read_step().await?;
                 if t1.is_none() {
                     let now = now_seconds();
                     stats.prefill_seconds = now - t0;
@@ -272,6 +287,9 @@ impl Session {
                     Some(Finish::Eos)
                 } else {
                     stats.decode_tokens += 1;
+                    if let Some(lp) = logprobs {
+                        self.logprobs.borrow_mut().push(lp);
+                    }
                     let piece = match &self.tokenizer {
                         Some(t) => stream.push(t, next)?,
                         None => format!("{next} "),

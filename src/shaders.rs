@@ -14,6 +14,7 @@ const ROPE_COMMON: &str = include_str!("../shaders/rope_common.wgsl");
 const NORM_COMMON: &str = include_str!("../shaders/norm_common.wgsl");
 const ATTENTION_COMMON: &str = include_str!("../shaders/attention_common.wgsl");
 const SAMPLE_COMMON: &str = include_str!("../shaders/sample_common.wgsl");
+const ORDER_KEY: &str = include_str!("../shaders/order_key.wgsl");
 const TEAM_PLAIN: &str = include_str!("../shaders/team_plain.wgsl");
 const TEAM_SUBGROUP: &str = include_str!("../shaders/team_subgroup.wgsl");
 
@@ -60,6 +61,8 @@ shared_consts! {
     /// the logits twice).
     SAMPLE_CHUNK = 4096;
     SAMPLE_LOCAL = 128;
+    /// The most top log-probabilities one draw reports (`logprobs.wgsl`; OpenAI's limit).
+    LOGPROB_K = 20;
     /// Matmul output tile: rows of x and rows of W per workgroup.
     MATMUL_TILE = 64;
     /// Invocations per matmul workgroup (8 x 8, each an 8 x 8 block of the tile).
@@ -137,9 +140,11 @@ shader!(ATTENTION, "attention.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_SPLIT, "attention_split.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_PREFILL, "attention_prefill.wgsl", [COMMON, ATTENTION_COMMON]);
 shader!(ATTENTION_COMBINE, "attention_combine.wgsl", [COMMON]);
-shader!(SAMPLE_ARGMAX, "sample_argmax.wgsl", [SAMPLE_COMMON]);
-shader!(SAMPLE_SELECT, "sample_select.wgsl", [SAMPLE_COMMON]);
-shader!(SAMPLE, "sample.wgsl", [SAMPLE_COMMON]);
+shader!(SAMPLE_ARGMAX, "sample_argmax.wgsl", [ORDER_KEY, SAMPLE_COMMON]);
+shader!(SAMPLE_SELECT, "sample_select.wgsl", [ORDER_KEY, SAMPLE_COMMON]);
+shader!(SAMPLE, "sample.wgsl", [ORDER_KEY, SAMPLE_COMMON]);
+shader!(LOGIT_PENALTY, "logit_penalty.wgsl", []);
+shader!(LOGPROBS, "logprobs.wgsl", [ORDER_KEY]);
 
 /// Every kernel, for validation tests.
 pub const ALL: &[Shader] = &[
@@ -161,4 +166,6 @@ pub const ALL: &[Shader] = &[
     SAMPLE_ARGMAX,
     SAMPLE_SELECT,
     SAMPLE,
+    LOGIT_PENALTY,
+    LOGPROBS,
 ];

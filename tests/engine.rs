@@ -94,7 +94,7 @@ fn pipelined_generation_matches_stepping_one_at_a_time() {
         let want = stepped(&mut session.engine, &prompt, &sampling, 12);
         session.reset();
         // Generation pipelines its steps (the next submitted before a token is read).
-        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![], special_tokens: false };
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![], special_tokens: false, ..Default::default() };
         let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(ids(&text), want, "{sampling:?}");
         assert_eq!(session.stats.finish, Finish::Length);
@@ -105,14 +105,14 @@ fn pipelined_generation_matches_stepping_one_at_a_time() {
         // (The text is "id id ...": the stop string, with its leading space, first matches at
         // the first token after the first one that equals the 5th.)
         let cut = 1 + want[1..].iter().position(|t| format!(" {t} ") == stop).expect("the 5th token");
-        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![stop.clone()], special_tokens: false };
+        let params = GenerateParams { max_tokens: 12, sampling, stop: vec![stop.clone()], special_tokens: false, ..Default::default() };
         session.reset();
         let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(session.stats.finish, Finish::Stop, "{text:?} {stop:?}");
         assert_eq!(session.context_tokens() as usize, prompt.len() + cut, "{text:?}");
         // Continuing from that cache (its prefix reused) gives what a fresh run gives.
         let longer: Vec<u32> = prompt.iter().chain(&want[..cut]).copied().collect();
-        let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false };
+        let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false, ..Default::default() };
         let text = pollster::block_on(session.generate_ids(&longer, &params, &mut |_| {}, &|| false)).expect("generate");
         assert_eq!(session.stats.reused_tokens as usize, longer.len() - 1, "the cached prefix is reused");
         assert_eq!(ids(&text), stepped(&mut session.engine, &longer, &sampling, 6), "{sampling:?} after a stop");
@@ -134,7 +134,7 @@ fn an_abort_stops_a_long_prefill_between_chunks_and_the_cache_keeps_what_ran() {
     let sampling = Sampling { temperature: 0.8, top_k: 40, top_p: 0.95, seed: 9 };
     let want = stepped(&mut session.engine, &prompt, &sampling, 6);
     session.reset();
-    let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false };
+    let params = GenerateParams { max_tokens: 6, sampling, stop: vec![], special_tokens: false, ..Default::default() };
 
     // The caller aborts at its 3rd poll: before the 3rd chunk, so 2 chunks ran (before the
     // chunked prefill, the whole prompt ran before the first poll).
@@ -204,7 +204,7 @@ fn a_lost_device_is_named_and_a_new_engine_works() {
     use gemma_webgpu::Error;
     let dir = support::temp_dir("engine-device-lost");
     convert::synth(tiny_config(), &dir, DType::Int4, 14, 64 << 10, false).expect("synth");
-    let params = GenerateParams { max_tokens: 4, sampling: Sampling::GREEDY, stop: vec![], special_tokens: false };
+    let params = GenerateParams { max_tokens: 4, sampling: Sampling::GREEDY, stop: vec![], special_tokens: false, ..Default::default() };
     let prompt = tokens(12);
     let mut session = Session::new(support::engine(&dir, 64, 8, KvType::F16), None);
     let want = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
@@ -219,5 +219,58 @@ fn a_lost_device_is_named_and_a_new_engine_works() {
     // Loading again (a new device) works, and generates the same.
     let mut again = Session::new(support::engine(&dir, 64, 8, KvType::F16), None);
     assert_eq!(pollster::block_on(again.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate"), want);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn logit_bias_penalties_and_logprobs_through_generation() {
+    use gemma_webgpu::ops::logits::LogitRules;
+    use gemma_webgpu::session::{GenerateParams, Session};
+    let dir = support::temp_dir("engine-logit-rules");
+    convert::synth(tiny_config(), &dir, DType::Int4, 15, 64 << 10, false).expect("synth");
+    let prompt = tokens(10);
+    let mut session = Session::new(support::engine(&dir, 128, 8, KvType::F16), None);
+    let ids = |text: &str| -> Vec<u32> { text.split_whitespace().map(|t| t.parse().expect("an id")).collect() };
+    let mut run = |sampling: Sampling, max_tokens: u32, rules: LogitRules| {
+        session.reset();
+        let params = GenerateParams { max_tokens, sampling, rules, ..Default::default() };
+        let text = pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate");
+        (ids(&text), session.logprobs.borrow().clone())
+    };
+    let (plain, none) = run(Sampling::GREEDY, 24, LogitRules::default());
+    assert!(none.is_empty(), "no log-probabilities unless asked");
+
+    // +100 makes a token first (and every time); -100 never lets one out, even sampled.
+    let (first, _) = run(Sampling::GREEDY, 4, LogitRules { logit_bias: vec![(77, 100.0)], ..Default::default() });
+    assert_eq!(first, vec![77; 4]);
+    let banned = plain[0];
+    let hot = Sampling { temperature: 1.5, top_k: 0, top_p: 1.0, seed: 3 };
+    let (sampled, _) = run(hot, 48, LogitRules { logit_bias: vec![(banned, -100.0)], ..Default::default() });
+    assert!(!sampled.contains(&banned), "{banned} in {sampled:?}");
+    let (unbanned, _) = run(Sampling::GREEDY, 1, LogitRules { logit_bias: vec![(banned, -100.0)], ..Default::default() });
+    assert_ne!(unbanned[0], banned);
+
+    // Log-probabilities: greedy draws are their own top 1, and a probability at most 1.
+    let (same, lps) = run(Sampling::GREEDY, 24, LogitRules { top_logprobs: Some(5), ..Default::default() });
+    assert_eq!(same, plain, "asking for log-probabilities changes no draw");
+    assert_eq!(lps.len(), same.len());
+    for (t, lp) in same.iter().zip(&lps) {
+        assert_eq!((lp.id, lp.top.len()), (*t, 5));
+        assert_eq!(lp.top[0].0, *t);
+        assert!((lp.logprob - lp.top[0].1).abs() < 1e-6 && lp.logprob <= 0.0, "{lp:?}");
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1), "{lp:?}");
+    }
+
+    // Penalties: greedy text repeats itself less with them (the kernel tests check the rule).
+    let repeats = |v: &[u32]| v.len() - v.iter().collect::<std::collections::BTreeSet<_>>().len();
+    let (penalized, _) = run(Sampling::GREEDY, 24, LogitRules { frequency_penalty: 2.0, presence_penalty: 2.0, repetition_penalty: 1.5, ..Default::default() });
+    println!("greedy: {plain:?} ({} repeats)\npenalized: {penalized:?} ({} repeats)", repeats(&plain), repeats(&penalized));
+    assert!(repeats(&plain) > 0, "the unpenalized text should repeat tokens for this test to mean something");
+    assert!(repeats(&penalized) < repeats(&plain));
+    // Bad rules are named errors.
+    session.reset();
+    let bad = GenerateParams { rules: LogitRules { top_logprobs: Some(21), ..Default::default() }, ..Default::default() };
+    let e = pollster::block_on(session.generate_ids(&prompt, &bad, &mut |_| {}, &|| false)).unwrap_err();
+    assert!(e.to_string().contains("top_logprobs"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }

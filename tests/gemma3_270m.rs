@@ -309,7 +309,7 @@ fn real_gemma3_gguf_blocks_agree_with_transformers() {
     let gpu = support::engine(&dir, 4096, 64, KvType::F16);
     let tok = Tokenizer::from_json(&std::fs::read(dir.join("tokenizer.json")).expect("tokenizer.json"), gpu.config.bos_token_id).expect("tokenizer");
     let mut session = Session::new(gpu, Some(std::rc::Rc::new(tok)));
-    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new(), special_tokens: false };
+    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new(), special_tokens: false, ..Default::default() };
     let got = pollster::block_on(session.generate(prompt, &params, &mut |_| {}, &|| false)).expect("generate");
     println!("demo completion of {prompt:?}: {got:?}");
     assert_eq!(got, want, "the greedy completion of {prompt:?} (tests/fixtures/gemma3-270m/demo-completion.json)");
@@ -319,7 +319,7 @@ fn real_gemma3_gguf_blocks_agree_with_transformers() {
         panic!("demo-completion.json: chat: {chat}")
     };
     session.reset();
-    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new(), special_tokens: false };
+    let params = GenerateParams { max_tokens: max_tokens as u32, sampling: Sampling::GREEDY, stop: Vec::new(), special_tokens: false, ..Default::default() };
     let messages = [Message { role: "user".into(), content: message.into() }];
     let got = pollster::block_on(session.chat(&messages, &params, &mut |_| {}, &|| false)).expect("chat");
     println!("greedy chat reply to {message:?}: {got:?}");

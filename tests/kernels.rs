@@ -36,7 +36,7 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(embedding, rmsnorm, rope, matmul, geglu, softcap, kv_cache, attention, sample, errors);
+kernel_tests!(embedding, rmsnorm, rope, matmul, geglu, softcap, kv_cache, attention, sample, logit_rules, errors);
 
 /// The matrix-vector kernels (plain and fused) reduce through subgroups where the adapter has
 /// them (lavapipe and SwiftShader do; the browser never, through wgpu): their cases run on the

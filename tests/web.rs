@@ -32,7 +32,7 @@ macro_rules! kernel_tests {
     };
 }
 
-kernel_tests!(embedding, rmsnorm, rope, matmul, matvec, geglu, fused, softcap, kv_cache, attention, sample, errors);
+kernel_tests!(embedding, rmsnorm, rope, matmul, matvec, geglu, fused, softcap, kv_cache, attention, sample, logit_rules, errors);
 
 #[wasm_bindgen_test]
 async fn adapter_report() {

@@ -16,6 +16,7 @@ use crate::model::layer::{allocate_caches, rope_tables, EvalHead, HeadBindings, 
 pub use crate::model::options::{EngineOptions, KvType};
 use crate::model::weights::Weights;
 use crate::ops::kv_cache::KvCache;
+use crate::ops::logits::{LogitOps, LogitRules, LogitState, Logprobs, LOGPROB_WORDS};
 use crate::ops::rope::RopeTable;
 use crate::ops::sample::Sampling;
 use crate::ops::{Ops, StepParams, WeightUse};
@@ -92,8 +93,12 @@ pub struct Engine {
     /// 4 bytes each, MAP_READ: where sampled tokens are copied for reading back, used in turn
     /// so that one step can be submitted while the previous one's token is read.
     token_staging: [wgpu::Buffer; 2],
-    /// Submitted steps whose tokens have not been read: their staging buffers, oldest first.
-    pending: std::collections::VecDeque<usize>,
+    /// Submitted steps whose tokens have not been read: their staging buffers, oldest first,
+    /// and how many top log-probabilities each copied beside its token (None: none).
+    pending: std::collections::VecDeque<(usize, Option<u32>)>,
+    /// Penalties, bias and log-probabilities (`set_logit_rules`): built on first use, with a
+    /// read-back buffer per staging slot for the log-probabilities.
+    rules: Option<(LogitState, [wgpu::Buffer; 2])>,
     /// The staging buffer the next step copies its token into.
     next_staging: usize,
     /// Whether `ids[0]` holds the token the last step sampled (what `submit(None, ..)` decodes).
@@ -193,6 +198,7 @@ impl Engine {
             eval_head: None,
             token_staging,
             pending: Default::default(),
+            rules: None,
             next_staging: 0,
             sampled_on_gpu: false,
             step,
@@ -361,7 +367,8 @@ impl Engine {
         let bytes = self.config.hidden_size as u64 * 4;
         enc.copy_buffer_to_buffer(&self.acts.h, row as u64 * bytes, &self.acts.h_last, 0, bytes);
         let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
-        self.head.record(&mut rec, &self.config, sample)?;
+        let rules = self.rules.as_mut().map(|(r, _)| r).filter(|r| r.rules.is_active());
+        self.head.record(&mut rec, &self.config, sample, rules)?;
         stats.add(&rec);
         stats.logit_passes += HeadBindings::logit_passes(sample.map(|(s, _)| s));
         Ok(())
@@ -408,12 +415,17 @@ impl Engine {
                 let last_row = piece.map_or(1, |p| p.len() as u32) - 1;
                 self.record_head(&mut enc, last_row, Some((sampling, self.pos)), &mut stats)?;
                 enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging[staging], 0, 4);
+                if let Some((k, (state, read))) = self.logprobs_asked().zip(self.rules.as_ref()) {
+                    let bytes = 4 * (2 + 2 * k as u64);
+                    enc.copy_buffer_to_buffer(&state.out, 0, &read[staging], 0, bytes);
+                    stats.readback_bytes += bytes;
+                }
             }
             self.submit("forward pass", enc).await?;
             stats.submits += 1;
         }
         self.sampled_on_gpu = true;
-        self.pending.push_back(staging);
+        self.pending.push_back((staging, self.logprobs_asked()));
         self.next_staging = (staging + 1) % self.token_staging.len();
         stats.readback_bytes += 4;
         self.last_step = stats;
@@ -462,10 +474,63 @@ impl Engine {
 
     /// The token of the oldest submitted step (waits for it).
     pub async fn read_token(&mut self) -> Result<u32> {
-        let Some(staging) = self.pending.pop_front() else {
+        Ok(self.read_step().await?.0)
+    }
+
+    /// The token of the oldest submitted step, and its log-probabilities where the rules asked
+    /// for them when it was submitted.
+    pub async fn read_step(&mut self) -> Result<(u32, Option<Logprobs>)> {
+        let Some((staging, logprobs)) = self.pending.pop_front() else {
             return Err(Error::invalid("read_token", "no step has been submitted"));
         };
-        self.ctx.read_mapped_u32(&self.token_staging[staging]).await
+        let id = self.ctx.read_mapped_u32(&self.token_staging[staging]).await?;
+        let logprobs = match (logprobs, &self.rules) {
+            (Some(k), Some((_, read))) => {
+                let bytes = self.ctx.map_read(&read[staging], 4 * (2 + 2 * k as u64)).await?;
+                Some(Logprobs::from_words(bytemuck::cast_slice(&bytes), k as usize)?)
+            }
+            _ => None,
+        };
+        Ok((id, logprobs))
+    }
+
+    /// How many top log-probabilities the rules in force ask of each draw.
+    fn logprobs_asked(&self) -> Option<u32> {
+        self.rules.as_ref().and_then(|(r, _)| r.rules.top_logprobs)
+    }
+
+    /// Apply `rules` to the draws from now on (until called again), for a generation whose
+    /// context is `context` (every token in front of the first draw: the repetition penalty
+    /// covers them). Default rules cost nothing; the first active ones compile their kernels.
+    pub async fn set_logit_rules(&mut self, rules: &LogitRules, context: &[u32]) -> Result<()> {
+        rules.validate(self.config.vocab_size)?;
+        if !rules.is_active() {
+            if let Some((state, _)) = &mut self.rules {
+                state.rules = LogitRules::default();
+            }
+            return Ok(());
+        }
+        if self.rules.is_none() {
+            let ops = LogitOps::new(&self.ctx).await?;
+            let state = ops.bind(&self.ctx, &self.acts.logits, &self.acts.ids, self.config.vocab_size, self.max_context().saturating_add(1))?;
+            let read = |label| {
+                self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(label),
+                    size: 4 * LOGPROB_WORDS,
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            };
+            self.rules = Some((state, [read("logprobs read-back 0"), read("logprobs read-back 1")]));
+        }
+        let Some((state, _)) = &mut self.rules else { return Ok(()) };
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logit rules") });
+        state.begin(&mut enc, &self.ctx, rules, context)?;
+        let mut rec = Recorder::begin(&self.ctx, &mut enc, "logit rules");
+        state.record_begin(&mut rec)?;
+        drop(rec);
+        self.ctx.submit_checked("logit rules", enc).await?;
+        Ok(())
     }
 
     /// Drop the newest submitted single-token step unread: its position leaves the cache (the
@@ -473,6 +538,8 @@ impl Engine {
     /// forgotten. Nothing waits for the GPU.
     pub fn discard_pending(&mut self) {
         if self.pending.pop_back().is_some() {
+            // (With penalties on, the step recorded its draw; the next generation starts the
+            // record afresh, and nothing draws after a discard within one.)
             self.pos = self.pos.saturating_sub(1);
             self.sampled_on_gpu = false;
             // The step's staging buffer is free again (it was never mapped).

@@ -15,6 +15,7 @@ use crate::ops::fused::{GeGluMatVec, QkNormRopeBinding, QkvMatVec, QkvShape};
 use crate::ops::geglu::GeGluBinding;
 use crate::ops::kv_cache::{KvCache, KvWriteBinding};
 use crate::ops::linear::{MatMul, MatMulBinding, MatVecBinding};
+use crate::ops::logits::LogitState;
 use crate::ops::rmsnorm::{AddNormBinding, RmsNormBinding};
 use crate::ops::rope::{RopeBinding, RopeTable};
 use crate::ops::sample::{Sampler, SamplerBinding, Sampling};
@@ -240,11 +241,18 @@ impl HeadBindings {
 
     /// Logits of `h_last` (LM head with the final soft-cap), then, with `sample`,
     /// the next token drawn into `ids[0]` (`counter` tells successive draws of one seed apart).
-    pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sample: Option<(&Sampling, u32)>) -> Result<()> {
+    /// With `rules`, the penalties and bias go between the two, and the draw is recorded (and
+    /// its log-probabilities computed) after it.
+    pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sample: Option<(&Sampling, u32)>, rules: Option<&mut LogitState>) -> Result<()> {
         self.lm_head.dispatch(rec)?;
-        match sample {
-            Some((sampling, counter)) => self.sampler.dispatch(rec, c.vocab_size, sampling, counter),
-            None => Ok(()),
+        let Some((sampling, counter)) = sample else { return Ok(()) };
+        match rules {
+            Some(rules) => {
+                rules.record_adjust(rec)?;
+                self.sampler.dispatch(rec, c.vocab_size, sampling, counter)?;
+                rules.record_after(rec)
+            }
+            None => self.sampler.dispatch(rec, c.vocab_size, sampling, counter),
         }
     }
 }

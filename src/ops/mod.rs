@@ -9,6 +9,7 @@ pub mod fused;
 pub mod geglu;
 pub mod kv_cache;
 pub mod linear;
+pub mod logits;
 pub mod rmsnorm;
 pub mod rope;
 pub mod sample;

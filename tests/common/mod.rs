@@ -13,6 +13,7 @@ use gemma_webgpu::ops::fused::{Fused, QkNormRope, QkvShape};
 use gemma_webgpu::ops::geglu::GeGlu;
 use gemma_webgpu::ops::kv_cache::{KvCache, KvWrite};
 use gemma_webgpu::ops::linear::{MatMul, MatMulPath, MatVec, MATVEC_TEAMS};
+use gemma_webgpu::ops::logits::{LogitOps, LogitRules};
 use gemma_webgpu::ops::rmsnorm::RmsNorm;
 use gemma_webgpu::ops::rope::{Rope, RopeTable};
 use gemma_webgpu::ops::sample::{Sampler, Sampling};
@@ -1177,4 +1178,91 @@ pub async fn all(ctx: &GpuContext) -> Result<Vec<Report>, String> {
         sample(ctx).await?,
         errors(ctx).await?,
     ])
+}
+
+/// The logit rules (`logit_penalty.wgsl`: penalties over the context and the recorded draws,
+/// then the bias) and the log-probabilities of a draw (`logprobs.wgsl`), against their CPU
+/// rules (`reference::penalize`, `reference::logprobs`), over one, five and 64 chunks of
+/// logits with ties at the top.
+pub async fn logit_rules(ctx: &GpuContext) -> TestResult {
+    let mut rep = Report::new("logit rules");
+    let mut rng = Rng::new(21);
+    let ops = e(LogitOps::new(ctx).await)?;
+    for &n in &[300usize, 20_000, 262_144] {
+        let mut base = rng.vec(n, 3.0);
+        let top = base.iter().fold(f32::MIN, |m, x| m.max(*x)) + 1.0;
+        for i in [n / 2, 11, n - 3] {
+            base[i] = top;
+        }
+        let logits = buf(ctx, &base)?;
+        let ids = buf_u32(ctx, &[0])?;
+        let mut state = e(ops.bind(ctx, &logits, &ids, n as u32, 64))?;
+        let context: Vec<u32> = (0..40).map(|_| rng.next_u32() % 64 * (n as u32 / 64)).collect();
+        // Drawn tokens: one from the context, one three times, the last id, an id twice.
+        let generated = [context[0], 7, 7, 7, n as u32 - 1, 5, 5];
+        let bias = vec![(3, 5.0), (n as u32 - 2, -100.0), (context[1], -2.5), (7, 1.5)];
+        let rules = [
+            LogitRules { repetition_penalty: 1.3, ..Default::default() },
+            LogitRules { frequency_penalty: 0.5, presence_penalty: 0.8, ..Default::default() },
+            LogitRules { repetition_penalty: 1.2, frequency_penalty: -0.4, presence_penalty: 1.1, logit_bias: bias.clone(), top_logprobs: Some(20) },
+            LogitRules { logit_bias: bias.clone(), top_logprobs: Some(3), ..Default::default() },
+            LogitRules { repetition_penalty: 0.8, top_logprobs: Some(0), ..Default::default() },
+            LogitRules { top_logprobs: Some(20), ..Default::default() },
+        ];
+        for r in &rules {
+            let case = format!("n={n} {r:?}");
+            ctx.queue.write_buffer(&logits, 0, bytemuck::cast_slice(&base));
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            e(state.begin(&mut enc, ctx, r, &context))?;
+            let mut rec = gemma_webgpu::gpu::Recorder::begin(ctx, &mut enc, "begin");
+            e(state.record_begin(&mut rec))?;
+            drop(rec);
+            e(ctx.submit_checked("begin", enc).await)?;
+            // Each draw is recorded as a step records it: its id in ids[0], then `record_after`.
+            for &t in &generated {
+                ctx.queue.write_buffer(&ids, 0, bytemuck::bytes_of(&t));
+                let mut out = Ok(());
+                e(run_pass(ctx, "record", |p| out = state.record_after(p)).await)?;
+                e(out)?;
+            }
+            let mut out = Ok(());
+            e(run_pass(ctx, "adjust", |p| out = state.record_adjust(p)).await)?;
+            e(out)?;
+            let got = e(ctx.read_back::<f32>(&logits, 0, n as u64).await)?;
+            let mut want = base.clone();
+            reference::penalize(&mut want, r, &context, &generated);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let err = ((g - w) / w.abs().max(1.0)).abs() as f64;
+                if err > 1e-6 {
+                    return Err(format!("logit rules [{case}]: logit {i} is {g}, the rule gives {w}"));
+                }
+                rep.add(err);
+            }
+            if want.iter().zip(&base).filter(|(w, b)| w != b).count() == 0 && r.is_active() && (r.penalizes() || !r.logit_bias.is_empty()) {
+                return Err(format!("logit rules [{case}]: the rule changed nothing, so the case tests nothing"));
+            }
+            let Some(k) = r.top_logprobs else { continue };
+            // The log-probabilities of a draw of id 5 (drawn twice before).
+            let drawn = 5u32;
+            ctx.queue.write_buffer(&ids, 0, bytemuck::bytes_of(&drawn));
+            let mut out = Ok(());
+            e(run_pass(ctx, "logprobs", |p| out = state.record_after(p)).await)?;
+            e(out)?;
+            let words = e(ctx.read_back::<u32>(&state.out, 0, 2 + 2 * k as u64).await)?;
+            let lp = e(gemma_webgpu::ops::logits::Logprobs::from_words(&words, k as usize))?;
+            let (want_lp, want_top) = reference::logprobs(&want, drawn, k as usize);
+            let close = |a: f32, b: f64| ((a as f64 - b) / b.abs().max(1.0)).abs();
+            if lp.id != drawn || close(lp.logprob, want_lp) > 1e-5 {
+                return Err(format!("logprobs [{case}]: drawn ({}, {}), the rule gives ({drawn}, {want_lp})", lp.id, lp.logprob));
+            }
+            rep.add(close(lp.logprob, want_lp));
+            for (j, ((gi, gl), (wi, wl))) in lp.top.iter().zip(&want_top).enumerate() {
+                if gi != wi || close(*gl, *wl) > 1e-5 {
+                    return Err(format!("logprobs [{case}]: top {j} is ({gi}, {gl}), the rule gives ({wi}, {wl}); all: {:?}", lp.top));
+                }
+                rep.add(close(*gl, *wl));
+            }
+        }
+    }
+    Ok(rep)
 }
