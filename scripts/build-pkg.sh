@@ -63,7 +63,18 @@ manifest = {
     "license": field("license"),
     "files": files,
     "main": "gemma_webgpu.js",
+    "module": "gemma_webgpu.js",
     "types": "gemma_webgpu.d.ts",
+    # What bundlers and TypeScript resolve (`main`, `module` and `types` are for older tools).
+    # Only these may be imported; the snippets are the module's own relative imports. The .wasm
+    # is exported for apps that hand init() its URL themselves, e.g. with Vite:
+    # `import wasmUrl from 'gemma-webgpu/gemma_webgpu_bg.wasm?url'; await init({ module_or_path: wasmUrl })`.
+    # A new entry point (another .js file) must be listed here, or bundlers refuse to import it.
+    "exports": {
+        ".": {"types": "./gemma_webgpu.d.ts", "default": "./gemma_webgpu.js"},
+        "./gemma_webgpu_bg.wasm": "./gemma_webgpu_bg.wasm",
+        "./package.json": "./package.json",
+    },
     "sideEffects": ["./snippets/*"],
 }
 with open("pkg/package.json", "w", encoding="utf-8") as f:
