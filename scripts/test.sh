@@ -188,11 +188,11 @@ suite "npm package" bash scripts/build-pkg.sh --test-profile
 
 stage "end-to-end: npm package, demo page, real 270M in Chromium"
 suite "e2e install" bash -c 'cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error'
-# The three scripts run at the same time, each with its own server and Chromium (one after the
+# The scripts run at the same time, each with its own server and Chromium (one after the
 # other they kept this 2-core machine about 80% busy). Each prints "test result: ok. N passed;
 # M failed" like the Rust runners, after a line saying which runner it is, so a script that dies
 # early is seen as a runner without a result.
-for t in consumer demo gemma3 gguf; do
+for t in consumer demo gemma3 gguf tabs bundlers types; do
   spawn "e2e $t" bash -c 'echo "     Running tests/e2e/$1.test.mjs"; node "tests/e2e/$1.test.mjs"' _ "$t"
 done
 join

@@ -437,6 +437,7 @@ async fn shards_persist_in_the_browser_cache() {
     let warned = warnings(&events);
     assert!(warned.iter().any(|w| w.contains("404") && w.contains("using the copy in the browser cache")), "{warned:?}");
     assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
+    call(&g, "dispose", &[]).expect("dispose");
 
     // A damaged cached shard is detected and fetched again (only that one).
     let key = get(&entries[0], "key").as_string().expect("key");
@@ -449,6 +450,7 @@ async fn shards_persist_in_the_browser_cache() {
     let g = load(&m, &cached).await.expect("third load");
     assert_eq!(m.server.borrow().count("model-"), 1, "{:?}", m.server.borrow().requests);
     assert_eq!(generate(&g, "Hello", &sampled(5, 8)).await.expect("generate"), first);
+    call(&g, "dispose", &[]).expect("dispose");
 
     // An interrupted download resumes: the shards stored before the failure are not fetched
     // again. (One shard at a time, the last one missing on the server.)
@@ -464,7 +466,8 @@ async fn shards_persist_in_the_browser_cache() {
     assert!(err_message(&e).contains(&last) && err_message(&e).contains("404"), "{}", err_message(&e));
     m.server.borrow_mut().files.insert(last.clone(), saved);
     m.server.borrow_mut().requests.clear();
-    load(&m, &one).await.expect("resumed load");
+    let g = load(&m, &one).await.expect("resumed load");
+    call(&g, "dispose", &[]).expect("dispose");
     let requested: Vec<String> = m.server.borrow().requests.iter().filter(|r| r.starts_with("model-")).cloned().collect();
     assert_eq!(requested, vec![last.clone()], "only the shard that was missing is downloaded");
 
@@ -707,4 +710,107 @@ async fn out_of_gpu_memory_is_named_and_a_kv_cache_that_does_not_fit_is_refused_
     simulate_oom(None);
     let g = load(&m, &[]).await.expect("load");
     generate(&g, "Hello", &sampled(5, 4)).await.expect("generate");
+}
+
+/// `gemma.chat.completions`'s `create` (the OpenAI-shaped chat completions).
+async fn create(g: &JsValue, request: &JsValue) -> Result<JsValue, JsValue> {
+    let completions = get(&get(g, "chat"), "completions");
+    call_async(&completions, "create", std::slice::from_ref(request)).await
+}
+
+/// Every chunk of a streamed completion.
+async fn chunks(iterable: &JsValue) -> Result<Vec<JsValue>, JsValue> {
+    let mut out = Vec::new();
+    loop {
+        let step = call_async(iterable, "next", &[]).await?;
+        if get(&step, "done").as_bool() == Some(true) {
+            return Ok(out);
+        }
+        out.push(get(&step, "value"));
+    }
+}
+
+fn json(v: &JsValue) -> String {
+    js_sys::JSON::stringify(v).map(String::from).unwrap_or_default()
+}
+
+#[wasm_bindgen_test]
+async fn openai_chat_completions_streamed_and_not_with_usage_logprobs_and_bias() {
+    let m = model("https://models.test/openai/", DType::F32);
+    let g = load(&m, &[]).await.expect("load");
+    let messages = js_sys::JSON::parse(r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Why is the sky blue?"}]"#).expect("json");
+    let request = |extra: &str| {
+        js_sys::JSON::parse(&format!(r#"{{"model":"tiny","max_tokens":8,"seed":5{extra}}}"#)).map(|r| {
+            Reflect::set(&r, &"messages".into(), &messages).expect("set");
+            r
+        })
+    };
+    // The same reply as `chat` with OpenAI's defaults (temperature 1, top_p 1, no top-k).
+    let opts = [("temperature", 1.0.into()), ("topK", 0.into()), ("topP", 1.0.into()), ("seed", 5.into()), ("maxTokens", 8.into())];
+    let text = call_async(&g, "chat", &[messages.clone(), obj(&opts)]).await.expect("chat").as_string().expect("text");
+    call(&g, "reset", &[]).expect("reset");
+    let c = create(&g, &request(r#","logprobs":true,"top_logprobs":3"#).expect("req")).await.expect("create");
+    console_log!("completion: {}", json(&c));
+    assert_eq!(get(&c, "object").as_string().as_deref(), Some("chat.completion"));
+    let choice = Array::from(&get(&c, "choices")).get(0);
+    assert_eq!(get(&get(&choice, "message"), "content").as_string().as_deref(), Some(text.as_str()));
+    assert_eq!(get(&get(&choice, "message"), "role").as_string().as_deref(), Some("assistant"));
+    let usage = get(&c, "usage");
+    assert_eq!(num(&usage, "total_tokens"), num(&usage, "prompt_tokens") + num(&usage, "completion_tokens"));
+    assert!(num(&get(&usage, "gemma_webgpu"), "decode_tokens_per_second") > 0.0);
+    let finish = get(&choice, "finish_reason").as_string().expect("finish");
+    assert_eq!(finish, if num(&usage, "completion_tokens") == 8.0 { "length" } else { "stop" });
+    let content = Array::from(&get(&get(&choice, "logprobs"), "content"));
+    assert_eq!(content.length() as f64, num(&usage, "completion_tokens"));
+    let joined: String = content.iter().map(|t| get(&t, "token").as_string().unwrap_or_default()).collect();
+    assert_eq!(joined.trim(), text.trim(), "the tokens spell the text");
+    for t in content.iter() {
+        let top = Array::from(&get(&t, "top_logprobs"));
+        assert_eq!(top.length(), 3);
+        assert!(num(&t, "logprob") <= 0.0 && num(&top.get(0), "logprob") >= num(&top.get(2), "logprob"));
+    }
+
+    // Streamed: role first, the same text in pieces, the finish reason on the last content
+    // chunk, then the usage alone.
+    call(&g, "reset", &[]).expect("reset");
+    let it = create(&g, &request(r#","stream":true,"stream_options":{"include_usage":true}"#).expect("req")).await.expect("stream");
+    let all = chunks(&it).await.expect("chunks");
+    console_log!("{} chunks; first {}; last two {} {}", all.len(), json(&all[0]), json(&all[all.len() - 2]), json(&all[all.len() - 1]));
+    let delta = |c: &JsValue| get(&Array::from(&get(c, "choices")).get(0), "delta");
+    assert_eq!(get(&delta(&all[0]), "role").as_string().as_deref(), Some("assistant"));
+    let streamed: String = all[..all.len() - 1].iter().filter_map(|c| get(&delta(c), "content").as_string()).collect();
+    assert_eq!(streamed, text);
+    let last_content = &all[all.len() - 2];
+    assert_eq!(get(&Array::from(&get(last_content, "choices")).get(0), "finish_reason").as_string().as_deref(), Some(finish.as_str()));
+    for c in &all[..all.len() - 2] {
+        assert!(get(&Array::from(&get(c, "choices")).get(0), "finish_reason").is_null(), "{}", json(c));
+    }
+    let tail = &all[all.len() - 1];
+    assert_eq!(Array::from(&get(tail, "choices")).length(), 0);
+    assert_eq!(num(&get(tail, "usage"), "completion_tokens"), num(&usage, "completion_tokens"));
+
+    // logit_bias +100 on a token makes it the reply; unsupported fields are named errors.
+    let forced = Uint32Array::from(call(&g, "tokenize", &[" blue".into()]).expect("tokenize")).get_index(1);
+    let c = create(&g, &request(&format!(r#","max_tokens":3,"logit_bias":{{"{forced}":100}}"#)).expect("req")).await.expect("biased");
+    let content = get(&get(&Array::from(&get(&c, "choices")).get(0), "message"), "content").as_string().expect("text");
+    let want = call(&g, "detokenize", &[Array::of3(&forced.into(), &forced.into(), &forced.into()).into()]).expect("detokenize").as_string().expect("text");
+    assert_eq!(content.trim(), want.trim(), "{}", json(&c));
+    for (extra, field) in
+        [(r#","n":2"#, "n"), (r#","tools":[]"#, "tools"), (r#","response_format":{"type":"json_schema"}"#, "response_format"), (r#","foo":1"#, "foo")]
+    {
+        let e = create(&g, &request(extra).expect("req")).await.expect_err(field);
+        assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+        assert!(err_message(&e).contains(field), "{}", err_message(&e));
+    }
+    let e = create(&g, &request(r#","frequency_penalty":3"#).expect("req")).await.expect_err("range");
+    assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+
+    // Leaving a stream early aborts the generation; the model stays usable.
+    let it = create(&g, &request(r#","stream":true,"max_tokens":200"#).expect("req")).await.expect("stream");
+    call_async(&it, "next", &[]).await.expect("role chunk");
+    call_async(&it, "next", &[]).await.expect("a content chunk");
+    call_async(&it, "return", &[]).await.expect("return");
+    let c = create(&g, &request("").expect("req")).await.expect("after an early exit");
+    assert_eq!(get(&c, "object").as_string().as_deref(), Some("chat.completion"));
+    assert_eq!(get(&stats(&g), "finishReason").as_string().as_deref().map(|f| f != "abort"), Some(true));
 }

@@ -15,6 +15,7 @@ use super::js_error;
 use super::loader::{self, LoadOptions};
 use super::lock::AsyncLock;
 use crate::error::{Error, Result};
+use crate::ops::logits::LogitRules;
 use crate::ops::sample::Sampling;
 use crate::session::{GenerateParams, GenerateStats, Session};
 use crate::tokenizer::{Message, Tokenizer};
@@ -27,10 +28,12 @@ export interface LoadProgress {
   totalBytes: number;
   /** The file being handled ('' for phases that are not about one file). */
   file: string;
-  /** 'manifest' | 'download' (network) | 'cache' (browser cache) | 'upload' (to the GPU) |
-   *  'compile' (shaders) | 'ready' | 'warning' (see `message`: a retry, a corrupt cached
-   *  copy, caching disabled by the storage quota). */
-  phase: 'manifest' | 'download' | 'cache' | 'upload' | 'compile' | 'ready' | 'warning';
+  /** 'manifest' | 'waiting' (another tab or load is downloading this model: this one waits
+   *  for it, then reads the files from the browser cache; see `message`) | 'download'
+   *  (network) | 'cache' (browser cache) | 'prepared' (a GGUF's conversion is stored) |
+   *  'upload' (to the GPU) | 'compile' (shaders) | 'ready' | 'warning' (see `message`: a
+   *  retry, a corrupt cached copy, caching disabled by the storage quota). */
+  phase: 'manifest' | 'waiting' | 'download' | 'cache' | 'upload' | 'compile' | 'prepared' | 'ready' | 'warning';
   message?: string;
 }
 
@@ -72,9 +75,119 @@ export interface GenerateOptions {
    * as those tokens. Default false: a prompt is text, whatever it contains, so user input can
    * never forge a turn (`chat` always treats messages as text; only its template adds them). */
   specialTokens?: boolean;
+  /** Hugging Face's repetition penalty over the prompt and the generated tokens (1 = off;
+   *  above 1 discourages repeats). */
+  repetitionPenalty?: number;
+  /** OpenAI's penalties over the generated tokens, each from -2 to 2 (0 = off): a token's
+   *  logit is lowered by frequencyPenalty times its count, plus presencePenalty once. */
+  frequencyPenalty?: number;
+  presencePenalty?: number;
+  /** Token id → bias from -100 to 100 added to its logit; -100 bans the token. */
+  logitBias?: Record<number | string, number> | Map<number, number>;
+  /** Record each generated token's log-probability and those of the `topLogprobs` (0 to 20)
+   *  most likely tokens: read them with `gemma.logprobs()`. */
+  topLogprobs?: number;
   /** Called with each new piece of text (whole characters, never part of a stop string). */
   onToken?: (text: string) => void;
   signal?: AbortSignal;
+}
+
+/** One generated token's log-probability (OpenAI's `logprobs.content` entries): under the
+ *  distribution after penalties and bias, before temperature, top-k and top-p. */
+export interface TokenLogprob {
+  token: string;
+  logprob: number;
+  /** The token's UTF-8 bytes (a byte-fallback token: its one byte). */
+  bytes: number[];
+  id: number;
+  top_logprobs: { token: string; logprob: number; bytes: number[]; id: number }[];
+}
+
+/** `chat`: reply to `messages`; `chat.completions.create`: the same, in OpenAI's shapes. */
+export interface ChatMethod {
+  (messages: ChatMessage[], options?: GenerateOptions): Promise<string>;
+  completions: {
+    /** OpenAI's chat completion request (`messages`, `max_tokens`/`max_completion_tokens`,
+     *  `temperature` (default 1), `top_p` (default 1), `top_k` (ours; default 0, off), `seed`,
+     *  `stop`, `logit_bias`, `frequency_penalty`, `presence_penalty`, `repetition_penalty` (ours),
+     *  `logprobs`, `top_logprobs`, `stream`, `stream_options.include_usage`). `n` above 1, tools,
+     *  and `response_format` other than text are refused with InvalidArgumentError. The usage
+     *  has an extra `gemma_webgpu` field with the time to first token and the speeds. */
+    create(request: ChatCompletionRequest & { stream?: false | null }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
+    create(request: ChatCompletionRequest & { stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
+  };
+}
+
+export interface ChatCompletionRequest {
+  /** Roles 'system', 'developer' (as system), 'user' and 'assistant'; content a string or
+   *  text parts (OpenAI's message types are accepted; other parts are refused at run time). */
+  messages: { role: string; content?: unknown }[];
+  model?: string;
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean } | null;
+  max_tokens?: number | null;
+  max_completion_tokens?: number | null;
+  temperature?: number | null;
+  top_p?: number | null;
+  top_k?: number | null;
+  seed?: number | null;
+  stop?: string | string[] | null;
+  logit_bias?: Record<string, number> | null;
+  frequency_penalty?: number | null;
+  presence_penalty?: number | null;
+  repetition_penalty?: number | null;
+  logprobs?: boolean | null;
+  top_logprobs?: number | null;
+  n?: number | null;
+}
+
+export interface ChatCompletionUsage {
+  prompt_tokens: number;
+  completion_tokens: number;
+  total_tokens: number;
+  prompt_tokens_details: { cached_tokens: number };
+  gemma_webgpu: {
+    time_to_first_token_s: number;
+    prefill_tokens: number;
+    prefill_tokens_per_second: number;
+    decode_seconds: number;
+    decode_tokens_per_second: number;
+  };
+}
+
+export interface ChatCompletion {
+  id: string;
+  object: 'chat.completion';
+  created: number;
+  model: string;
+  choices: {
+    index: number;
+    message: { role: 'assistant'; content: string; refusal: null };
+    logprobs: { content: TokenLogprob[]; refusal: null } | null;
+    finish_reason: 'stop' | 'length';
+  }[];
+  usage: ChatCompletionUsage;
+}
+
+export interface ChatCompletionChunk {
+  id: string;
+  object: 'chat.completion.chunk';
+  created: number;
+  model: string;
+  choices: {
+    index: number;
+    delta: { role?: 'assistant'; content?: string };
+    logprobs: { content: TokenLogprob[]; refusal: null } | null;
+    finish_reason: 'stop' | 'length' | null;
+  }[];
+  usage?: ChatCompletionUsage | null;
+}
+
+export interface Gemma {
+  /** Reply to `messages` with Gemma's chat template (resolves to the reply's text). When they
+   *  extend the previous conversation, the cached prefix is reused and only the new tokens
+   *  are prefilled. `chat.completions.create` is the OpenAI-shaped form. */
+  readonly chat: ChatMethod;
 }
 
 export interface ChatMessage {
@@ -114,6 +227,13 @@ export interface CachedModel {
 }
 "#;
 
+#[wasm_bindgen(module = "/src/web/openai.js")]
+extern "C" {
+    /// Give `chat` its `completions.create` (on the class, once).
+    #[wasm_bindgen(js_name = installChat)]
+    fn install_chat(instance: &JsValue);
+}
+
 /// What a loaded model shares between the `Gemma` object and the calls in flight.
 struct Shared {
     session: RefCell<Option<Session>>,
@@ -128,6 +248,8 @@ struct Shared {
     /// session).
     device: wgpu::Device,
     stats: Cell<GenerateStats>,
+    /// The session's log-probabilities (shared with it: readable while a call runs).
+    logprobs: Rc<RefCell<Vec<crate::ops::logits::Logprobs>>>,
     context_tokens: Cell<u32>,
     max_context: u32,
     memory: (u64, u64, u64),
@@ -166,6 +288,7 @@ where
         if let Err(e @ Error::DeviceLost { .. }) = &out {
             shared.lost.borrow_mut().get_or_insert_with(|| e.clone());
             shared.session.borrow_mut().take();
+            loader::release_version_lock(&shared.tokenizer);
         }
         // Whoever holds the lock when the model is disposed frees it: the call in flight when
         // `dispose` came, or any call that was waiting behind it (each then rejects).
@@ -203,7 +326,16 @@ fn call_options(o: &JsValue) -> Result<CallOptions> {
         Some(s) => return Err(Error::invalid("seed", format!("must be a whole number from 0 to {}, got {s}", u32::MAX))),
         None => (js_sys::Math::random() * u32::MAX as f64) as u32,
     };
+    let r = LogitRules::default();
+    let rules = LogitRules {
+        repetition_penalty: js::opt_f64(o, "repetitionPenalty")?.map_or(r.repetition_penalty, |v| v as f32),
+        frequency_penalty: js::opt_f64(o, "frequencyPenalty")?.map_or(r.frequency_penalty, |v| v as f32),
+        presence_penalty: js::opt_f64(o, "presencePenalty")?.map_or(r.presence_penalty, |v| v as f32),
+        logit_bias: logit_bias(&js::get(o, "logitBias"))?,
+        top_logprobs: js::opt_u32(o, "topLogprobs")?,
+    };
     let params = GenerateParams {
+        rules,
         max_tokens: js::opt_u32(o, "maxTokens")?.unwrap_or(d.max_tokens),
         sampling: Sampling {
             temperature,
@@ -218,6 +350,37 @@ fn call_options(o: &JsValue) -> Result<CallOptions> {
         return Err(Error::invalid("maxTokens", "must be at least 1"));
     }
     Ok(CallOptions { params, on_token: js::opt_function(o, "onToken")?, signal: js::opt_signal(o)? })
+}
+
+/// `logitBias`: an object of token id → bias (OpenAI's shape, ids as strings) or a Map.
+fn logit_bias(v: &JsValue) -> Result<Vec<(u32, f32)>> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(Vec::new());
+    }
+    let entries: Array = if let Some(map) = v.dyn_ref::<js_sys::Map>() {
+        Array::from(&map.entries())
+    } else if v.is_object() && !Array::is_array(v) {
+        Object::entries(v.unchecked_ref())
+    } else {
+        return Err(Error::invalid("logitBias", format!("must be an object of token id → bias, got {}", describe(v))));
+    };
+    if entries.length() as usize > crate::ops::logits::MAX_BIAS {
+        return Err(Error::invalid("logitBias", format!("at most {} tokens, got {}", crate::ops::logits::MAX_BIAS, entries.length())));
+    }
+    entries
+        .iter()
+        .map(|pair| {
+            let pair = Array::from(&pair);
+            let (k, b) = (pair.get(0), pair.get(1));
+            let id = k.as_f64().or_else(|| k.as_string().and_then(|s| s.trim().parse::<f64>().ok()));
+            let id = match id {
+                Some(i) if i.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&i) => i as u32,
+                _ => return Err(Error::invalid("logitBias", format!("keys must be token ids, got {}", describe(&k)))),
+            };
+            let bias = b.as_f64().ok_or_else(|| Error::invalid("logitBias", format!("the bias of token {id} must be a number, got {}", describe(&b))))?;
+            Ok((id, bias as f32))
+        })
+        .collect()
 }
 
 /// A prompt passed from JavaScript: a string, or a named error (not wasm-bindgen's TypeError).
@@ -290,7 +453,7 @@ impl Gemma {
     #[wasm_bindgen(unchecked_return_type = "Promise<Gemma>")]
     pub fn load(
         #[wasm_bindgen(js_name = modelUrl)] model_url: String,
-        #[wasm_bindgen(unchecked_param_type = "LoadOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "LoadOptions")] options: Option<JsValue>,
     ) -> Promise {
         let opts = match LoadOptions::from_js(&options.unwrap_or(JsValue::UNDEFINED)) {
             Ok(o) => o,
@@ -308,13 +471,16 @@ impl Gemma {
                 lost: RefCell::new(None),
                 device: e.ctx.device.clone(),
                 stats: Cell::new(GenerateStats::default()),
+                logprobs: session.logprobs.clone(),
                 context_tokens: Cell::new(0),
                 max_context: e.max_context(),
                 memory: (e.gpu_bytes(), e.weight_bytes(), e.kv_cache_bytes()),
                 adapter: e.ctx.report.to_string(),
                 session: RefCell::new(Some(session)),
             };
-            Ok(Gemma { shared: Rc::new(shared) }.into())
+            let gemma: JsValue = Gemma { shared: Rc::new(shared) }.into();
+            install_chat(&gemma);
+            Ok(gemma)
         })
     }
 
@@ -323,7 +489,7 @@ impl Gemma {
     pub fn generate(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string")] prompt: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "GenerateOptions")] options: Option<JsValue>,
     ) -> Promise {
         match prompt_text(&prompt) {
             Ok(p) => run_generation(&self.shared, Prompt::Text(p), &options.unwrap_or(JsValue::UNDEFINED)),
@@ -334,17 +500,18 @@ impl Gemma {
     /// Like `generate`, as an async iterator of text pieces. Leaving the loop early stops the
     /// generation.
     #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<string>")]
-    pub fn stream(&self, prompt: String, #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>) -> JsValue {
+    pub fn stream(&self, prompt: String, #[wasm_bindgen(unchecked_optional_param_type = "GenerateOptions")] options: Option<JsValue>) -> JsValue {
         js::make_stream(Gemma { shared: self.shared.clone() }.into(), &prompt, &options.unwrap_or(JsValue::UNDEFINED))
     }
 
     /// Reply to `messages` with Gemma's chat template. When they extend the previous
-    /// conversation, the cached prefix is reused and only the new tokens are prefilled.
-    #[wasm_bindgen(unchecked_return_type = "Promise<string>")]
+    /// conversation, the cached prefix is reused and only the new tokens are prefilled. (Its
+    /// TypeScript is `ChatMethod`: `src/web/openai.js` gives it `chat.completions.create`.)
+    #[wasm_bindgen(skip_typescript)]
     pub fn chat(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions")] options: Option<JsValue>,
+        #[wasm_bindgen(unchecked_optional_param_type = "GenerateOptions")] options: Option<JsValue>,
     ) -> Promise {
         match self::messages(&messages) {
             Ok(m) => run_generation(&self.shared, Prompt::Chat(m), &options.unwrap_or(JsValue::UNDEFINED)),
@@ -380,6 +547,33 @@ impl Gemma {
             let out = s.logits(&ids).await?;
             Ok(Float32Array::from(out.as_slice()).into())
         })
+    }
+
+    /// Log-probabilities of the tokens of the current or last generation from index `start`
+    /// (default 0), where it asked for them (`topLogprobs`): OpenAI's `logprobs.content`
+    /// entries, with token ids.
+    #[wasm_bindgen(unchecked_return_type = "TokenLogprob[]")]
+    pub fn logprobs(&self, start: Option<u32>) -> JsValue {
+        let tok = &self.shared.tokenizer;
+        let entry = |id: u32, logprob: f32| {
+            let o = Object::new();
+            let (text, bytes) = tok.token_text(id);
+            js::set(&o, "token", text.as_str());
+            js::set(&o, "logprob", logprob as f64);
+            js::set(&o, "bytes", bytes.iter().map(|b| JsValue::from(*b)).collect::<Array>());
+            js::set(&o, "id", id);
+            o
+        };
+        let all = self.shared.logprobs.borrow();
+        all.iter()
+            .skip(start.unwrap_or(0) as usize)
+            .map(|lp| {
+                let o = entry(lp.id, lp.logprob);
+                js::set(&o, "top_logprobs", lp.top.iter().map(|(id, l)| JsValue::from(entry(*id, *l))).collect::<Array>());
+                JsValue::from(o)
+            })
+            .collect::<Array>()
+            .into()
     }
 
     /// Forget the conversation (takes effect before the next call that uses the model).
@@ -420,6 +614,7 @@ impl Gemma {
     /// `DisposedError`.
     pub fn dispose(&self) {
         self.shared.disposed.set(true);
+        loader::release_version_lock(&self.shared.tokenizer);
         if !self.shared.lock.is_busy() {
             self.shared.session.borrow_mut().take();
         }

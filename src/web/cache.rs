@@ -2,11 +2,19 @@
 //! `gemma-webgpu/<first 16 hex digits of the manifest's SHA-256>`, so an upgraded model never
 //! mixes with stale shards; inside it, entries are keyed by each file's absolute URL, plus a
 //! small metadata entry (model URL, bytes, whether every shard is stored) for listing.
+//!
+//! Tabs (and loads in one page) coordinate through Web Locks named after a version's cache:
+//! every load of a version, and every model loaded from it for as long as it lives, holds the
+//! lock `<cache name>` shared, and a cleanup deletes an old version only if it can take that
+//! lock exclusively at once; a load that has files to fetch holds `<cache name>/download`
+//! exclusively, so a second load of the same version waits for the first one's download and
+//! then reads the files from the cache. Without Web Locks (old browsers, some workers) each load
+//! goes its own way, as if alone.
 
-use js_sys::{Array, Object, Uint8Array};
+use js_sys::{Array, Function, Object, Uint8Array};
 use wasm_bindgen::JsCast;
 use wasm_bindgen::JsValue;
-use web_sys::{Cache, CacheStorage, Response};
+use web_sys::{AbortSignal, Cache, CacheStorage, Response};
 
 use super::js::{self, await_promise, describe};
 
@@ -34,9 +42,15 @@ pub(crate) struct ModelCache {
     base: String,
 }
 
+/// The cache of the model version whose manifest (or, for a GGUF, whose identity) has the
+/// SHA-256 `manifest_sha` (hex).
+pub(crate) fn cache_name(manifest_sha: &str) -> String {
+    format!("{PREFIX}{}", manifest_sha.get(..16).unwrap_or(manifest_sha))
+}
+
 impl ModelCache {
     pub(crate) async fn open(manifest_sha: &str, base: &str) -> Result<Self, String> {
-        let name = format!("{PREFIX}{}", &manifest_sha[..16.min(manifest_sha.len())]);
+        let name = cache_name(manifest_sha);
         let opened = await_promise(storage()?.open(&name)).await.map_err(|e| describe(&e))?;
         let cache = opened.dyn_into::<Cache>().map_err(|e| describe(&e))?;
         Ok(Self { cache, name, base: base.to_string() })
@@ -66,6 +80,46 @@ impl ModelCache {
         let json = serde_json::to_string(meta).map_err(|e| e.to_string())?;
         self.put(&format!("{}{META}", self.base), json.as_bytes()).await
     }
+
+    /// The stored metadata entry, if any (and readable).
+    pub(crate) async fn meta(&self) -> Option<Meta> {
+        serde_json::from_slice(&self.get(&format!("{}{META}", self.base)).await?).ok()
+    }
+}
+
+/// A Web Lock this page holds (`navigator.locks`); released when dropped.
+pub(crate) struct HeldLock(Function);
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let _ = self.0.call0(&JsValue::NULL);
+    }
+}
+
+/// What a lock request got.
+pub(crate) enum Lock {
+    Held(HeldLock),
+    /// Asked only if available, and another holder (this page or another) has it.
+    Busy,
+    /// This context has no Web Locks: go without.
+    Unsupported,
+}
+
+/// Request the Web Lock `name`, exclusive or shared. With `if_available` it answers at once
+/// (`Busy` when another holder has it); else it waits, and `signal` aborts the wait (`Err`, the
+/// only error: an abort).
+pub(crate) async fn lock(name: &str, exclusive: bool, if_available: bool, signal: Option<&AbortSignal>) -> Result<Lock, JsValue> {
+    let signal: JsValue = signal.map_or(JsValue::UNDEFINED, |s| s.clone().into());
+    let got = await_promise(js::request_lock(name, exclusive, if_available, &signal)).await?;
+    if got.is_null() {
+        return Ok(Lock::Busy);
+    }
+    Ok(got.dyn_into::<Function>().map_or(Lock::Unsupported, |f| Lock::Held(HeldLock(f))))
+}
+
+/// The lock a version's downloads take exclusively (its users hold the cache's own name).
+pub(crate) fn download_lock_name(cache_name: &str) -> String {
+    format!("{cache_name}/download")
 }
 
 async fn read_meta(cache: &Cache) -> Option<Meta> {

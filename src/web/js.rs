@@ -1,6 +1,6 @@
 //! Small helpers for talking to JavaScript: reading option objects with type checks, awaiting
-//! promises, describing thrown values, and the one inline JS helper (the async iterator behind
-//! `gemma.stream`).
+//! promises, describing thrown values, and the inline JS helpers (the async iterator behind
+//! `gemma.stream`, a pause, and Web Locks).
 
 use js_sys::{Function, Object, Promise, Reflect};
 use wasm_bindgen::prelude::*;
@@ -56,11 +56,44 @@ export function makeStream(model, prompt, options) {
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+// Request the Web Lock `name` (exclusive or shared) and hold it until the function this resolves
+// to is called. With `ifAvailable`, resolves to null at once when another holder has it; else it
+// waits, and `signal` (when given) aborts the wait: the only rejection. Resolves to undefined
+// where there are no Web Locks (an old browser, a worker without them, an opaque origin): the
+// caller goes without.
+export function requestLock(name, exclusive, ifAvailable, signal) {
+  const locks = globalThis.navigator && globalThis.navigator.locks;
+  if (!locks || typeof locks.request !== 'function') return Promise.resolve(undefined);
+  return new Promise((resolve, reject) => {
+    const options = { mode: exclusive ? 'exclusive' : 'shared' };
+    if (ifAvailable) options.ifAvailable = true;
+    else if (signal) options.signal = signal;
+    let release;
+    const held = new Promise((r) => { release = r; });
+    const granted = (lock) => {
+      if (!lock) { resolve(null); return undefined; }
+      resolve(() => release());
+      return held;
+    };
+    const refused = (e) => {
+      if ((e && e.name === 'AbortError') || (signal && signal.aborted)) reject(e);
+      else resolve(undefined);
+    };
+    try {
+      locks.request(name, options, granted).catch(refused);
+    } catch (e) {
+      refused(e);
+    }
+  });
+}
 "#)]
 extern "C" {
     #[wasm_bindgen(js_name = makeStream)]
     pub(crate) fn make_stream(model: JsValue, prompt: &str, options: &JsValue) -> JsValue;
     pub(crate) fn sleep(ms: u32) -> Promise;
+    #[wasm_bindgen(js_name = requestLock)]
+    pub(crate) fn request_lock(name: &str, exclusive: bool, if_available: bool, signal: &JsValue) -> Promise;
 }
 
 /// `obj[key]`, or undefined.

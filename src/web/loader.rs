@@ -3,16 +3,20 @@
 //! checked against its size and SHA-256 and uploaded to the GPU before the next one is
 //! fetched by that worker. A shard that fails its check is fetched once more, then the load
 //! fails naming it; network errors are retried twice with a pause.
+//!
+//! Two loads of one model version (two tabs, or two loads in one page) share one download: the
+//! second waits for the first (phase 'waiting') and reads the files it stored; a version is
+//! not deleted while a load or a loaded model uses it (Web Locks: `cache`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use js_sys::{Function, Object, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{AbortSignal, ReadableStreamDefaultReader, Response};
 
-use super::cache::{self, Meta, ModelCache};
+use super::cache::{self, HeldLock, Lock, Meta, ModelCache};
 use super::js::{self, await_promise, describe, is_abort};
 use crate::convert::gguf::Gguf;
 use crate::convert::stream::{GgufStream, RangeSource};
@@ -120,6 +124,43 @@ struct Loader<'a> {
     memory: RefCell<HashMap<String, Vec<u8>>>,
     /// The GGUF load stopped writing to the cache (`cache` is still read).
     cache_full: Cell<bool>,
+    /// The cached version's use lock (shared): no cleanup deletes it while this load runs, nor
+    /// afterwards while the model it loads lives (`IN_USE`).
+    version_lock: RefCell<Option<HeldLock>>,
+    /// The version's download lock (exclusive), held while this load may fetch its files.
+    download_lock: RefCell<Option<HeldLock>>,
+    /// The cached version was marked complete when this load opened it (and no file of it has
+    /// been found missing since).
+    complete_cached: Cell<bool>,
+}
+
+thread_local! {
+    /// The use locks of the models loaded in this page, each with its model's tokenizer: the
+    /// model's identity here (the `Gemma` object keeps that `Rc` for its lifetime). A lock is
+    /// released by `release_version_lock` (dispose) or once its model is freed; otherwise it is
+    /// held for the page's lifetime.
+    static IN_USE: RefCell<Vec<(Weak<Tokenizer>, HeldLock)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Keep `lock` (a version's use lock) for as long as the model whose tokenizer is `tokenizer`
+/// lives.
+fn keep_in_use(tokenizer: &Rc<Tokenizer>, lock: HeldLock) {
+    IN_USE.with(|held| {
+        let mut held = held.borrow_mut();
+        held.retain(|(t, _)| t.strong_count() > 0);
+        held.push((Rc::downgrade(tokenizer), lock));
+    });
+}
+
+/// Release the use locks of models that have been freed.
+fn release_freed() {
+    IN_USE.with(|held| held.borrow_mut().retain(|(t, _)| t.strong_count() > 0));
+}
+
+/// Release the use lock of the cached version the model with this tokenizer was loaded from
+/// (for `dispose`): a later load's cleanup may then delete that version once it is outdated.
+pub(crate) fn release_version_lock(tokenizer: &Rc<Tokenizer>) {
+    IN_USE.with(|held| held.borrow_mut().retain(|(t, _)| t.strong_count() > 0 && !std::ptr::eq(t.as_ptr(), Rc::as_ptr(tokenizer))));
 }
 
 /// The manifest and the tokenizer may not be larger than this (the 270M's 262k-token
@@ -157,7 +198,11 @@ pub(crate) async fn load(url: &str, opts: &LoadOptions) -> Result<Session> {
         gguf,
         memory: RefCell::new(HashMap::new()),
         cache_full: Cell::new(false),
+        version_lock: RefCell::new(None),
+        download_lock: RefCell::new(None),
+        complete_cached: Cell::new(false),
     };
+    release_freed();
     l.run().await
 }
 
@@ -209,24 +254,7 @@ impl Loader<'_> {
         let manifest = Manifest::from_json(&text)?;
         let total: u64 = manifest.shards.iter().map(|s| s.size).sum();
         self.progress.total.set(self.progress.loaded.get() + total);
-        if self.opts.cache && self.cache().is_none() && self.gguf.is_none() {
-            match ModelCache::open(&format::sha256_hex(text.as_bytes()), &self.base).await {
-                Ok(c) => {
-                    let meta = Meta { url: self.base.clone(), bytes: total, files: manifest.shards.len() as u32, complete: false };
-                    let stored = async {
-                        c.put(&manifest_url, text.as_bytes()).await?;
-                        c.write_meta(&meta).await
-                    };
-                    match stored.await {
-                        Ok(()) => *self.cache.borrow_mut() = Some(c),
-                        Err(e) => self.progress.warn(MANIFEST_FILE, &format!("the browser cache refused the model ({e}); loading without caching")),
-                    }
-                }
-                Err(e) => self.progress.warn(MANIFEST_FILE, &format!("the browser cache is unavailable ({e}); loading without caching")),
-            }
-        }
-
-        // Bad options fail before anything is downloaded.
+        // Bad options fail before anything is downloaded (or waited for).
         self.opts.engine.resolve(&manifest.config)?;
         // The GPU first: no point downloading a model the adapter cannot hold.
         let largest = manifest.tensors.iter().flat_map(|t| t.parts.iter().map(|p| p.length)).max().unwrap_or(0);
@@ -237,30 +265,145 @@ impl Loader<'_> {
             no_subgroups: false,
         })
         .await?;
+        if self.opts.cache && self.cache().is_none() && self.gguf.is_none() {
+            self.open_cache(&text, &manifest_url, &manifest).await?;
+        }
 
         let tokenizer = self.tokenizer(&manifest).await?;
         let engine = load::load(ctx, &manifest, &Shards { loader: self, manifest: &manifest }, self.opts.engine).await?;
         self.check_abort()?;
-        self.finish_cache(total, manifest.shards.len() as u32).await;
+        self.finish_cache(&manifest).await;
+        self.download_lock.borrow_mut().take();
         self.progress.report("ready", "", None);
-        Ok(Session::new(engine, Some(Rc::new(tokenizer))))
+        let tokenizer = Rc::new(tokenizer);
+        if let Some(lock) = self.version_lock.borrow_mut().take() {
+            keep_in_use(&tokenizer, lock);
+        }
+        Ok(Session::new(engine, Some(tokenizer)))
+    }
+
+    /// The cache entry of the model `manifest` describes.
+    fn meta(&self, manifest: &Manifest, complete: bool) -> Meta {
+        let bytes = manifest.shards.iter().fold(0u64, |sum, s| sum.saturating_add(s.size));
+        Meta { url: self.base.clone(), bytes, files: u32::try_from(manifest.shards.len()).unwrap_or(u32::MAX), complete }
+    }
+
+    /// Open the cached copy of the model version `text` (its manifest) names, holding the
+    /// version for this load; unless it is complete, wait for any other load downloading it
+    /// (then read what that one stored) and mark it incomplete until this load finishes. A
+    /// complete copy stays marked complete: a failed or aborted reload leaves it loadable
+    /// offline. Without a cache the load goes on uncached, with a warning.
+    async fn open_cache(&self, text: &str, manifest_url: &str, manifest: &Manifest) -> Result<()> {
+        let sha = format::sha256_hex(text.as_bytes());
+        self.hold_version(&cache::cache_name(&sha)).await?;
+        let c = match ModelCache::open(&sha, &self.base).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.progress.warn(MANIFEST_FILE, &format!("the browser cache is unavailable ({e}); loading without caching"));
+                return Ok(());
+            }
+        };
+        let mut complete = self.is_complete(&c).await;
+        if !complete {
+            self.claim_download(&c.name).await?;
+            // The load this one waited for may have stored every file.
+            complete = self.is_complete(&c).await;
+        }
+        if complete {
+            self.download_lock.borrow_mut().take();
+            self.complete_cached.set(true);
+            *self.cache.borrow_mut() = Some(c);
+            return Ok(());
+        }
+        let stored = async {
+            c.put(manifest_url, text.as_bytes()).await?;
+            c.write_meta(&self.meta(manifest, false)).await
+        };
+        match stored.await {
+            Ok(()) => *self.cache.borrow_mut() = Some(c),
+            Err(e) => self.progress.warn(MANIFEST_FILE, &format!("the browser cache refused the model ({e}); loading without caching")),
+        }
+        Ok(())
+    }
+
+    /// Whether cache `c` holds a complete copy of this model.
+    async fn is_complete(&self, c: &ModelCache) -> bool {
+        c.meta().await.is_some_and(|m| m.complete && m.url == self.base)
+    }
+
+    /// A Web Lock for this load: waiting ones end with the load's signal.
+    async fn lock(&self, name: &str, exclusive: bool, if_available: bool) -> Result<Lock> {
+        cache::lock(name, exclusive, if_available, self.opts.signal.as_ref()).await.map_err(|_| Error::Aborted("loading the model"))
+    }
+
+    /// Hold the cached version `name` (shared) for this load, so that no cleanup deletes it.
+    async fn hold_version(&self, name: &str) -> Result<()> {
+        if let Lock::Held(lock) = self.lock(name, false, false).await? {
+            *self.version_lock.borrow_mut() = Some(lock);
+        }
+        Ok(())
+    }
+
+    /// Take the download lock of the cached version `name`, first waiting (phase 'waiting')
+    /// for another tab or load downloading the same version to finish.
+    async fn claim_download(&self, name: &str) -> Result<()> {
+        let name = cache::download_lock_name(name);
+        let got = match self.lock(&name, true, true).await? {
+            Lock::Busy => {
+                self.progress.report(
+                    "waiting",
+                    "",
+                    Some("another tab or load is downloading this model; waiting for it to finish, then reading its files from the browser cache"),
+                );
+                self.lock(&name, true, false).await?
+            }
+            got => got,
+        };
+        if let Lock::Held(lock) = got {
+            *self.download_lock.borrow_mut() = Some(lock);
+        }
+        Ok(())
+    }
+
+    /// A file of a cached copy marked complete is missing or damaged: mark the copy incomplete
+    /// (this load marks it complete again once it has stored the file anew).
+    async fn note_missing(&self, manifest: &Manifest) {
+        if !self.complete_cached.replace(false) {
+            return;
+        }
+        if let Some(c) = self.cache() {
+            if let Err(e) = c.write_meta(&self.meta(manifest, false)).await {
+                self.progress.warn("", &format!("could not mark the cached model incomplete ({e})"));
+            }
+        }
     }
 
     fn cache(&self) -> Option<ModelCache> {
         self.cache.borrow().clone()
     }
 
-    /// Mark the cached copy complete and drop older versions of the same model.
-    async fn finish_cache(&self, bytes: u64, files: u32) {
+    /// Mark the cached copy complete and drop older versions of the same model, except those
+    /// in use (a load or a loaded model holds them, in this page or another): a later cleanup
+    /// deletes them.
+    async fn finish_cache(&self, manifest: &Manifest) {
         let Some(c) = self.cache() else { return };
-        let meta = Meta { url: self.base.clone(), bytes, files, complete: true };
-        if let Err(e) = c.write_meta(&meta).await {
+        if let Err(e) = c.write_meta(&self.meta(manifest, true)).await {
             self.progress.warn("", &format!("could not mark the cached model complete ({e})"));
         }
+        release_freed();
         if let Ok(all) = cache::list().await {
             for (other, m) in all {
                 if other != c.name && m.is_some_and(|m| m.url == self.base) {
-                    let _ = cache::delete(&other).await;
+                    match cache::lock(&other, true, true, None).await {
+                        Ok(Lock::Held(lock)) => {
+                            let _ = cache::delete(&other).await;
+                            drop(lock);
+                        }
+                        Ok(Lock::Unsupported) => {
+                            let _ = cache::delete(&other).await;
+                        }
+                        Ok(Lock::Busy) | Err(_) => {}
+                    }
                 }
             }
         }
@@ -286,6 +429,7 @@ impl Loader<'_> {
                 }
             }
         }
+        self.note_missing(manifest).await;
         self.progress.report("download", file, None);
         let bytes = self.fetch_bytes(&url, None, file, false).await?;
         let tokenizer = Tokenizer::from_json(&bytes, bos)?;
@@ -330,6 +474,7 @@ impl Loader<'_> {
             self.progress.warn(&entry.file, &format!("the cached copy of {} was corrupt; downloading it again", entry.file));
             self.cache_delete(&url).await;
         }
+        self.note_missing(manifest).await;
         let mut attempt = 0;
         let bytes = loop {
             self.check_abort()?;
@@ -491,18 +636,31 @@ impl ShardSource for Shards<'_, '_> {
     fn progress(&self, phase: LoadPhase) {
         match phase {
             LoadPhase::Upload(i) => self.loader.progress.report("upload", self.manifest.shards.get(i).map_or("", |s| s.file.as_str()), None),
-            LoadPhase::Compile => self.loader.progress.report("compile", "", None),
+            LoadPhase::Compile => {
+                // Every file is stored: a load waiting for this one's download may go on.
+                self.loader.download_lock.borrow_mut().take();
+                self.loader.progress.report("compile", "", None)
+            }
         }
     }
 }
 
-/// The manifest stored with a completely cached copy of the model at `base` (for offline use).
+/// The manifest of the GGUF conversion prepared in `c`, if it is whole.
+async fn prepared(c: &ModelCache, source_url: &str, manifest_url: &str) -> Option<String> {
+    c.get(source_url).await?;
+    c.get(manifest_url).await.and_then(|b| String::from_utf8(b).ok())
+}
+
+/// The manifest stored with a completely cached copy of the model at `base` (for offline use):
+/// the newest such copy (caches are listed oldest first; an older version may still be kept,
+/// in use by another tab) whose manifest reads.
 async fn offline_manifest(base: &str, manifest_url: &str) -> Option<String> {
-    for (name, meta) in cache::list().await.ok()? {
+    for (name, meta) in cache::list().await.ok()?.into_iter().rev() {
         if meta.is_some_and(|m| m.url == base && m.complete) {
-            let c = ModelCache::open(name.trim_start_matches(cache::PREFIX), base).await.ok()?;
-            let bytes = c.get(manifest_url).await?;
-            return String::from_utf8(bytes).ok();
+            let Ok(c) = ModelCache::open(name.trim_start_matches(cache::PREFIX), base).await else { continue };
+            if let Some(text) = c.get(manifest_url).await.and_then(|b| String::from_utf8(b).ok()) {
+                return Some(text);
+            }
         }
     }
     None
@@ -522,13 +680,20 @@ impl Loader<'_> {
         let identity = format!("{src}\n{size}\n{}", format::sha256_hex(&head));
         let source_url = format!("{}{SOURCE_FILE}", self.base);
         if self.opts.cache {
-            match ModelCache::open(&format::sha256_hex(identity.as_bytes()), &self.base).await {
+            let sha = format::sha256_hex(identity.as_bytes());
+            self.hold_version(&cache::cache_name(&sha)).await?;
+            match ModelCache::open(&sha, &self.base).await {
                 Ok(c) => {
-                    if c.get(&source_url).await.is_some() {
-                        if let Some(text) = c.get(manifest_url).await.and_then(|b| String::from_utf8(b).ok()) {
-                            *self.cache.borrow_mut() = Some(c);
-                            return Ok(text);
-                        }
+                    if let Some(text) = prepared(&c, &source_url, manifest_url).await {
+                        *self.cache.borrow_mut() = Some(c);
+                        return Ok(text);
+                    }
+                    self.claim_download(&c.name).await?;
+                    // The load this one waited for may have prepared it.
+                    if let Some(text) = prepared(&c, &source_url, manifest_url).await {
+                        self.download_lock.borrow_mut().take();
+                        *self.cache.borrow_mut() = Some(c);
+                        return Ok(text);
                     }
                     let meta = Meta { url: self.base.clone(), bytes: 0, files: 0, complete: false };
                     match c.write_meta(&meta).await {

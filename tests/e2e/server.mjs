@@ -12,9 +12,11 @@
 //   await server.close();
 //
 // Files are served whole (200) or, for a `Range: bytes=a-b` request, in part (206 with
-// Content-Range), as static servers and CDNs do. Two path prefixes stand in for servers that
-// misbehave: `/__norange/<path>` ignores Range headers (200 with the whole file), and
-// `/__truncate/<n>/<path>` serves only the first n bytes of the file, as if it had been cut short.
+// Content-Range), as static servers and CDNs do. Path prefixes stand in for servers that
+// misbehave: `/__norange/<path>` ignores Range headers (200 with the whole file),
+// `/__truncate/<n>/<path>` serves only the first n bytes of the file, as if it had been cut short,
+// and `/__delay/<ms>/<path>` answers ms milliseconds late, as a slow network would (they combine,
+// in this order: `/__delay/500/__norange/…`).
 //
 // Run directly to serve the demo by hand: `node tests/e2e/server.mjs [port]`.
 
@@ -59,7 +61,12 @@ export async function startServer({ root = REPO_ROOT, port = 0, quiet = true } =
       pathname = null;
     }
     const entry = { method: req.method, path: pathname ?? req.url, status: 0, bytes: 0, range: req.headers.range ?? null };
-    let ranges = true, cut = Infinity;
+    let ranges = true, cut = Infinity, delay = 0;
+    const slow = pathname?.match(/^\/__delay\/(\d+)(\/.*)$/);
+    if (slow) {
+      delay = Number(slow[1]);
+      pathname = slow[2];
+    }
     if (pathname?.startsWith('/__norange/')) {
       ranges = false;
       pathname = pathname.slice('/__norange'.length);
@@ -87,7 +94,7 @@ export async function startServer({ root = REPO_ROOT, port = 0, quiet = true } =
       return finish(400, { 'Content-Type': 'text/plain' }, 'bad path\n');
     }
 
-    fs.stat(file, (err, stat) => {
+    setTimeout(() => fs.stat(file, (err, stat) => {
       if (err) return finish(404, { 'Content-Type': 'text/plain' }, 'not found\n');
       if (stat.isDirectory()) {
         // '/www' -> '/www/' so that relative URLs in the page resolve against the directory.
@@ -102,7 +109,7 @@ export async function startServer({ root = REPO_ROOT, port = 0, quiet = true } =
       }
       if (!stat.isFile()) return finish(404, { 'Content-Type': 'text/plain' }, 'not found\n');
       sendFile(file, stat.size);
-    });
+    }), delay);
 
     function sendFile(file, fullSize) {
       const size = Math.min(fullSize, cut);
