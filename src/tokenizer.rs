@@ -114,6 +114,22 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// One token's text as it reads in generated text (`▁` as a space), and its bytes: a
+    /// byte-fallback token (`<0x0A>`) is its one byte, which alone may not be UTF-8 (its text
+    /// is then U+FFFD). An unknown id is empty.
+    pub fn token_text(&self, id: u32) -> (String, Vec<u8>) {
+        let Some(piece) = self.inner.id_to_token(id) else { return (String::new(), Vec::new()) };
+        let byte = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')).filter(|h| h.len() == 2).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match byte {
+            Some(b) => (String::from_utf8_lossy(&[b]).into_owned(), vec![b]),
+            None => {
+                let text = piece.replace('\u{2581}', " ");
+                let bytes = text.as_bytes().to_vec();
+                (text, bytes)
+            }
+        }
+    }
+
     /// Decode ids to text, dropping special tokens (BOS, turn markers).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.inner.decode(ids, true).map_err(|e| Error::invalid("detokenize", e.to_string()))
