@@ -814,3 +814,26 @@ async fn openai_chat_completions_streamed_and_not_with_usage_logprobs_and_bias()
     assert_eq!(get(&c, "object").as_string().as_deref(), Some("chat.completion"));
     assert_eq!(get(&stats(&g), "finishReason").as_string().as_deref().map(|f| f != "abort"), Some(true));
 }
+
+#[wasm_bindgen_test]
+async fn a_model_the_sites_storage_cannot_hold_loads_without_caching() {
+    clear_cache().await;
+    let m = model("https://models.test/no-room/", DType::Int4);
+    // The browser says 50 kB are left for this site (less than the model's shards).
+    let storage = get(&get(&js_sys::global(), "navigator"), "storage");
+    let estimate = get(&storage, "estimate");
+    let small = Function::new_no_args("return Promise.resolve({ quota: 1000000, usage: 950000 });");
+    Reflect::set(&storage, &"estimate".into(), &small).expect("patch");
+    let (on_progress, events) = recorder();
+    let loaded = load(&m, &[("cache", JsValue::TRUE), ("onProgress", on_progress)]).await;
+    Reflect::delete_property(storage.unchecked_ref::<Object>(), &"estimate".into()).expect("restore");
+    assert!(get(&storage, "estimate") == estimate || get(&storage, "estimate").is_function());
+    let g = loaded.expect("loads anyway");
+    let warned = warnings(&events);
+    console_log!("{warned:?}");
+    assert!(warned.iter().any(|w| w.contains("50 kB free") && w.contains("without caching")), "{warned:?}");
+    generate(&g, "Hello", &sampled(5, 4)).await.expect("generate");
+    let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
+    assert_eq!(Array::from(&list).length(), 0, "nothing was cached: {}", json(&list));
+    call(&g, "dispose", &[]).expect("dispose");
+}

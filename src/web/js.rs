@@ -53,6 +53,19 @@ export function makeStream(model, prompt, options) {
   };
 }
 
+// Bytes this origin may still store (navigator.storage.estimate: quota - usage), or undefined
+// where the browser does not say.
+export async function storageFree() {
+  const storage = globalThis.navigator && globalThis.navigator.storage;
+  if (!storage || typeof storage.estimate !== 'function') return undefined;
+  try {
+    const { quota, usage } = await storage.estimate();
+    return typeof quota === 'number' && typeof usage === 'number' ? Math.max(0, quota - usage) : undefined;
+  } catch (e) {
+    return undefined;
+  }
+}
+
 export function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
@@ -92,6 +105,8 @@ extern "C" {
     #[wasm_bindgen(js_name = makeStream)]
     pub(crate) fn make_stream(model: JsValue, prompt: &str, options: &JsValue) -> JsValue;
     pub(crate) fn sleep(ms: u32) -> Promise;
+    #[wasm_bindgen(js_name = storageFree)]
+    pub(crate) fn storage_free() -> Promise;
     #[wasm_bindgen(js_name = requestLock)]
     pub(crate) fn request_lock(name: &str, exclusive: bool, if_available: bool, signal: &JsValue) -> Promise;
 }

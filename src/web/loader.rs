@@ -178,6 +178,15 @@ const MAX_GGUF_HEADER: u64 = 128 << 20;
 /// Written last when a GGUF has been prepared: its presence says the prepared copy is whole.
 const SOURCE_FILE: &str = "gguf-source.json";
 
+/// `bytes` for a message: "12.3 MB", or "45 kB" below a megabyte.
+fn human_bytes(bytes: f64) -> String {
+    if bytes >= 1e6 {
+        format!("{:.1} MB", bytes / 1e6)
+    } else {
+        format!("{:.0} kB", bytes / 1e3)
+    }
+}
+
 /// Whether `url` names a GGUF file (by its path's extension).
 fn is_gguf(url: &str) -> bool {
     url.split(['?', '#']).next().unwrap_or(url).to_ascii_lowercase().ends_with(".gguf")
@@ -314,6 +323,27 @@ impl Loader<'_> {
             self.complete_cached.set(true);
             *self.cache.borrow_mut() = Some(c);
             return Ok(());
+        }
+        // A first download the site's storage has no room for is not cached (saying so), rather
+        // than failing to store a shard halfway. (A partly stored copy resumes unchecked: its
+        // shards already count in the usage.)
+        if c.meta().await.is_none() {
+            let free = await_promise(js::storage_free()).await.ok().and_then(|v| v.as_f64());
+            let need = self.meta(manifest, false).bytes;
+            if let Some(free) = free.filter(|f| *f < need as f64) {
+                self.download_lock.borrow_mut().take();
+                // Opening it made an empty cache: leave nothing behind.
+                let _ = cache::delete(&c.name).await;
+                self.progress.warn(
+                    MANIFEST_FILE,
+                    &format!(
+                        "the browser's storage has {} free for this site and the model needs {}; loading without caching (free some space, or ask for persistent storage with navigator.storage.persist())",
+                        human_bytes(free),
+                        human_bytes(need as f64)
+                    ),
+                );
+                return Ok(());
+            }
         }
         let stored = async {
             c.put(manifest_url, text.as_bytes()).await?;
