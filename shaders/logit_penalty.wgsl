@@ -13,6 +13,8 @@
 //         l -= frequency * c + presence.
 //   MODE_BIAS (3): one thread per (id, bias) pair: l += bias; a bias of -100 or less bans the
 //     token (l = -3.4e38: it has no mass and never wins an arg-max over a real logit).
+//   MODE_MASK (4): one thread per logit: a token whose bit in `mask` is clear is banned the
+//     same way (a grammar's allowed tokens, computed on the CPU while the step ran).
 // The layouts: counts[t] = IN_CONTEXT bit | generated count; seen[0] = entries, seen[1..] the
 // ids; bias[0] = pairs, then (id, f32 bits) pairs. The CPU twin is `reference::penalize`.
 
@@ -21,7 +23,8 @@
 @group(0) @binding(2) var<storage, read_write> seen: array<u32>;     // [1 + capacity]
 @group(0) @binding(3) var<storage, read> bias: array<u32>;           // [1 + 2 * pairs]
 @group(0) @binding(4) var<storage, read> ids: array<u32>;            // [0] = the sampled id
-@group(0) @binding(5) var<uniform> p: Params;
+@group(0) @binding(5) var<storage, read> mask: array<u32>;           // [ceil(n / 32)] bits
+@group(0) @binding(6) var<uniform> p: Params;
 
 struct Params {
     n: u32,
@@ -40,6 +43,7 @@ const MODE_INIT: u32 = 0u;
 const MODE_RECORD: u32 = 1u;
 const MODE_PENALIZE: u32 = 2u;
 const MODE_BIAS: u32 = 3u;
+const MODE_MASK: u32 = 4u;
 
 const IN_CONTEXT: u32 = 0x80000000u;
 const BANNED: f32 = -3.4e38;
@@ -58,6 +62,12 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
                 }
                 counts[t] = c + 1u;
             }
+        }
+        return;
+    }
+    if MODE == MODE_MASK {
+        if j < p.n && ((mask[j / 32u] >> (j % 32u)) & 1u) == 0u {
+            logits[j] = BANNED;
         }
         return;
     }

@@ -1,7 +1,9 @@
 //! The `gemma` binary end to end on a tiny fixture: convert, logits (.npy, prefill and decode
-//! against Hugging Face's logits), generate (greedy against Hugging Face's continuation),
-//! bench --json; and its errors: one line, non-zero exit, no panic — including a corrupt and a
-//! truncated shard, and a prompt longer than the context.
+//! against Hugging Face's logits), generate (greedy against Hugging Face's continuation, and
+//! --json), bench --json; and its errors: one line, non-zero exit, no panic — including a
+//! corrupt and a truncated shard, and a prompt longer than the context. As a command line:
+//! --help, --version, suggestions for typos, progress without carriage returns in a log, and
+//! --quiet.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod support;
@@ -84,6 +86,29 @@ fn convert_logits_generate_and_bench() {
     let want = &text[..text.find(&stop).expect("the third id is in the text")];
     let stopped = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "0", "--stop", &stop]);
     assert_eq!(stopped.trim_end_matches('\n'), want, "--stop {stop:?} on {text:?}");
+    // --json: one JSON object with the same text, why it ended, the token counts and the
+    // timings, and nothing streamed before it. A repeated option takes its last value, as
+    // before clap. --quiet drops the stats line from stderr.
+    let out = gemma(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "2", "--max-tokens", "6", "--temperature", "0", "--json", "--quiet"]);
+    assert!(out.status.success(), "generate --json: {}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout.lines().count(), 1, "one line of JSON: {stdout}");
+    assert!(!stderr.contains("tok/s"), "--quiet prints no stats line: {stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("generate --json is JSON");
+    assert_eq!(v["text"].as_str(), Some(text.trim_end_matches('\n')), "{stdout}");
+    assert_eq!(v["finish_reason"], "length", "{stdout}");
+    assert_eq!(
+        (v["usage"]["prompt_tokens"].as_u64(), v["usage"]["reused_tokens"].as_u64(), v["usage"]["completion_tokens"].as_u64()),
+        (Some(3), Some(0), Some(6)),
+        "{stdout}"
+    );
+    for key in ["prefill_seconds", "prefill_tokens_per_second", "decode_seconds", "decode_tokens_per_second"] {
+        assert!(v["timings"][key].as_f64().is_some_and(|t| t > 0.0), "timings.{key}: {stdout}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "0", "--stop", &stop, "--json"]))
+            .expect("generate --json is JSON");
+    assert_eq!((v["text"].as_str(), v["finish_reason"].as_str()), (Some(want), Some("stop")), "{v}");
     let sampled = ok(&["generate", &d, "--tokens", "2,17,300", "--max-tokens", "6", "--temperature", "1.0", "--top-k", "20", "--top-p", "0.9", "--seed", "7"]);
     assert_eq!(
         sampled,
@@ -165,7 +190,7 @@ fn errors_are_one_line_and_exit_non_zero() {
     // This test's own output path (tests run in parallel); no failing call may write it.
     let out_path = dir.join("x.npy");
     let out = out_path.display().to_string();
-    fails(&["frobnicate"], "unknown command");
+    fails(&["frobnicate"], "unrecognized subcommand 'frobnicate'");
     fails(&["logits", "/nonexistent", "--tokens", "1", "--out", &out], "manifest.json");
     fails(&["logits", &d, "--tokens", "1,x", "--out", &out], "not a token id");
     fails(&["logits", &d, "--tokens", "1,9999", "--out", &out], "vocabulary size");
@@ -293,4 +318,77 @@ fn bench_memory_is_the_formats_and_the_readme_states_it() {
         assert!(readme.contains(figure.as_str()), "README.md's 2B figures should state the {what}: {figure}");
     }
     assert!(readme.contains("4223-slot ring"), "README.md: the 2B's sliding layers keep 4096 + 128 - 1 slots at 8192");
+}
+
+/// `--help` and `<command> --help` print help on stdout and exit 0; `--version` prints the
+/// crate's version; a mistyped command or flag fails with clap's suggestion of the right one.
+#[test]
+fn help_version_and_suggestions() {
+    let commands = ["convert", "synth", "generate", "logits", "bench"];
+    let help = ok(&["--help"]);
+    for c in commands {
+        assert!(help.lines().any(|l| l.trim_start().starts_with(c)), "gemma --help should list {c}: {help}");
+        let sub = ok(&[c, "--help"]);
+        assert!(sub.contains(&format!("Usage: gemma {c}")), "gemma {c} --help: {sub}");
+        assert_eq!(ok(&["help", c]), sub, "gemma help {c}");
+    }
+    assert!(help.contains("--quiet") && help.contains("--version"), "{help}");
+    // Every flag the scripts and the README pass is in its command's help.
+    let bench = ok(&["bench", "--help"]);
+    for flag in [
+        "--prompt-tokens",
+        "--gen-tokens",
+        "--max-context",
+        "--json",
+        "--profile",
+        "--depth",
+        "--attention",
+        "--sample",
+        "--unfused",
+        "--sequential",
+        "--no-subgroups",
+        "--kv-f32",
+    ] {
+        assert!(bench.contains(flag), "gemma bench --help should have {flag}");
+    }
+    assert_eq!(ok(&["--version"]), format!("gemma {}\n", env!("CARGO_PKG_VERSION")));
+    // Typos: one error line, a suggestion, a non-zero exit, no panic.
+    fails(&["genrate", "x"], "unrecognized subcommand 'genrate'");
+    let err = String::from_utf8_lossy(&gemma(&["genrate", "x"]).stderr).into_owned();
+    assert!(err.contains("similar subcommand exists: 'generate'"), "{err}");
+    fails(&["bench", "some-dir", "--profil"], "unexpected argument '--profil'");
+    let err = String::from_utf8_lossy(&gemma(&["bench", "some-dir", "--profil"]).stderr).into_owned();
+    assert!(err.contains("similar argument exists: '--profile'"), "{err}");
+    fails(&["generate", "some-dir", "--max-tokens", "many", "--tokens", "2"], "--max-tokens");
+    fails(&["generate", "some-dir"], "required arguments were not provided");
+    // No arguments: the help, on stderr, and a failure.
+    let out = gemma(&[]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("Usage: gemma"), "{out:?}");
+}
+
+/// In a log (stderr not a terminal) convert prints a few plain progress lines, never the
+/// carriage-return frames of a terminal's bar; with --quiet (before or after the command) it
+/// prints nothing at all.
+#[test]
+fn convert_progress_in_a_log_and_quiet() {
+    let dir = tmp("progress");
+    let d = dir.display().to_string();
+    let out = gemma(&["convert", &fixture(), &d, "--quant", "f32"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains('\r'), "no carriage returns in a log: {err:?}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert!((2..=6).contains(&lines.len()), "a few lines of progress and the summary: {err}");
+    assert!(lines[lines.len() - 2].starts_with("100% (") && lines[lines.len() - 1].starts_with("wrote "), "{err}");
+    let src = fixture();
+    for quiet in [["convert", "--quiet"], ["-q", "convert"]] {
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut args = quiet.to_vec();
+        args.extend([src.as_str(), d.as_str(), "--quant", "f32"]);
+        let out = gemma(&args);
+        assert!(out.status.success(), "gemma {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "gemma {args:?} prints nothing on stderr");
+        assert!(dir.join("manifest.json").exists(), "gemma {args:?} wrote the model");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -234,10 +234,47 @@ impl From<DType> for Quant {
     }
 }
 
+/// What a conversion reports after each tensor it writes. `false` is `Silent` and `true`
+/// `Stderr`, so callers may pass a plain `bool`.
+pub enum Progress<'a> {
+    Silent,
+    /// On stderr: a bar redrawn in place when stderr is a terminal; otherwise (a log, a pipe)
+    /// one plain line at each quarter of the tensors, never a carriage return.
+    Stderr,
+    /// The caller's own report, given (tensors written, tensors in all, bytes written so far).
+    Report(&'a mut dyn FnMut(usize, usize, u64)),
+}
+
+impl From<bool> for Progress<'_> {
+    fn from(show: bool) -> Self {
+        if show {
+            Progress::Stderr
+        } else {
+            Progress::Silent
+        }
+    }
+}
+
+impl Progress<'_> {
+    fn report(&mut self, done: usize, total: usize, bytes: u64) {
+        match self {
+            Progress::Silent => {}
+            Progress::Stderr => progress(done, total, bytes),
+            Progress::Report(f) => f(done, total, bytes),
+        }
+    }
+}
+
 fn progress(done: usize, total: usize, bytes: u64) {
-    eprint!("\r[{:<30}] {done}/{total} tensors, {:.1} MiB written", "#".repeat(30 * done / total.max(1)), bytes as f64 / (1 << 20) as f64);
-    if done == total {
-        eprintln!();
+    use std::io::IsTerminal;
+    let mib = bytes as f64 / (1 << 20) as f64;
+    if std::io::stderr().is_terminal() {
+        eprint!("\r[{:<30}] {done}/{total} tensors, {mib:.1} MiB written", "#".repeat(30 * done / total.max(1)));
+        if done == total {
+            eprintln!();
+        }
+    } else if done == total || done * 4 / total.max(1) > (done - 1) * 4 / total.max(1) {
+        eprintln!("{}% ({done}/{total} tensors, {mib:.1} MiB written)", 100 * done / total.max(1));
     }
 }
 
@@ -267,7 +304,7 @@ impl TensorSource for safetensors::Checkpoint {
 
 /// Convert a Hugging Face Gemma 2 or Gemma 3 (text) checkpoint directory into our format in
 /// `out`.
-pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn convert_hf<'a>(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: impl Into<Progress<'a>>) -> Result<Manifest> {
     let quant = quant.into();
     let cfg_path = hf_dir.join("config.json");
     let cfg_text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::Format(format!("{}: {e}", cfg_path.display())))?;
@@ -275,7 +312,7 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
     let ck = safetensors::Checkpoint::open_dir(hf_dir)?;
     check_checkpoint(&config, &ck)?;
     let mut w = ShardWriter::new(out, shard_bytes)?;
-    write_tensors(&config, &ck, &mut w, quant, show_progress)?;
+    write_tensors(&config, &ck, &mut w, quant, show_progress.into())?;
     let tokenizer = copy_tokenizer(hf_dir, out)?;
     w.finish(config, tokenizer)
 }
@@ -284,12 +321,12 @@ pub fn convert_hf(hf_dir: &Path, out: &Path, quant: impl Into<Quant>, shard_byte
 /// a `tokenizer.json` built from its vocabulary. With `Quant::KEEP` every matrix keeps its GGUF
 /// type, value for value (`quant::blocks`); a type given in `quant` re-packs the dequantized
 /// values, so an int4 result carries the GGUF's rounding plus ours.
-pub fn convert_gguf(path: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn convert_gguf<'a>(path: &Path, out: &Path, quant: impl Into<Quant>, shard_bytes: u64, show_progress: impl Into<Progress<'a>>) -> Result<Manifest> {
     let quant = quant.into();
     let g = gguf::Gguf::open(path)?;
     let (config, tokenizer) = check_gguf(&g)?;
     let mut w = ShardWriter::new(out, shard_bytes)?;
-    write_tensors(&config, &g, &mut w, quant, show_progress)?;
+    write_tensors(&config, &g, &mut w, quant, show_progress.into())?;
     let tokenizer = write_tokenizer(out, &tokenizer)?;
     w.finish(config, Some(tokenizer))
 }
@@ -315,7 +352,7 @@ pub fn convert_in_memory(config_json: &str, ck: &safetensors::Checkpoint, quant:
     let config = ModelConfig::from_hf_json(config_json)?;
     check_checkpoint(&config, ck)?;
     let mut w = ShardWriter::in_memory(shard_bytes);
-    write_tensors(&config, ck, &mut w, quant, false)?;
+    write_tensors(&config, ck, &mut w, quant, Progress::Silent)?;
     w.finish_in_memory(config)
 }
 
@@ -345,7 +382,7 @@ pub(crate) fn detail(e: &Error) -> String {
 }
 
 /// Read, pack and append every tensor, one at a time.
-fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, show_progress: bool) -> Result<()> {
+fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWriter, quant: Quant, mut progress: Progress) -> Result<()> {
     let expected = tensors::table(config);
     for (done, (name, [rows, cols])) in expected.iter().enumerate() {
         let (rows, cols) = (*rows as usize, *cols as usize);
@@ -358,9 +395,7 @@ fn write_tensors(config: &ModelConfig, ck: &dyn TensorSource, w: &mut ShardWrite
             return Err(Error::Format(format!("{name} is [{}, {}]; the config makes it [{rows}, {cols}]", packed.rows, packed.cols)));
         }
         w.add(name, &packed)?;
-        if show_progress {
-            progress(done + 1, expected.len(), w.bytes_written);
-        }
+        progress.report(done + 1, expected.len(), w.bytes_written);
     }
     Ok(())
 }
@@ -465,8 +500,16 @@ pub fn preset(name: &str) -> Result<ModelConfig> {
 
 /// Write a model of `config`'s shape with seeded random weights (std 0.02 matrices, small norm
 /// offsets), for benchmarks and memory tests without real weights.
-pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64, shard_bytes: u64, show_progress: bool) -> Result<Manifest> {
+pub fn synth<'a>(
+    config: ModelConfig,
+    out: &Path,
+    quant: impl Into<Quant>,
+    seed: u64,
+    shard_bytes: u64,
+    show_progress: impl Into<Progress<'a>>,
+) -> Result<Manifest> {
     let quant = quant.into();
+    let mut progress = show_progress.into();
     config.validate()?;
     let tensors = tensors::table(&config);
     let mut w = ShardWriter::new(out, shard_bytes)?;
@@ -483,9 +526,7 @@ pub fn synth(config: ModelConfig, out: &Path, quant: impl Into<Quant>, seed: u64
             .collect();
         let dtype = fallback(storage_for(name, quant).unwrap_or(DType::F32), *cols as usize);
         w.add(name, &Packed::pack(dtype, *rows as usize, *cols as usize, &values)?)?;
-        if show_progress {
-            progress(done + 1, tensors.len(), w.bytes_written);
-        }
+        progress.report(done + 1, tensors.len(), w.bytes_written);
     }
     w.finish(config, None)
 }

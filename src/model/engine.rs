@@ -18,7 +18,7 @@ use crate::model::weights::Weights;
 use crate::ops::kv_cache::KvCache;
 use crate::ops::logits::{LogitOps, LogitRules, LogitState, Logprobs, LOGPROB_WORDS};
 use crate::ops::rope::RopeTable;
-use crate::ops::sample::Sampling;
+use crate::ops::sample::{Sampler, Sampling};
 use crate::ops::{Ops, StepParams, WeightUse};
 use crate::quant::DType;
 
@@ -99,6 +99,8 @@ pub struct Engine {
     /// Penalties, bias and log-probabilities (`set_logit_rules`): built on first use, with a
     /// read-back buffer per staging slot for the log-probabilities.
     rules: Option<(LogitState, [wgpu::Buffer; 2])>,
+    /// The last submitted pass computed logits that no draw has used yet (`submit_forward`).
+    logits_ready: bool,
     /// The staging buffer the next step copies its token into.
     next_staging: usize,
     /// Whether `ids[0]` holds the token the last step sampled (what `submit(None, ..)` decodes).
@@ -199,6 +201,7 @@ impl Engine {
             token_staging,
             pending: Default::default(),
             rules: None,
+            logits_ready: false,
             next_staging: 0,
             sampled_on_gpu: false,
             step,
@@ -254,6 +257,7 @@ impl Engine {
         // Unread steps are forgotten (their staging buffers were never mapped).
         self.pending.clear();
         self.sampled_on_gpu = false;
+        self.logits_ready = false;
     }
 
     /// Keep only the first `n` cached tokens (to reuse a shared prefix). Check
@@ -367,7 +371,7 @@ impl Engine {
         let bytes = self.config.hidden_size as u64 * 4;
         enc.copy_buffer_to_buffer(&self.acts.h, row as u64 * bytes, &self.acts.h_last, 0, bytes);
         let mut rec = Recorder::begin(&self.ctx, enc, "head").profiled(self.profiler.as_mut());
-        let rules = self.rules.as_mut().map(|(r, _)| r).filter(|r| r.rules.is_active());
+        let rules = self.rules.as_mut().map(|(r, _)| r).filter(|r| r.is_active());
         self.head.record(&mut rec, &self.config, sample, rules)?;
         stats.add(&rec);
         stats.logit_passes += HeadBindings::logit_passes(sample.map(|(s, _)| s));
@@ -401,11 +405,81 @@ impl Engine {
             None => self.check_tokens(&[0])?,
         }
         sampling.validate()?;
+        self.submit_pieces(tokens, Some(sampling)).await
+    }
+
+    /// The forward pass of `tokens` up to the logits, without a draw: `submit_draw` follows,
+    /// once the CPU knows which tokens may be drawn (a grammar's mask, computed while this
+    /// runs). Fails while steps are pending.
+    pub async fn submit_forward(&mut self, tokens: &[u32]) -> Result<()> {
+        if !self.pending.is_empty() {
+            return Err(Error::invalid("step", "a submitted step has not been read: read its token first"));
+        }
+        self.check_tokens(tokens)?;
+        self.submit_pieces(Some(tokens), None).await
+    }
+
+    /// Draw the next token from the logits of the last `submit_forward`, only among the tokens
+    /// whose bits are set in `allowed` (`ceil(vocab / 32)` words; `None`: any), after the logit
+    /// rules; read it with `read_step` as a step's.
+    pub async fn submit_draw(&mut self, sampling: &Sampling, allowed: Option<&[u32]>) -> Result<()> {
+        if !self.logits_ready {
+            return Err(Error::invalid("step", "no logits to draw from: submit_forward first"));
+        }
+        sampling.validate()?;
+        if allowed.is_some() {
+            self.ensure_rules().await?;
+        }
+        if let Some((state, _)) = &mut self.rules {
+            state.set_mask(&self.ctx, allowed)?;
+        }
+        let mut stats = StepStats::default();
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma draw") });
+        let mut rec = Recorder::begin(&self.ctx, &mut enc, "draw").profiled(self.profiler.as_mut());
+        let rules = self.rules.as_mut().map(|(r, _)| r).filter(|r| r.is_active());
+        self.head.record_draw(&mut rec, &self.config, sampling, self.pos, rules)?;
+        stats.add(&rec);
+        drop(rec);
+        stats.logit_passes += Sampler::passes(sampling);
+        let staging = self.record_readback(&mut enc, &mut stats);
+        self.submit("draw", enc).await?;
+        stats.submits += 1;
+        if let Some((state, _)) = &mut self.rules {
+            state.set_mask(&self.ctx, None)?;
+        }
+        self.finish_draw(staging, stats);
+        Ok(())
+    }
+
+    /// Copy the drawn token (and its log-probabilities, when asked) to the next staging slot.
+    fn record_readback(&mut self, enc: &mut wgpu::CommandEncoder, stats: &mut StepStats) -> usize {
+        let staging = self.next_staging;
+        enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging[staging], 0, 4);
+        if let Some((k, (state, read))) = self.logprobs_asked().zip(self.rules.as_ref()) {
+            let bytes = 4 * (2 + 2 * k as u64);
+            enc.copy_buffer_to_buffer(&state.out, 0, &read[staging], 0, bytes);
+            stats.readback_bytes += bytes;
+        }
+        staging
+    }
+
+    fn finish_draw(&mut self, staging: usize, mut stats: StepStats) {
+        self.sampled_on_gpu = true;
+        self.logits_ready = false;
+        self.pending.push_back((staging, self.logprobs_asked()));
+        self.next_staging = (staging + 1) % self.token_staging.len();
+        stats.readback_bytes += 4;
+        self.last_step = stats;
+    }
+
+    /// Prefill chunks of `tokens` (or the one token on the GPU), the head on the last row,
+    /// and with `sampling` the draw.
+    async fn submit_pieces(&mut self, tokens: Option<&[u32]>, sampling: Option<&Sampling>) -> Result<()> {
         let mut stats = StepStats::default();
         // Prompt chunks, or the one token already on the GPU (None).
         let chunk = self.options.prefill_chunk as usize;
         let n_pieces = tokens.map_or(1, |t| t.len().div_ceil(chunk));
-        let staging = self.next_staging;
+        let mut staging = None;
         for i in 0..n_pieces {
             let piece = tokens.map(|t| &t[i * chunk..t.len().min((i + 1) * chunk)]);
             let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gemma step") });
@@ -413,22 +487,21 @@ impl Engine {
             if i + 1 == n_pieces {
                 // The draw's counter is the position of the token being drawn.
                 let last_row = piece.map_or(1, |p| p.len() as u32) - 1;
-                self.record_head(&mut enc, last_row, Some((sampling, self.pos)), &mut stats)?;
-                enc.copy_buffer_to_buffer(&self.acts.ids, 0, &self.token_staging[staging], 0, 4);
-                if let Some((k, (state, read))) = self.logprobs_asked().zip(self.rules.as_ref()) {
-                    let bytes = 4 * (2 + 2 * k as u64);
-                    enc.copy_buffer_to_buffer(&state.out, 0, &read[staging], 0, bytes);
-                    stats.readback_bytes += bytes;
+                self.record_head(&mut enc, last_row, sampling.map(|s| (s, self.pos)), &mut stats)?;
+                if sampling.is_some() {
+                    staging = Some(self.record_readback(&mut enc, &mut stats));
                 }
             }
             self.submit("forward pass", enc).await?;
             stats.submits += 1;
         }
-        self.sampled_on_gpu = true;
-        self.pending.push_back((staging, self.logprobs_asked()));
-        self.next_staging = (staging + 1) % self.token_staging.len();
-        stats.readback_bytes += 4;
-        self.last_step = stats;
+        match staging {
+            Some(staging) => self.finish_draw(staging, stats),
+            None => {
+                self.logits_ready = true;
+                self.last_step = stats;
+            }
+        }
         Ok(())
     }
 
@@ -510,6 +583,19 @@ impl Engine {
             }
             return Ok(());
         }
+        self.ensure_rules().await?;
+        let Some((state, _)) = &mut self.rules else { return Ok(()) };
+        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logit rules") });
+        state.begin(&mut enc, &self.ctx, rules, context)?;
+        let mut rec = Recorder::begin(&self.ctx, &mut enc, "logit rules");
+        state.record_begin(&mut rec)?;
+        drop(rec);
+        self.ctx.submit_checked("logit rules", enc).await?;
+        Ok(())
+    }
+
+    /// Build the logit rules' state on first use (compiling their kernels).
+    async fn ensure_rules(&mut self) -> Result<()> {
         if self.rules.is_none() {
             let ops = LogitOps::new(&self.ctx).await?;
             let state = ops.bind(&self.ctx, &self.acts.logits, &self.acts.ids, self.config.vocab_size, self.max_context().saturating_add(1))?;
@@ -523,13 +609,6 @@ impl Engine {
             };
             self.rules = Some((state, [read("logprobs read-back 0"), read("logprobs read-back 1")]));
         }
-        let Some((state, _)) = &mut self.rules else { return Ok(()) };
-        let mut enc = self.ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("logit rules") });
-        state.begin(&mut enc, &self.ctx, rules, context)?;
-        let mut rec = Recorder::begin(&self.ctx, &mut enc, "logit rules");
-        state.record_begin(&mut rec)?;
-        drop(rec);
-        self.ctx.submit_checked("logit rules", enc).await?;
         Ok(())
     }
 

@@ -245,7 +245,14 @@ impl HeadBindings {
     /// its log-probabilities computed) after it.
     pub fn record(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sample: Option<(&Sampling, u32)>, rules: Option<&mut LogitState>) -> Result<()> {
         self.lm_head.dispatch(rec)?;
-        let Some((sampling, counter)) = sample else { return Ok(()) };
+        match sample {
+            Some((sampling, counter)) => self.record_draw(rec, c, sampling, counter, rules),
+            None => Ok(()),
+        }
+    }
+
+    /// The draw from the logits the LM head wrote (with the rules around it).
+    pub fn record_draw(&self, rec: &mut Recorder<'_>, c: &ModelConfig, sampling: &Sampling, counter: u32, rules: Option<&mut LogitState>) -> Result<()> {
         match rules {
             Some(rules) => {
                 rules.record_adjust(rec)?;

@@ -133,6 +133,7 @@ pub struct LogitOps {
     record: Kernel,
     penalize: Kernel,
     bias: Kernel,
+    mask: Kernel,
     lp_chunks: Kernel,
     lp_merge: Kernel,
 }
@@ -145,6 +146,7 @@ impl LogitOps {
             record: Kernel::new(ctx, &shaders::LOGIT_PENALTY, &mode(1.0)).await?,
             penalize: Kernel::new(ctx, &shaders::LOGIT_PENALTY, &mode(2.0)).await?,
             bias: Kernel::new(ctx, &shaders::LOGIT_PENALTY, &mode(3.0)).await?,
+            mask: Kernel::new(ctx, &shaders::LOGIT_PENALTY, &mode(4.0)).await?,
             lp_chunks: Kernel::new(ctx, &shaders::LOGPROBS, &[("MERGE", 0.0)]).await?,
             lp_merge: Kernel::new(ctx, &shaders::LOGPROBS, &[("MERGE", 1.0)]).await?,
         })
@@ -159,17 +161,21 @@ impl LogitOps {
         let chunks = (n as u64).div_ceil(consts::SAMPLE_CHUNK as u64).max(1);
         let part = ctx.storage_zeroed("logprobs: chunks", 4 * chunks * (2 + 2 * consts::LOGPROB_K as u64))?;
         let out = ctx.storage_zeroed("logprobs", 4 * LOGPROB_WORDS)?;
-        let penalty = [logits, &counts, &seen, &bias, ids];
+        let mask = ctx.storage_zeroed("allowed tokens", 4 * (n as u64).div_ceil(32))?;
+        let penalty = [logits, &counts, &seen, &bias, ids, &mask];
         Ok(LogitState {
             init: self.init.bind(ctx, &penalty),
             record: self.record.bind(ctx, &penalty),
             penalize: self.penalize.bind(ctx, &penalty),
             bias_bound: self.bias.bind(ctx, &penalty),
+            mask_bound: self.mask.bind(ctx, &penalty),
             lp_chunks: self.lp_chunks.bind(ctx, &[logits, &part, ids, &out]),
             lp_merge: self.lp_merge.bind(ctx, &[logits, &part, ids, &out]),
             counts,
             seen,
             bias,
+            mask,
+            masked: false,
             out,
             n,
             capacity,
@@ -186,11 +192,15 @@ pub struct LogitState {
     record: Bound<PenaltyParams>,
     penalize: Bound<PenaltyParams>,
     bias_bound: Bound<PenaltyParams>,
+    mask_bound: Bound<PenaltyParams>,
     lp_chunks: Bound<LogprobParams>,
     lp_merge: Bound<LogprobParams>,
     counts: wgpu::Buffer,
     seen: wgpu::Buffer,
     bias: wgpu::Buffer,
+    /// Allowed tokens of the next draw (`set_mask`), one bit each.
+    mask: wgpu::Buffer,
+    masked: bool,
     /// `logprobs.wgsl`'s output (`LOGPROB_WORDS`).
     pub out: wgpu::Buffer,
     n: u32,
@@ -245,7 +255,30 @@ impl LogitState {
         PenaltyParams { n: self.n, count, repetition: r.repetition_penalty, frequency: r.frequency_penalty, presence: r.presence_penalty, ..Default::default() }
     }
 
-    /// Before the draw: the penalties, then the bias.
+    /// Only the tokens whose bits are set in `words` (`ceil(n / 32)` words, bit `t % 32` of
+    /// word `t / 32`) may be drawn next (`None`: any). Written now; applies to the draws
+    /// recorded until the next call.
+    pub fn set_mask(&mut self, ctx: &GpuContext, words: Option<&[u32]>) -> Result<()> {
+        match words {
+            Some(w) => {
+                let need = (self.n as usize).div_ceil(32);
+                if w.len() != need {
+                    return Err(Error::shape("allowed tokens", format!("{} words for {} tokens; {need} expected", w.len(), self.n)));
+                }
+                ctx.queue.write_buffer(&self.mask, 0, bytemuck::cast_slice(w));
+                self.masked = true;
+            }
+            None => self.masked = false,
+        }
+        Ok(())
+    }
+
+    /// Whether the draws recorded now do anything besides the sampler's.
+    pub fn is_active(&self) -> bool {
+        self.masked || self.rules.is_active()
+    }
+
+    /// Before the draw: the penalties, then the bias, then the mask of allowed tokens.
     pub fn record_adjust(&self, rec: &mut Recorder<'_>) -> Result<()> {
         if self.rules.penalizes() && self.seen_bound > 0 {
             let count = self.seen_bound.min(self.capacity);
@@ -254,6 +287,10 @@ impl LogitState {
         let pairs = self.rules.logit_bias.len() as u32;
         if pairs > 0 {
             self.bias_bound.dispatch(rec, &self.params(pairs), groups(pairs)?, Traffic::words(3 * pairs as u64, pairs as u64));
+        }
+        if self.masked {
+            let n = self.n as u64;
+            self.mask_bound.dispatch(rec, &self.params(0), groups(self.n)?, Traffic::words(n + n.div_ceil(32), n));
         }
         Ok(())
     }

@@ -1263,6 +1263,29 @@ pub async fn logit_rules(ctx: &GpuContext) -> TestResult {
                 rep.add(close(*gl, *wl));
             }
         }
+        // A mask of allowed tokens (a grammar's): every other logit is banned, the rest kept.
+        ctx.queue.write_buffer(&logits, 0, bytemuck::cast_slice(&base));
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        e(state.begin(&mut enc, ctx, &LogitRules::default(), &context))?;
+        e(ctx.submit_checked("begin", enc).await)?;
+        let words: Vec<u32> = (0..n.div_ceil(32)).map(|_| rng.next_u32() & rng.next_u32()).collect();
+        if state.set_mask(ctx, Some(&words[1..])).is_ok() {
+            return Err("logit rules: a mask of the wrong length was accepted".into());
+        }
+        e(state.set_mask(ctx, Some(&words)))?;
+        let mut out = Ok(());
+        e(run_pass(ctx, "mask", |p| out = state.record_adjust(p)).await)?;
+        e(out)?;
+        let got = e(ctx.read_back::<f32>(&logits, 0, n as u64).await)?;
+        for (i, (g, b)) in got.iter().zip(&base).enumerate() {
+            let allowed = (words[i / 32] >> (i % 32)) & 1 == 1;
+            let want = if allowed { *b } else { -3.4e38 };
+            if *g != want {
+                return Err(format!("logit mask n={n}: logit {i} (allowed {allowed}) is {g}, expected {want}"));
+            }
+        }
+        rep.note(format!("mask n={n}: {} of {n} allowed", words.iter().map(|w| w.count_ones()).sum::<u32>()));
+        e(state.set_mask(ctx, None))?;
     }
     Ok(rep)
 }
