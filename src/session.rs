@@ -219,6 +219,33 @@ impl Session {
     /// tokens; an abort returns `Error::Aborted` after the text so far was streamed, and the
     /// session stays usable (the cache keeps what was computed).
     pub async fn generate_ids(&mut self, ids: &[u32], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        self.run(ids, params, None, on_text, aborted).await
+    }
+
+    /// `generate_ids`, drawing only tokens `constraint` allows (a grammar): each step's forward
+    /// pass runs while the CPU computes the mask for its draw, and the tokens the constraint
+    /// forces are appended without a draw, all in the next forward pass. Ends when the model
+    /// ends its turn (allowed only where the constraint is complete), when nothing may follow,
+    /// or for the usual reasons (the budget: `Finish::Length` inside an unfinished structure).
+    pub async fn generate_constrained(
+        &mut self,
+        ids: &[u32],
+        params: &GenerateParams,
+        constraint: &mut dyn TokenConstraint,
+        on_text: &mut dyn FnMut(&str),
+        aborted: &dyn Fn() -> bool,
+    ) -> Result<String> {
+        self.run(ids, params, Some(constraint), on_text, aborted).await
+    }
+
+    async fn run(
+        &mut self,
+        ids: &[u32],
+        params: &GenerateParams,
+        mut constraint: Option<&mut dyn TokenConstraint>,
+        on_text: &mut dyn FnMut(&str),
+        aborted: &dyn Fn() -> bool,
+    ) -> Result<String> {
         self.engine.ctx.check_lost()?;
         if ids.is_empty() {
             return Err(Error::invalid("prompt", "the prompt has no tokens"));
@@ -266,6 +293,9 @@ impl Session {
                 }
             }
             let prompt = &prompt[head..];
+            if let Some(c) = constraint.as_deref_mut() {
+                return self.constrained_steps(prompt, params, c, &mut stats, &mut text, on_text, aborted, t0).await;
+            }
             self.engine.submit_step(Some(prompt), &params.sampling).await?;
             self.cached.extend_from_slice(prompt);
             let mut t1 = None;
@@ -339,6 +369,105 @@ impl Session {
             }
         }
     }
+}
+
+impl Session {
+    /// The decode loop of `generate_constrained`, from the prompt's last piece (whose K/V are
+    /// not yet in the cache) on. One forward pass and one draw per step, not pipelined: the
+    /// mask of a draw depends on the token before it.
+    #[allow(clippy::too_many_arguments)]
+    async fn constrained_steps(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        c: &mut dyn TokenConstraint,
+        stats: &mut GenerateStats,
+        text: &mut TextOut<'_>,
+        on_text: &mut dyn FnMut(&str),
+        aborted: &dyn Fn() -> bool,
+        t0: f64,
+    ) -> Result<Finish> {
+        let end_tokens = self.end_tokens();
+        let mut stream = TextStream::default();
+        let mut forward = prompt.to_vec();
+        let mut t1 = None;
+        // A generated token (drawn or forced): its text, and whether generation ends at it.
+        let mut emit = |s: &mut Self, t: u32, stats: &mut GenerateStats| -> Result<Option<Finish>> {
+            stats.decode_tokens += 1;
+            let piece = match &s.tokenizer {
+                Some(tok) => stream.push(tok, t)?,
+                None => format!("{t} "),
+            };
+            Ok(if text.push(&piece, on_text) {
+                Some(Finish::Stop)
+            } else if stats.decode_tokens >= params.max_tokens {
+                Some(Finish::Length)
+            } else if aborted() {
+                Some(Finish::Abort)
+            } else {
+                None
+            })
+        };
+        let finish = loop {
+            // What the constraint forces next goes into this step's forward pass.
+            let forced = c.forced()?;
+            let mut end = None;
+            for &t in &forced {
+                c.consume(t)?;
+                forward.push(t);
+                end = emit(self, t, stats)?;
+                if end.is_some() {
+                    break;
+                }
+            }
+            if let Some(end) = end {
+                break end;
+            }
+            if c.is_finished() {
+                break Finish::Eos;
+            }
+            if self.engine.position() as u64 + forward.len() as u64 >= self.engine.max_context() as u64 {
+                break Finish::Context;
+            }
+            self.engine.submit_forward(&forward).await?;
+            self.cached.extend_from_slice(&forward);
+            let mask = c.mask()?;
+            self.engine.submit_draw(&params.sampling, Some(mask)).await?;
+            let (t, logprobs) = self.engine.read_step().await?;
+            if t1.is_none() {
+                let now = now_seconds();
+                stats.prefill_seconds = now - t0;
+                t1 = Some(now);
+            }
+            if end_tokens.contains(&t) {
+                break Finish::Eos;
+            }
+            c.consume(t)?;
+            if let Some(lp) = logprobs {
+                self.logprobs.borrow_mut().push(lp);
+            }
+            if let Some(end) = emit(self, t, stats)? {
+                break end;
+            }
+            forward = vec![t];
+        };
+        stats.decode_seconds = t1.map_or(0.0, |t1| now_seconds() - t1);
+        Ok(finish)
+    }
+}
+
+/// Which tokens a generation may draw next, step by step (a grammar: `constraint::Constraint`).
+pub trait TokenConstraint {
+    /// The tokens allowed next, a bit each (bit `t % 32` of word `t / 32`) over the model's
+    /// vocabulary; end tokens are allowed only where the constrained text may end.
+    fn mask(&mut self) -> Result<&[u32]>;
+    /// Take the token drawn (or forced).
+    fn consume(&mut self, token: u32) -> Result<()>;
+    /// Tokens that must come next, whatever the model says (appended without a draw; not yet
+    /// consumed).
+    fn forced(&mut self) -> Result<Vec<u32>>;
+    /// Nothing more may follow.
+    fn is_finished(&self) -> bool;
 }
 
 /// Generated text, emitted as soon as it cannot be the start of a stop string.

@@ -274,3 +274,77 @@ fn logit_bias_penalties_and_logprobs_through_generation() {
     assert!(e.to_string().contains("top_logprobs"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A constraint for the tests: only multiples of 3, token 9 forced after every third drawn
+/// token, finished after `limit` tokens (or anything, with `any`).
+struct Thirds {
+    words: Vec<u32>,
+    taken: Vec<u32>,
+    any: bool,
+    limit: usize,
+}
+
+impl Thirds {
+    fn new(vocab: u32, any: bool, limit: usize) -> Self {
+        let words = (0..vocab.div_ceil(32)).map(|w| (0..32).filter(|b| any || (w * 32 + b) % 3 == 0).fold(0u32, |m, b| m | 1 << b)).collect();
+        Self { words, taken: Vec::new(), any, limit }
+    }
+}
+
+impl gemma_webgpu::session::TokenConstraint for Thirds {
+    fn mask(&mut self) -> gemma_webgpu::Result<&[u32]> {
+        Ok(&self.words)
+    }
+    fn consume(&mut self, token: u32) -> gemma_webgpu::Result<()> {
+        if !self.any && token % 3 != 0 {
+            return Err(gemma_webgpu::Error::Format(format!("token {token} is not allowed")));
+        }
+        self.taken.push(token);
+        Ok(())
+    }
+    fn forced(&mut self) -> gemma_webgpu::Result<Vec<u32>> {
+        Ok(if !self.any && self.taken.len() % 4 == 3 { vec![9] } else { vec![] })
+    }
+    fn is_finished(&self) -> bool {
+        self.taken.len() >= self.limit
+    }
+}
+
+#[test]
+fn constrained_generation_draws_only_allowed_tokens_and_appends_forced_ones() {
+    use gemma_webgpu::session::{Finish, GenerateParams, Session};
+    let dir = support::temp_dir("engine-constrained");
+    convert::synth(tiny_config(), &dir, DType::Int4, 16, 64 << 10, false).expect("synth");
+    let prompt = tokens(11);
+    let mut session = Session::new(support::engine(&dir, 128, 8, KvType::F16), None);
+    let ids = |text: &str| -> Vec<u32> { text.split_whitespace().map(|t| t.parse().expect("an id")).collect() };
+    let hot = Sampling { temperature: 1.2, top_k: 0, top_p: 1.0, seed: 8 };
+    let params = GenerateParams { max_tokens: 40, sampling: hot, ..Default::default() };
+    // A mask that allows everything draws what the unconstrained (pipelined) path draws: the
+    // forward pass and the draw, submitted apart, are the same step.
+    let free = ids(&pollster::block_on(session.generate_ids(&prompt, &params, &mut |_| {}, &|| false)).expect("generate"));
+    session.reset();
+    let mut any = Thirds::new(512, true, free.len());
+    let same = ids(&pollster::block_on(session.generate_constrained(&prompt, &params, &mut any, &mut |_| {}, &|| false)).expect("constrained"));
+    assert_eq!(same, free[..same.len()], "an all-allowing mask changes nothing");
+
+    for seed in 0..4 {
+        session.reset();
+        let params = GenerateParams { max_tokens: 40, sampling: Sampling { seed, ..hot }, ..Default::default() };
+        let mut c = Thirds::new(512, false, 10);
+        let got = ids(&pollster::block_on(session.generate_constrained(&prompt, &params, &mut c, &mut |_| {}, &|| false)).expect("constrained"));
+        assert_eq!(got, c.taken, "the text is the tokens taken");
+        assert_eq!(got.len(), 10, "{got:?}");
+        assert_eq!(session.stats.finish, Finish::Eos, "finished by the constraint");
+        assert!(got.iter().all(|t| t % 3 == 0), "{got:?}");
+        assert_eq!((got[3], got[7]), (9, 9), "forced after every third drawn token: {got:?}");
+        assert_eq!(session.context_tokens() as usize, prompt.len() + 9, "the last token is never decoded");
+    }
+    // The budget ends a constrained generation inside its structure.
+    session.reset();
+    let short = GenerateParams { max_tokens: 5, sampling: hot, ..Default::default() };
+    let mut c = Thirds::new(512, false, 10);
+    let got = ids(&pollster::block_on(session.generate_constrained(&prompt, &short, &mut c, &mut |_| {}, &|| false)).expect("constrained"));
+    assert_eq!((got.len(), session.stats.finish), (5, Finish::Length));
+    let _ = std::fs::remove_dir_all(&dir);
+}
