@@ -47,12 +47,15 @@ esac
 rm -rf pkg
 wasm-bindgen --target web --out-dir pkg "$built"
 cp README.md pkg/
+# The worker engine (js/): the worker's script and the page's client, with its types.
+cp js/worker.js js/worker.d.ts js/client.js js/client.d.ts pkg/
 python3 - <<'PY'
 import json, os, re
 text = open("Cargo.toml", encoding="utf-8").read()
 package = text.split("[package]", 1)[1].split("\n[", 1)[0]
 field = lambda k: re.search(rf'^{k}\s*=\s*"([^"]*)"', package, re.M).group(1)
 files = sorted(f for f in os.listdir("pkg") if f.startswith("gemma_webgpu"))
+files += ["client.d.ts", "client.js", "worker.d.ts", "worker.js"]
 if os.path.isdir("pkg/snippets"):
     files.append("snippets")
 manifest = {
@@ -74,8 +77,12 @@ manifest = {
         ".": {"types": "./gemma_webgpu.d.ts", "default": "./gemma_webgpu.js"},
         "./gemma_webgpu_bg.wasm": "./gemma_webgpu_bg.wasm",
         "./package.json": "./package.json",
+        # The engine in a module Web Worker: `createWorkerGemma` (the page's side) and the
+        # worker's script, which the client starts from `new URL('./worker.js', import.meta.url)`.
+        "./client": {"types": "./client.d.ts", "default": "./client.js"},
+        "./worker": {"types": "./worker.d.ts", "default": "./worker.js"},
     },
-    "sideEffects": ["./snippets/*"],
+    "sideEffects": ["./snippets/*", "./worker.js"],
 }
 with open("pkg/package.json", "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2)

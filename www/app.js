@@ -1,5 +1,6 @@
-// The demo page: UI only. The engine runs in worker.js (see the message protocol there), so
-// the page stays responsive while the model downloads, compiles and generates.
+// The demo page: UI only. The engine runs in the package's worker (pkg/worker.js, driven by
+// createWorkerGemma from pkg/client.js), so the page stays responsive while the model
+// downloads, compiles and generates.
 //
 // document.body.dataset.state is always one of
 //   'idle'       nothing loaded
@@ -7,13 +8,17 @@
 //   'ready'      a model is loaded and idle (also after a failed or stopped generation)
 //   'generating' a reply is being generated
 //   'error'      the last load failed
-// Tests wait on it.
+// Tests wait on it (and on #model-size's data-state: 'checking' | 'done').
+
+import { marked } from './vendor/marked.esm.js';
+import DOMPurify from './vendor/purify.es.mjs';
 
 const $ = (id) => document.getElementById(id);
 const el = {
   modelPick: $('model-pick'),
   modelFacts: $('model-facts'),
   modelUrl: $('model-url'),
+  modelSize: $('model-size'),
   load: $('load'),
   progress: $('progress'),
   phase: $('phase'),
@@ -24,8 +29,11 @@ const el = {
   topK: $('top-k'),
   topP: $('top-p'),
   maxTokens: $('max-tokens'),
-  mode: $('mode'),
   seed: $('seed'),
+  resetSettings: $('reset-settings'),
+  mode: $('mode'),
+  modeHint: $('mode-hint'),
+  chatTitle: $('chat-title'),
   cached: $('cached'),
   selftest: $('selftest'),
   runSelftest: $('run-selftest'),
@@ -45,25 +53,12 @@ let state = 'idle';
 let history = [];
 /** The URL of the loaded model, to mark it in the cached-models list. */
 let loadedUrl = null;
-
-// ---------------------------------------------------------------------------------------------
-// Worker client: request(type, payload, { onProgress, onToken }) -> Promise of the reply value.
-
-const worker = new Worker(new URL('./worker.js', import.meta.url), { type: 'module' });
-const pending = new Map(); // id -> { resolve, reject, onProgress?, onToken? }
-let nextId = 1;
-let workerStarted = false;
-/** Set when the worker could not start: every request fails with it at once. */
-let workerFailure = null;
-
-function request(type, payload = {}, handlers = {}) {
-  const id = nextId++;
-  return new Promise((resolve, reject) => {
-    if (workerFailure) return reject(workerFailure);
-    pending.set(id, { resolve, reject, ...handlers });
-    worker.postMessage({ type, id, ...payload });
-  });
-}
+/** The loaded model (a WorkerGemma: the engine's methods, answered by the worker), or null. */
+let gemma = null;
+/** Aborts the generation in progress (Stop). */
+let generation = null;
+/** The model list (models.json). */
+let models = [];
 
 /** An Error with the engine's error name, as the page shows it. */
 function namedError(name, message) {
@@ -72,55 +67,82 @@ function namedError(name, message) {
   return e;
 }
 
-worker.onmessage = ({ data }) => {
-  const call = pending.get(data.id);
-  switch (data.type) {
-    case 'hello':
-      workerStarted = true;
-      if (!data.webgpu) {
-        showError(namedError('NoWebGPUError', 'This browser does not offer WebGPU (navigator.gpu is missing).'));
-      }
-      break;
-    case 'progress':
-      call?.onProgress?.(data.progress);
-      break;
-    case 'token':
-      call?.onToken?.(data.text);
-      break;
-    case 'done':
-      pending.delete(data.id);
-      call?.resolve(data.value);
-      break;
-    case 'error':
-      pending.delete(data.id);
-      call?.reject(namedError(data.error.name, data.error.message));
-      break;
-    default:
-      console.warn('page: unknown message from worker', data);
-  }
-};
+// ---------------------------------------------------------------------------------------------
+// Settings, kept in localStorage across visits: the model URL, the sampling values, and the mode
+// chosen by hand for a model (otherwise the mode follows the model).
 
-worker.onerror = (event) => {
-  console.error('page: worker error', event.message || event);
-  if (workerStarted) {
-    // An uncaught error inside a running worker: surface it, the worker keeps going.
-    showError(namedError('Error', event.message || 'The engine worker reported an error.'));
+const SETTINGS_KEY = 'gemma-webgpu-demo/settings';
+const DEFAULTS = { modelUrl: 'models/default/', temperature: '0.7', topK: '64', topP: '0.95', maxTokens: '128', seed: '', modes: {} };
+const FIELDS = { temperature: el.temperature, topK: el.topK, topP: el.topP, maxTokens: el.maxTokens, seed: el.seed };
+
+function readSettings() {
+  try {
+    const saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}');
+    return { ...DEFAULTS, ...saved, modes: { ...(saved.modes ?? {}) } };
+  } catch {
+    return { ...DEFAULTS, modes: {} };
+  }
+}
+let settings = readSettings();
+
+function saveSettings() {
+  try {
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+  } catch {
+    /* storage full or disabled: settings last for this visit */
+  }
+}
+
+function applySettings() {
+  for (const [key, input] of Object.entries(FIELDS)) input.value = settings[key];
+  el.modelUrl.value = settings.modelUrl;
+}
+
+for (const [key, input] of Object.entries(FIELDS)) {
+  for (const event of ['input', 'change']) {
+    input.addEventListener(event, () => {
+      settings[key] = input.value;
+      saveSettings();
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine: the package's worker client. Imported dynamically, so that a missing package is
+// an error shown on the page rather than a blank one.
+
+let engine = null;
+let engineFailure = null;
+const engineStarted = (async () => {
+  try {
+    const { createWorkerGemma } = await import('../pkg/client.js');
+    engine = createWorkerGemma({ onError: (e) => showError(e) });
+  } catch (e) {
+    engineFailure = namedError(
+      'WorkerError',
+      `The engine could not start (${e?.message ?? e}). Is the package built, up to date and served next to the ` +
+        'page (../pkg/client.js)? scripts/demo.sh builds it and serves the demo; the browser console may tell more.',
+    );
+    showError(engineFailure);
     return;
   }
-  // The module worker failed to start (usually: the wasm package is not built or not served).
-  event.preventDefault();
-  const e = namedError(
-    'WorkerError',
-    `The engine worker failed to start${event.message ? ` (${event.message})` : ''}. ` +
-      'Is the package built, up to date and served next to the page (../pkg/gemma_webgpu.js)? ' +
-      'scripts/demo.sh builds it and serves the demo; the browser console may tell more.',
+  engine.ready.then(
+    ({ webgpu }) => {
+      if (!webgpu) showError(namedError('NoWebGPUError', 'This browser does not offer WebGPU to workers (navigator.gpu is missing).'));
+    },
+    (e) => {
+      engineFailure = e;
+      showError(e);
+      if (state === 'loading' || state === 'generating') setState('error');
+    },
   );
-  workerFailure = e;
-  for (const call of pending.values()) call.reject(e);
-  pending.clear();
-  showError(e);
-  if (state === 'loading' || state === 'generating') setState('error');
-};
+})();
+
+async function getEngine() {
+  await engineStarted;
+  if (!engine) throw engineFailure;
+  return engine;
+}
 
 // ---------------------------------------------------------------------------------------------
 // State and small helpers.
@@ -135,9 +157,12 @@ function setState(next) {
   el.send.disabled = next !== 'ready';
   el.stop.disabled = next !== 'generating';
   el.newChat.disabled = next !== 'ready';
+  const inline = el.messages.querySelector('.load-inline');
+  if (inline) inline.disabled = busy;
 }
 
 const mb = (bytes) => (Number(bytes || 0) / 1e6).toFixed(1);
+const size = (bytes) => (bytes >= 1e9 ? `${(bytes / 1e9).toFixed(2)} GB` : `${(bytes / 1e6).toFixed(1)} MB`);
 const rate = (x) => (Number.isFinite(x) && x > 0 ? x.toFixed(x < 10 ? 2 : 1) : '–');
 
 const HINTS = {
@@ -195,6 +220,189 @@ function showNotice(text) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Markdown: a reply is parsed by marked and sanitized by DOMPurify (www/vendor/). HTML the
+// model writes is shown as text; what is left of the HTML marked makes is checked again: no
+// images (they would fetch from elsewhere), forms, styles or scripts; links open in a new tab.
+
+marked.use({
+  gfm: true,
+  breaks: true,
+  renderer: {
+    html({ text }) {
+      return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+    },
+  },
+});
+DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+  if (node.tagName === 'A') {
+    node.setAttribute('target', '_blank');
+    node.setAttribute('rel', 'noopener noreferrer nofollow');
+  }
+});
+const PURIFY = {
+  FORBID_TAGS: ['img', 'picture', 'source', 'video', 'audio', 'iframe', 'object', 'embed', 'svg', 'math', 'style', 'link',
+    'meta', 'form', 'input', 'button', 'textarea', 'select'],
+  FORBID_ATTR: ['style', 'id'],
+  ALLOW_DATA_ATTR: false,
+};
+
+/** Sanitized HTML for a reply in Markdown. */
+function renderMarkdown(text) {
+  return DOMPurify.sanitize(marked.parse(String(text), { async: false }), PURIFY);
+}
+
+/** Show `text` in `bubble`: Markdown in Chat mode, the text as it is in Complete mode. */
+function renderReply(bubble, text) {
+  if (bubble.dataset.format === 'markdown') bubble.innerHTML = renderMarkdown(text);
+  else bubble.textContent = text;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The model: what it is (pretrained or instruction-tuned, so which mode suits it) and how much
+// it downloads, before it is loaded.
+
+/** A directory URL ends with '/'; a .gguf file's does not. */
+function modelHref(raw) {
+  const url = new URL(raw || 'models/default/', location.href);
+  if (!/\.gguf$/i.test(url.pathname) && !url.pathname.endsWith('/')) url.pathname += '/';
+  return url.href;
+}
+const stripSlash = (u) => String(u).replace(/\/+$/, '');
+const listedFor = (href) => models.find((m) => stripSlash(modelHref(m.url)) === stripSlash(href));
+
+/**
+ * Whether the model at `href` is instruction-tuned (so Chat suits it) or pretrained (Complete):
+ * from the model list, else a chat template in its manifest's metadata, else its name (`-it`,
+ * `instruct`, `chat` in the file or directory name, or in the manifest's name).
+ */
+function modelKind(href, manifest = null) {
+  const listed = listedFor(href);
+  if (typeof listed?.instruction_tuned === 'boolean') {
+    return { instructionTuned: listed.instruction_tuned, why: 'the model list says so' };
+  }
+  const meta = manifest?.metadata ?? {};
+  if (manifest?.chat_template || manifest?.tokenizer_config?.chat_template || meta['tokenizer.chat_template']) {
+    return { instructionTuned: true, why: 'it has a chat template' };
+  }
+  const name = [manifest?.name, meta['general.name'], meta['general.finetune'], new URL(href).pathname.split('/').filter(Boolean).slice(-2).join('/')]
+    .filter(Boolean)
+    .join(' ');
+  const tuned = /(^|[^a-z0-9])(it|instruct|instruction|chat)([^a-z0-9]|$)/i.test(name);
+  return { instructionTuned: tuned, why: tuned ? 'its name says instruction-tuned' : 'its name is a base model’s' };
+}
+
+let kind = { instructionTuned: false, why: '' };
+
+/** The mode for the model at `href`: chosen by hand before, else what suits the model. */
+function applyMode(href) {
+  kind = modelKind(href, lastManifest?.href === href ? lastManifest.manifest : null);
+  const chosen = settings.modes[stripSlash(href)];
+  el.mode.value = chosen ?? (kind.instructionTuned ? 'chat' : 'complete');
+  updateMode();
+}
+
+function updateMode() {
+  const complete = el.mode.value === 'complete';
+  el.chatTitle.textContent = complete ? 'Complete text' : 'Chat';
+  el.prompt.placeholder = complete ? 'Start a text for Gemma to continue…' : 'Message Gemma…';
+  let hint = '';
+  if (!complete && !kind.instructionTuned) {
+    hint = 'This model is pretrained, not instruction-tuned: it continues text rather than answering. Complete mode suits it.';
+  } else if (complete && kind.instructionTuned) {
+    hint = 'Complete mode continues your text without the chat template; this instruction-tuned model answers best in Chat.';
+  }
+  el.modeHint.textContent = hint;
+  el.modeHint.hidden = !hint;
+  updateEmptyNote();
+}
+
+el.mode.addEventListener('change', () => {
+  // Chosen by hand: kept for this model, across visits.
+  try {
+    settings.modes[stripSlash(modelHref(el.modelUrl.value.trim()))] = el.mode.value;
+    saveSettings();
+  } catch {
+    /* not a URL */
+  }
+  updateMode();
+});
+
+/** The manifest last read for the size, { href, manifest }. */
+let lastManifest = null;
+let describeSeq = 0;
+
+/**
+ * Shows the model's download size (a converted model: the sum of its manifest's shards; a
+ * GGUF: a HEAD request's Content-Length, else the model list's figure, else unknown) and
+ * whether this browser has it cached; sets the mode that suits it.
+ */
+async function describeTarget() {
+  const seq = ++describeSeq;
+  const raw = el.modelUrl.value.trim();
+  let href;
+  try {
+    href = modelHref(raw);
+  } catch {
+    el.modelSize.textContent = 'Download size: unknown (not a URL)';
+    el.modelSize.dataset.state = 'done';
+    return;
+  }
+  applyMode(href);
+  showPickedFacts(href);
+  el.modelSize.dataset.state = 'checking';
+  el.modelSize.textContent = 'Download size: checking…';
+  const gguf = /\.gguf$/i.test(new URL(href).pathname);
+  let bytes = null;
+  let detail = '';
+  try {
+    if (gguf) {
+      const r = await fetch(href, { method: 'HEAD' });
+      const length = Number(r.headers.get('content-length'));
+      if (r.ok && length > 0) bytes = length;
+    } else {
+      const r = await fetch(new URL('manifest.json', href));
+      if (r.ok) {
+        const manifest = await r.json();
+        const shards = Array.isArray(manifest?.shards) ? manifest.shards : [];
+        bytes = shards.reduce((sum, s) => sum + (Number(s.size) || 0), 0) || null;
+        detail = ` (${shards.length} shard${shards.length === 1 ? '' : 's'})`;
+        lastManifest = { href, manifest };
+      }
+    }
+  } catch {
+    /* unreachable, CORS, not JSON: the size stays unknown */
+  }
+  let cached = null;
+  try {
+    const list = await (await getEngine()).listCachedModels();
+    cached = list.find((m) => m.url && stripSlash(m.url) === stripSlash(href)) ?? null;
+  } catch {
+    /* no cache listing: say nothing about it */
+  }
+  if (seq !== describeSeq) return; // the URL changed meanwhile
+  const listed = listedFor(href);
+  const parts = [];
+  if (bytes) parts.push(`Download: <strong>${size(bytes)}</strong>${detail}`);
+  else if (listed?.download_mb) parts.push(`Download: about <strong>${size(listed.download_mb * 1e6)}</strong> (listed; the server did not say)`);
+  else parts.push('Download size: <strong>unknown</strong>');
+  if (cached?.complete) parts.push('in this browser’s cache: loads without downloading');
+  else if (cached) parts.push(`${size(cached.bytes)} of it cached`);
+  el.modelSize.innerHTML = parts.join(' · ');
+  el.modelSize.dataset.bytes = bytes ?? '';
+  el.modelSize.dataset.state = 'done';
+  if (!gguf && lastManifest?.href === href) applyMode(href); // a chat template in the manifest
+  updateEmptyNote();
+}
+
+let describeTimer = 0;
+el.modelUrl.addEventListener('input', () => {
+  settings.modelUrl = el.modelUrl.value.trim();
+  saveSettings();
+  clearTimeout(describeTimer);
+  describeTimer = setTimeout(describeTarget, 400);
+});
+
+// ---------------------------------------------------------------------------------------------
 // Loading.
 
 const PHASES = {
@@ -202,6 +410,7 @@ const PHASES = {
   waiting: 'Waiting for the download in another tab',
   download: 'Downloading',
   cache: 'Reading from cache',
+  prepared: 'Stored in the cache',
   upload: 'Uploading to GPU',
   compile: 'Compiling shaders',
   ready: 'Ready',
@@ -228,12 +437,11 @@ function showProgress(p) {
 
 async function loadModel() {
   if (state === 'loading' || state === 'generating') return;
-  const raw = el.modelUrl.value.trim() || 'models/default/';
   let url;
   try {
-    url = new URL(raw, location.href).href; // the worker resolves nothing relative to the page
+    url = modelHref(el.modelUrl.value.trim()); // the worker resolves nothing relative to the page
   } catch {
-    showError(namedError('InvalidArgumentError', `“${raw}” is not a valid URL.`));
+    showError(namedError('InvalidArgumentError', `“${el.modelUrl.value}” is not a valid URL.`));
     return;
   }
   clearError();
@@ -247,14 +455,24 @@ async function loadModel() {
   el.phase.textContent = 'Starting…';
   el.progressBytes.textContent = '';
   setState('loading');
+  updateEmptyNote();
   const started = performance.now();
+  // A new load replaces the model: free the old one's GPU memory first.
+  const old = gemma;
+  gemma = null;
+  if (old) {
+    await old.dispose().catch(() => {});
+    await old.free().catch(() => {});
+  }
   try {
-    const { stats } = await request('load', { url, options: {} }, { onProgress: showProgress });
+    const model = await (await getEngine()).load(url, { onProgress: showProgress });
+    gemma = model;
     showProgress({ phase: 'ready', loadedBytes: el.progress.max, totalBytes: el.progress.max });
     loadedUrl = url;
-    updateEmptyNote();
+    const stats = await model.stats().catch(() => null);
     el.modelInfo.textContent = describeModel(stats, (performance.now() - started) / 1000);
     setState('ready');
+    updateEmptyNote();
     el.prompt.focus();
   } catch (e) {
     el.phase.dataset.phase = 'failed';
@@ -279,10 +497,11 @@ function describeModel(stats, seconds) {
 // ---------------------------------------------------------------------------------------------
 // Chat.
 
-function addMessage(role, text) {
+function addMessage(role, text, format = 'text') {
   el.messages.querySelector('.empty')?.remove();
   const div = document.createElement('div');
-  div.className = `msg ${role}`;
+  div.className = `msg ${role}${format === 'markdown' ? ' markdown' : ''}`;
+  div.dataset.format = format;
   div.textContent = text;
   el.messages.append(div);
   scrollToEnd(true);
@@ -314,54 +533,96 @@ function samplingOptions() {
 async function sendMessage() {
   const text = el.prompt.value;
   if (!text.trim()) return;
-  if (state !== 'ready') {
+  if (state !== 'ready' || !gemma) {
     if (state === 'idle' || state === 'error') showError(namedError('InvalidArgumentError', 'Load a model first.'));
     return;
   }
+  const model = gemma;
   clearError();
   el.prompt.value = '';
+  // Complete mode continues the text as written, without the chat template or the history;
+  // its output is text. A chat reply is Markdown.
+  const complete = el.mode.value === 'complete';
   history.push({ role: 'user', content: text });
   const userBubble = addMessage('user', text);
-  const bubble = addMessage('assistant', '');
+  const bubble = addMessage('assistant', '', complete ? 'text' : 'markdown');
   setState('generating');
 
-  // Live speed: streamed pieces over the time since the first one (the prefill is excluded).
-  let pieces = 0;
+  const controller = (generation = new AbortController());
+  // The reply as it streams; rendered at most once a frame.
+  let reply = '';
+  let frame = 0;
+  const render = () => {
+    frame = 0;
+    renderReply(bubble, reply);
+    scrollToEnd();
+  };
+
+  // Live speed, in tokens: the streamed text is tokenized (in the worker, while it generates)
+  // at most every 250 ms; the rate counts from the first piece, so the prefill is left out.
   let firstAt = 0;
+  let tokens = 0;
+  let counting = false;
+  let countedAt = 0;
+  const showLive = (seconds) => {
+    el.tps.textContent = tokens > 1 ? `${tokens} tokens · ~${rate((tokens - 1) / seconds)} tok/s` : 'Generating…';
+  };
+  const count = async () => {
+    counting = true;
+    const text_ = reply;
+    const at = performance.now();
+    try {
+      const ids = await model.tokenize(text_);
+      tokens = Math.max(tokens, ids.length - 1); // BOS is not generated
+      if (generation === controller) showLive((at - firstAt) / 1000);
+    } catch {
+      /* the live figure is best effort */
+    } finally {
+      counting = false;
+      countedAt = performance.now();
+    }
+  };
   el.tps.textContent = 'Reading the prompt…';
   const onToken = (piece) => {
     const now = performance.now();
-    if (pieces === 0) firstAt = now;
-    pieces += 1;
-    bubble.append(piece);
-    scrollToEnd();
-    if (pieces > 1) el.tps.textContent = `~${rate((pieces - 1) / ((now - firstAt) / 1000))} tok/s`;
-    else el.tps.textContent = 'Generating…';
+    if (!firstAt) {
+      firstAt = now;
+      el.tps.textContent = 'Generating…';
+    }
+    reply += piece;
+    if (!frame) frame = requestAnimationFrame(render);
+    if (!counting && now - countedAt > 250) count();
   };
 
+  let stopped = false;
   try {
-    // Complete mode continues the text as written, without the chat template or the history.
-    const complete = el.mode.value === 'complete';
-    const { reply, stopped, stats } = await request(
-      complete ? 'complete' : 'chat',
-      complete ? { prompt: text, options: samplingOptions() } : { messages: history, options: samplingOptions() },
-      { onToken },
-    );
-    if (typeof reply === 'string' && reply && reply !== bubble.textContent) bubble.textContent = reply;
-    // The reply (also a stopped, partial one) is part of the conversation from now on.
-    history.push({ role: 'assistant', content: bubble.textContent });
-    if (stopped) bubble.dataset.stopped = 'true';
-    el.tps.textContent = describeSpeed(stats, stopped) || el.tps.textContent;
+    const options = { ...samplingOptions(), onToken, signal: controller.signal };
+    const text_ = complete ? await model.generate(text, options) : await model.chat(history, options);
+    if (typeof text_ === 'string') reply = text_;
   } catch (e) {
-    // The turn failed: take it out of the conversation so the next one starts clean, and give
-    // the text back to the prompt box (e.g. to send it again in a new chat).
-    history.pop();
-    userBubble.dataset.failed = 'true';
-    bubble.dataset.failed = 'true';
-    if (!el.prompt.value) el.prompt.value = text;
-    el.tps.textContent = '';
-    showError(e);
+    if (e?.name === 'AbortError' && controller.signal.aborted) {
+      stopped = true; // a stopped generation is a normal ending: the text streamed so far stands
+    } else {
+      // The turn failed: take it out of the conversation so the next one starts clean, and give
+      // the text back to the prompt box (e.g. to send it again in a new chat).
+      history.pop();
+      userBubble.dataset.failed = 'true';
+      bubble.dataset.failed = 'true';
+      if (!el.prompt.value) el.prompt.value = text;
+      el.tps.textContent = '';
+      showError(e);
+    }
   } finally {
+    generation = null;
+    if (frame) cancelAnimationFrame(frame);
+    renderReply(bubble, reply);
+    if (bubble.dataset.failed !== 'true') {
+      // The reply (also a stopped, partial one) is part of the conversation from now on.
+      history.push({ role: 'assistant', content: reply });
+      if (stopped) bubble.dataset.stopped = 'true';
+      const stats = await model.stats().catch(() => null);
+      el.tps.textContent = describeSpeed(stats, stopped) || el.tps.textContent;
+    }
     bubble.dataset.done = 'true';
     setState('ready');
   }
@@ -383,31 +644,57 @@ function describeSpeed(stats, stopped) {
 }
 
 function stopGenerating() {
-  if (state !== 'generating') return;
+  if (state !== 'generating' || !generation) return;
   el.stop.disabled = true; // one click is enough; the state goes back to 'ready' when the worker answers
-  worker.postMessage({ type: 'stop' });
+  generation.abort();
 }
 
-/** The hint shown in an empty chat. */
+/** The note shown in an empty chat: what to do next, in words that fit the mode. */
 function updateEmptyNote() {
   const empty = el.messages.querySelector('.empty');
   if (!empty) return;
-  empty.textContent = `${loadedUrl ? 'Say hello.' : 'Load a model, then say hello.'} Enter sends, Shift+Enter starts a new line.`;
+  const complete = el.mode.value === 'complete';
+  const keys = 'Enter sends, Shift+Enter starts a new line.';
+  const lines = [];
+  if (!loadedUrl) {
+    lines.push(complete ? 'Load the model, then write the beginning of a text: Gemma continues it.' : 'Load a model, then say hello.');
+  } else {
+    lines.push(complete ? 'Write the beginning of a text: Gemma continues it.' : 'Say hello.');
+  }
+  lines.push(keys);
+  const nodes = lines.map((t) => Object.assign(document.createElement('p'), { textContent: t }));
+  if (!loadedUrl && state !== 'loading') {
+    const button = document.createElement('button');
+    button.className = 'primary load-inline';
+    const listed = (() => {
+      try {
+        return listedFor(modelHref(el.modelUrl.value.trim()));
+      } catch {
+        return null;
+      }
+    })();
+    const bytes = Number(el.modelSize.dataset.bytes) || (listed?.download_mb ?? 0) * 1e6;
+    button.textContent = `Load ${listed?.name ?? 'the model'}${bytes ? ` (${size(bytes)})` : ''}`;
+    button.disabled = state === 'generating';
+    button.addEventListener('click', loadModel);
+    nodes.push(button);
+  }
+  empty.replaceChildren(...nodes);
 }
 
 /** Forget the conversation (here and, unless local, the engine's KV cache). */
 async function startNewChat({ local = false } = {}) {
   history = [];
   el.messages.replaceChildren();
-  const empty = document.createElement('p');
+  const empty = document.createElement('div');
   empty.className = 'empty muted';
   el.messages.append(empty);
   updateEmptyNote();
   el.tps.textContent = '';
-  if (local || state !== 'ready') return;
+  if (local || state !== 'ready' || !gemma) return;
   clearError();
   try {
-    await request('reset');
+    await gemma.reset();
   } catch (e) {
     showError(e);
   }
@@ -417,19 +704,19 @@ async function startNewChat({ local = false } = {}) {
 // Cached models.
 
 async function refreshCached() {
-  let models;
+  let list;
   try {
-    models = await request('listCache');
+    list = await (await getEngine()).listCachedModels();
   } catch (e) {
     el.cached.replaceChildren(listNote(`Cache Storage unavailable: ${e.name}: ${e.message}`));
     return;
   }
-  if (!models?.length) {
+  if (!list?.length) {
     el.cached.replaceChildren(listNote('No models cached yet.'));
     return;
   }
   el.cached.replaceChildren(
-    ...models.map((m) => {
+    ...list.map((m) => {
       const li = document.createElement('li');
       li.dataset.key = m.key;
       const name = document.createElement('span');
@@ -449,19 +736,18 @@ async function refreshCached() {
       del.onclick = async () => {
         del.disabled = true;
         try {
-          await request('deleteCache', { key: m.key });
+          await (await getEngine()).deleteCachedModel(m.key);
         } catch (e) {
           showError(e);
         }
         refreshCached();
+        describeTarget();
       };
       li.append(name, meta, del);
       return li;
     }),
   );
 }
-
-const stripSlash = (u) => String(u).replace(/\/+$/, '');
 
 function listNote(text) {
   const li = document.createElement('li');
@@ -471,13 +757,13 @@ function listNote(text) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Adapter report and kernel self-test (the page this demo replaced), in the worker too.
+// Adapter report and kernel self-test, in the worker too.
 
 /** The adapter report, asked for once. */
 let reportPromise = null;
 
 async function showAdapterReport() {
-  reportPromise ??= request('selftest', { kernels: false });
+  reportPromise ??= getEngine().then((e) => e.adapterReport());
   el.selftestOut.classList.remove('error-text');
   el.selftestOut.textContent = 'Asking the adapter…';
   try {
@@ -498,7 +784,7 @@ async function runKernelSelftest() {
     const report = el.selftestOut.textContent;
     el.selftestOut.textContent = `${report}\n\nRunning kernel self-test…`;
     try {
-      el.selftestOut.textContent = `${report}\n\n${await request('selftest', { kernels: true })}`;
+      el.selftestOut.textContent = `${report}\n\n${await (await getEngine()).kernelSelfTest()}`;
     } catch (e) {
       el.selftestOut.textContent = `${report}\n\n${e.name}: ${e.message}`;
       el.selftestOut.classList.add('error-text');
@@ -532,29 +818,52 @@ el.selftest.addEventListener('toggle', () => {
   if (el.selftest.open && !reportPromise) showAdapterReport();
 });
 el.runSelftest.addEventListener('click', runKernelSelftest);
-
-const params = new URLSearchParams(location.search);
-if (params.get('model')) el.modelUrl.value = params.get('model');
+el.resetSettings.addEventListener('click', () => {
+  settings = { ...DEFAULTS, modes: {} };
+  saveSettings();
+  applySettings();
+  el.modelPick.value = models.some((m) => m.url === el.modelUrl.value) ? el.modelUrl.value : '';
+  describeTarget();
+});
 
 // The model list (models.json): picking one fills in its URL and says what it is.
-let models = [];
 function describeListed(m) {
-  const size = m.download_mb >= 1000 ? `${(m.download_mb / 1000).toFixed(2)} GB` : `${m.download_mb} MB`;
-  return `${m.format === 'gguf' ? 'GGUF by URL' : 'converted'} · ${size} download · context ${m.context.toLocaleString()} · ${m.instruction_tuned ? 'instruction-tuned (Chat)' : 'pretrained (Complete)'}${m.note ? ` · ${m.note}` : ''}`;
+  const dl = m.download_mb >= 1000 ? `${(m.download_mb / 1000).toFixed(2)} GB` : `${m.download_mb} MB`;
+  return `${m.format === 'gguf' ? 'GGUF by URL' : 'converted'} · ${dl} download · context ${m.context.toLocaleString()} · ${m.instruction_tuned ? 'instruction-tuned (Chat)' : 'pretrained (Complete)'}${m.note ? ` · ${m.note}` : ''}`;
 }
-function showPicked() {
-  const m = models.find((x) => x.url === el.modelPick.value);
-  el.modelFacts.textContent = m ? describeListed(m) : '';
+function showPickedFacts(href) {
+  const m = listedFor(href);
+  if (m) el.modelFacts.textContent = describeListed(m);
+  else el.modelFacts.textContent = `Not in the list: ${kind.instructionTuned ? 'instruction-tuned (Chat)' : 'pretrained (Complete)'}, as ${kind.why}.`;
 }
 el.modelPick.addEventListener('change', () => {
   const m = models.find((x) => x.url === el.modelPick.value);
   if (!m) return;
   el.modelUrl.value = m.url;
-  showPicked();
-  if (el.mode) el.mode.value = m.instruction_tuned ? 'chat' : 'complete';
+  settings.modelUrl = m.url;
+  saveSettings();
+  describeTarget();
 });
+
+applySettings();
+const params = new URLSearchParams(location.search);
+if (params.get('model')) el.modelUrl.value = params.get('model');
+setState('idle');
+
+// A hook for tests and the curious: the renderer and the engine.
+window.gemmaDemo = {
+  renderMarkdown,
+  get engine() {
+    return engine;
+  },
+  get gemma() {
+    return gemma;
+  },
+};
+
 fetch('models.json')
   .then((r) => (r.ok ? r.json() : { models: [] }))
+  .catch(() => ({ models: [] }))
   .then((list) => {
     models = list.models ?? [];
     for (const m of models) {
@@ -568,10 +877,8 @@ fetch('models.json')
     custom.textContent = 'Other (type a URL below)';
     el.modelPick.append(custom);
     el.modelPick.value = models.some((m) => m.url === el.modelUrl.value) ? el.modelUrl.value : '';
-    showPicked();
-  })
-  .catch(() => {});
-setState('idle');
+    describeTarget();
+  });
 refreshCached();
 if (params.has('selftest')) {
   runKernelSelftest(); // asks for the adapter report first, so the toggle below asks nothing

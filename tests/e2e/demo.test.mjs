@@ -1,7 +1,10 @@
-// End-to-end test of the demo page (www/) in headless Chromium: load the default model, chat
-// with streaming, stop a generation, reload from the browser cache, and recover from a
-// corrupted cached shard. One persistent browser profile for the whole run, so the Cache API
-// survives page reloads.
+// End-to-end test of the demo page (www/) in headless Chromium: the page suits its model (mode,
+// download size), loads the default model through the package's worker engine without blocking
+// the page's main thread, chats with streaming and Markdown, looks right on a desktop and a
+// phone in light and dark (screenshots in target/screenshots/), stops a generation (an abort
+// across the worker boundary), keeps its settings and reloads from the browser cache, and
+// recovers from a corrupted cached shard. One persistent browser profile for the whole run, so
+// the Cache API and localStorage survive page reloads.
 //
 //   node tests/e2e/demo.test.mjs        (after `npm ci` in tests/e2e)
 //
@@ -13,6 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { startServer } from './server.mjs';
+import { startMainThreadProbe } from './mainthread.mjs';
 import {
   CHROMIUM_ARGS, CHROMIUM_PATH, MODEL_DIR, OUT_DIR, REPO_ROOT, VIEWPORT,
   Steps, assert, collectConsole, dumpConsole, ensureDir, printResult, watchdog,
@@ -28,7 +32,11 @@ const STOP_TIMEOUT = 15_000;
 const TOTAL_TIMEOUT = 90 * 60_000;
 
 const MODEL_URL_PATH = '/www/models/default/';
-const STEP_COUNT = 6;
+const STEP_COUNT = 8;
+/** Where the screenshots of the page go (desktop and phone, light and dark). */
+const SHOT_DIR = path.join(REPO_ROOT, 'target', 'screenshots');
+/** A GGUF served locally (scripts/fetch-test-data.sh links it), for the size from a HEAD request. */
+const LOCAL_GGUF = path.join(REPO_ROOT, 'target', 'test-data', 'gemma-3-270m-q4_k_m.gguf');
 
 // ---------------------------------------------------------------------------------------------
 // Preconditions: the package and the model must exist.
@@ -50,6 +58,8 @@ const COMPLETION_FILE = 'tests/fixtures/gemma3-270m/demo-completion.json';
 const COMPLETION = JSON.parse(fs.readFileSync(path.join(REPO_ROOT, COMPLETION_FILE), 'utf8'));
 /** Shard file name -> its manifest entry ({ file, size, sha256 }). */
 const shards = new Map(manifest.shards.map((s) => [s.file, s]));
+/** The download size the page must show before Load: the manifest's shards, in MB. */
+const DOWNLOAD_MB = `${(manifest.shards.reduce((n, s) => n + s.size, 0) / 1e6).toFixed(1)} MB`;
 
 // ---------------------------------------------------------------------------------------------
 // Setup.
@@ -88,8 +98,28 @@ async function assertNoError(when) {
   assert(text === '', `an error is shown ${when}: ${text}`);
 }
 
-/** Open the page and press Load; resolves when the state is 'ready', throws on 'error'. */
-async function openAndLoad({ reload = false } = {}) {
+/** #model-size once its check is done: { text, bytes }. */
+async function modelSize() {
+  await page.waitForFunction(() => document.getElementById('model-size').dataset.state === 'done', null, { timeout: 30_000, polling: 100 });
+  return page.$eval('#model-size', (e) => ({ text: e.textContent.trim(), bytes: Number(e.dataset.bytes) || 0 }));
+}
+
+/** Types `url` into #model-url and waits for the page to describe it. */
+async function typeModelUrl(url) {
+  await page.fill('#model-url', url);
+  await page.waitForFunction(() => document.getElementById('model-size').dataset.state === 'checking', null, { timeout: 5_000, polling: 50 }).catch(() => {});
+  return modelSize();
+}
+
+/**
+ * Open the page and press Load; resolves when the state is 'ready', throws on 'error'. On the
+ * first visit (a fresh profile) the page must suit its model before Load: the pretrained default
+ * opens in Complete mode, an instruction-tuned one in Chat, and the download size is shown
+ * (the manifest's shards; a GGUF's HEAD Content-Length, or 'unknown'). `mode` is the mode the
+ * default model must open in; with `probe`, the page's main thread is timed during the load.
+ */
+async function openAndLoad({ reload = false, mode = 'complete', probe = false } = {}) {
+  const notes = [];
   if (reload) await page.reload({ waitUntil: 'load' });
   else await page.goto(`${server.url}/www/`, { waitUntil: 'load' });
   await installObserver();
@@ -102,19 +132,54 @@ async function openAndLoad({ reload = false } = {}) {
   const options = await page.$$eval('#model-pick option', (os) => os.map((o) => o.value));
   assert(options.filter((v) => v.endsWith('.gguf')).length >= 3 && (await page.inputValue('#model-pick')) === 'models/default/',
     `the model list is ${JSON.stringify(options)}, picked '${await page.inputValue('#model-pick')}'`);
+  // Before Load: the mode suits the model, and the download size is the manifest's.
+  let size = await modelSize();
+  const opened = await page.inputValue('#mode');
+  assert(opened === mode, `the default model opened in '${opened}' mode, not '${mode}'`);
+  assert(size.text.includes(DOWNLOAD_MB), `#model-size reads '${size.text}', not the manifest's ${DOWNLOAD_MB}`);
+  notes.push(`opened in ${opened} mode, '${size.text}'`);
   const gguf = options.find((v) => v.includes('gemma-2-2b-it'));
   await page.selectOption('#model-pick', gguf);
   const facts = await page.textContent('#model-facts');
   assert((await page.inputValue('#model-url')) === gguf && /GGUF by URL/.test(facts) && /context 8,192/.test(facts), `picking ${gguf} gave URL '${await page.inputValue('#model-url')}' and facts '${facts}'`);
+  assert((await page.inputValue('#mode')) === 'chat', `the instruction-tuned ${gguf} opened in '${await page.inputValue('#mode')}' mode, not 'chat'`);
+  if (!reload) {
+    // A GGUF by URL, not in the list: its size from a HEAD request (or 'unknown'), its mode from
+    // its name.
+    if (fs.existsSync(LOCAL_GGUF)) {
+      size = await typeModelUrl('../target/test-data/gemma-3-270m-q4_k_m.gguf');
+      const want = fs.statSync(LOCAL_GGUF).size;
+      assert(size.bytes === want && (await page.inputValue('#mode')) === 'complete',
+        `the local base GGUF: size '${size.text}' (${size.bytes} bytes, want ${want}), mode '${await page.inputValue('#mode')}'`);
+      notes.push(`a local GGUF: '${size.text}' (HEAD), complete`);
+    }
+    size = await typeModelUrl('../target/no-such/gemma-3-1b-it-Q4_K_M.gguf');
+    assert(/unknown/.test(size.text) && (await page.inputValue('#mode')) === 'chat',
+      `a missing '-it' GGUF: size '${size.text}', mode '${await page.inputValue('#mode')}'`);
+    notes.push(`a missing -it GGUF: '${size.text}', chat`);
+  }
   await page.selectOption('#model-pick', 'models/default/');
-  await page.selectOption('#mode', 'chat');
+  size = await modelSize();
+  assert((await page.inputValue('#mode')) === mode && size.text.includes(DOWNLOAD_MB),
+    `back to the default: mode '${await page.inputValue('#mode')}', size '${size.text}'`);
+  const probing = probe ? await startMainThreadProbe(page) : null;
   await page.click('#load');
   const s = await waitForState(['ready', 'error'], LOAD_TIMEOUT);
+  const main = await probing?.stop();
   if (s !== 'ready') throw new Error(`loading ended in state '${s}': ${await errorText()}`);
   const [value, max] = await page.$eval('#progress', (p) => [p.value, p.max]);
   assert(max > 0 && value === max, `the progress bar ended at ${value} of ${max}`);
   await assertNoError('after loading');
+  if (main) {
+    longest = main;
+    assert(main.ok, `the page's main thread blocked during the load: ${main.summary}`);
+    notes.push(`main thread during the load: ${main.summary}`);
+  }
+  return notes;
 }
+
+/** The main thread's timing during the first load (for the summary line). */
+let longest = null;
 
 /**
  * Counts changes of the newest assistant bubble's text (window.__e2e.updates) and whether text
@@ -190,10 +255,10 @@ async function waitForReplyDone(timeout = GENERATE_TIMEOUT) {
 // ---------------------------------------------------------------------------------------------
 // Steps.
 
-steps.add('load the default model (progress reaches its end, each shard fetched once)', async () => {
+steps.add('the page suits its model, then loads it through the worker (main thread free, each shard fetched once)', async () => {
   const since = server.log.length;
   const t0 = Date.now();
-  await openAndLoad();
+  const notes = await openAndLoad({ probe: true });
   const requested = shardRequests(since);
   const counts = new Map([...shards.keys()].map((f) => [f, 0]));
   for (const f of requested) counts.set(f, counts.get(f) + 1);
@@ -202,7 +267,7 @@ steps.add('load the default model (progress reaches its end, each shard fetched 
     wrong.length === 0,
     `each shard should be requested exactly once; got ${wrong.map(([f, n]) => `${f}: ${n}`).join(', ')}`,
   );
-  return `${shards.size} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s`;
+  return `${shards.size} shards, ${((Date.now() - t0) / 1000).toFixed(1)} s; ${notes.join('; ')}`;
 });
 
 /** Waits until the newest assistant bubble shows text (or is already done). */
@@ -217,7 +282,11 @@ const firstText = () =>
     { timeout: GENERATE_TIMEOUT, polling: 50 },
   );
 
-steps.add('chat: the reply streams into the assistant bubble, then completes', async () => {
+steps.add('chat: the reply streams into the assistant bubble as Markdown, then completes', async () => {
+  // Chat with the pretrained model is the user's choice: the page says Complete suits it.
+  await page.selectOption('#mode', 'chat');
+  const hint = await page.$eval('#mode-hint', (e) => (e.hidden ? '' : e.textContent));
+  assert(/pretrained/.test(hint), `Chat mode on the pretrained model shows no hint (#mode-hint: '${hint}')`);
   await resetObserver();
   await send('Hello! Who are you?', { maxTokens: 12 });
   // Text must show up before the reply is done.
@@ -232,6 +301,8 @@ steps.add('chat: the reply streams into the assistant bubble, then completes', a
   );
   await page.waitForFunction(() => document.body.dataset.state === 'ready', null, { timeout: 10_000 });
   await assertNoError('after the reply');
+  const format = await page.$$eval('#messages .msg.assistant', (bs) => bs.at(-1).dataset.format);
+  assert(format === 'markdown', `the chat reply is rendered as '${format}', not Markdown`);
   const tps = await page.textContent('#tps');
   await page.screenshot({ path: path.join(OUT_DIR, 'demo-reply.png') });
   return `${seen.updates} text updates, ${JSON.stringify(reply.text.slice(0, 60))}${reply.text.length > 60 ? '…' : ''}; ${tps}`;
@@ -257,9 +328,129 @@ steps.add('complete mode: at temperature 0 the page continues a sentence as the 
   return `${JSON.stringify(reply.text)}; ${tps}`;
 });
 
+steps.add('markdown: replies render as sanitized Markdown with code blocks', async () => {
+  const sample = [
+    'Some **bold**, `code` and a [link](https://example.com).', '',
+    '```js', 'const x = 1 < 2;', 'console.log(x);', '```', '',
+    '- one', '- two', '',
+    '<img src=x onerror="window.__pwned = 1"> <script>window.__pwned = 2</script>',
+    '[bad](javascript:window.__pwned=3)',
+  ].join('\n');
+  const r = await page.evaluate(async (text) => {
+    const html = window.gemmaDemo.renderMarkdown(text);
+    const box = document.createElement('div');
+    box.innerHTML = html;
+    // Shown as a reply bubble for the screenshot, then removed.
+    const bubble = document.createElement('div');
+    bubble.className = 'msg assistant markdown';
+    bubble.dataset.format = 'markdown';
+    bubble.dataset.done = 'true';
+    bubble.id = 'markdown-sample';
+    bubble.innerHTML = html;
+    document.getElementById('messages').append(bubble);
+    bubble.scrollIntoView();
+    await new Promise((r) => setTimeout(r, 300));
+    const links = [...box.querySelectorAll('a')];
+    return {
+      html,
+      code: box.querySelector('pre > code.language-js')?.textContent ?? null,
+      strong: box.querySelector('strong')?.textContent ?? null,
+      items: box.querySelectorAll('li').length,
+      elements: [...box.querySelectorAll('img, script, [onerror]')].length,
+      text: box.textContent,
+      links: links.map((a) => ({ href: a.getAttribute('href'), rel: a.rel, target: a.target })),
+      pwned: window.__pwned ?? null,
+    };
+  }, sample);
+  await page.locator('#markdown-sample').screenshot({ path: path.join(SHOT_DIR, 'demo-markdown.png') });
+  await page.evaluate(() => document.getElementById('markdown-sample').remove());
+  assert(r.code === 'const x = 1 < 2;\nconsole.log(x);\n' && r.strong === 'bold' && r.items === 2,
+    `the Markdown did not render: code ${JSON.stringify(r.code)}, bold ${JSON.stringify(r.strong)}, ${r.items} list items`);
+  assert(r.elements === 0 && r.pwned === null && r.text.includes('<img src=x'),
+    `raw HTML was not neutralised (${r.elements} img/script/onerror elements, __pwned ${r.pwned}): ${r.html}`);
+  const good = r.links.find((l) => l.href === 'https://example.com');
+  assert(good && good.rel.includes('noopener') && good.target === '_blank' && !r.links.some((l) => /^javascript:/i.test(l.href ?? '')),
+    `links: ${JSON.stringify(r.links)}`);
+  return `code block, bold, list; raw HTML shown as text; links ${JSON.stringify(r.links.map((l) => l.href))}; ${path.relative(REPO_ROOT, path.join(SHOT_DIR, 'demo-markdown.png'))}`;
+});
+
+/** Layout facts of the page as it is now (boxes in CSS pixels of the viewport). */
+const layout = () =>
+  page.evaluate(() => {
+    const box = (sel) => {
+      const e = document.querySelector(sel);
+      if (!e) return null;
+      const r = e.getBoundingClientRect();
+      const visible = r.width > 0 && r.height > 0 && getComputedStyle(e).visibility !== 'hidden';
+      return { top: r.top, bottom: r.bottom, left: r.left, right: r.right, visible };
+    };
+    const luminance = (css) => {
+      const [r, g, b] = css.match(/[\d.]+/g).map(Number);
+      return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255;
+    };
+    return {
+      width: innerWidth,
+      height: innerHeight,
+      scrollWidth: document.documentElement.scrollWidth,
+      background: luminance(getComputedStyle(document.body).backgroundColor),
+      text: luminance(getComputedStyle(document.body).color),
+      chat: box('.chat'), sidebar: box('.sidebar'), messages: box('#messages'), prompt: box('#prompt'), send: box('#send'),
+      mode: box('#mode'), load: box('#load'), size: box('#model-size'), pick: box('#model-pick'),
+      replies: document.querySelectorAll('#messages .msg.assistant').length,
+      sizeText: document.getElementById('model-size').textContent,
+    };
+  });
+
+steps.add('screenshots: desktop (1280x800) and phone (390x844), light and dark, with what must be there', async () => {
+  fs.mkdirSync(SHOT_DIR, { recursive: true });
+  const shots = [];
+  const inView = (b, l) => b && b.visible && b.top >= 0 && b.bottom <= l.height + 0.5;
+  try {
+    for (const [name, viewport] of [['desktop', { width: 1280, height: 800 }], ['phone', { width: 390, height: 844 }]]) {
+      await page.setViewportSize(viewport);
+      for (const scheme of ['light', 'dark']) {
+        await page.emulateMedia({ colorScheme: scheme });
+        await page.evaluate(() => {
+          // As a visitor sees it: the page and the settings at their tops (filling in the
+          // sampling fields scrolled the sidebar), the newest message in view.
+          window.scrollTo(0, 0);
+          document.querySelector('.sidebar').scrollTop = 0;
+          const m = document.getElementById('messages');
+          m.scrollTop = m.scrollHeight;
+        });
+        await page.waitForTimeout(200);
+        const file = path.join(SHOT_DIR, `demo-${name}-${scheme}.png`);
+        await page.screenshot({ path: file });
+        shots.push(path.relative(REPO_ROOT, file));
+        const l = await layout();
+        const where = `${name} ${scheme}`;
+        assert(scheme === 'light' ? l.background > 0.8 && l.text < 0.3 : l.background < 0.2 && l.text > 0.7,
+          `${where}: background luminance ${l.background.toFixed(2)}, text ${l.text.toFixed(2)}`);
+        assert(l.scrollWidth <= viewport.width, `${where}: the page is ${l.scrollWidth} px wide in a ${viewport.width} px viewport`);
+        assert(l.replies >= 2 && inView(l.messages, l) && inView(l.prompt, l) && inView(l.send, l) && inView(l.mode, l),
+          `${where}: the conversation (${l.replies} replies), the prompt, Send or the mode is not in view: ${JSON.stringify(l)}`);
+        if (name === 'desktop') {
+          assert(l.chat.left > l.sidebar.right && inView(l.load, l) && inView(l.size, l) && inView(l.pick, l) && /MB/.test(l.sizeText),
+            `${where}: the model panel (Load, size, list) is not beside the chat: ${JSON.stringify(l)}`);
+        } else {
+          assert(l.chat.top < l.sidebar.top && l.chat.bottom <= l.sidebar.top + 1,
+            `${where}: the chat does not come first (chat ${JSON.stringify(l.chat)}, settings ${JSON.stringify(l.sidebar)})`);
+        }
+      }
+    }
+  } finally {
+    await page.emulateMedia({ colorScheme: null });
+    await page.setViewportSize(VIEWPORT);
+  }
+  return shots.join(', ');
+});
+
 steps.add('stop: a long generation stops promptly, and the engine still answers afterwards', async () => {
   await send('Write a long story about a lighthouse keeper and a storm.', { maxTokens: 400 });
   await firstText();
+  // The live speed counts tokens (the streamed text tokenized in the worker), not pieces.
+  await page.waitForFunction(() => /^\d+ tokens · ~[\d.]+ tok\/s$/.test(document.getElementById('tps').textContent), null, { timeout: 60_000, polling: 100 });
+  const live = await page.textContent('#tps');
   const early = await lastReply();
   assert(!early.done, 'the reply finished before Stop could be pressed');
   assert(await page.isEnabled('#stop'), '#stop is not enabled while generating');
@@ -277,6 +468,10 @@ steps.add('stop: a long generation stops promptly, and the engine still answers 
   assert(!stopped.failed, 'the stopped reply is marked failed');
   assert(!(await page.isEnabled('#stop')), '#stop is still enabled after stopping');
   await assertNoError('after Stop');
+  const final = await page.textContent('#tps');
+  const decoded = Number(final.match(/decode (\d+) tok/)?.[1]);
+  const counted = Number(live.match(/^(\d+) tokens/)[1]);
+  assert(/stopped/.test(final) && decoded >= counted, `after Stop #tps reads '${final}' (live: '${live}')`);
 
   await send('Thanks. Now say goodbye in one short sentence.', { maxTokens: 8, viaEnter: true });
   const after = await waitForReplyDone();
@@ -284,12 +479,18 @@ steps.add('stop: a long generation stops promptly, and the engine still answers 
   assert(!after.failed && !after.stopped, 'the reply after a stopped one is marked failed or stopped');
   await waitForState(['ready'], 10_000);
   await assertNoError('after the reply that followed Stop');
-  return `stopped in ${(stopMs / 1000).toFixed(1)} s after ${stopped.text.length} chars; then ${JSON.stringify(after.text.slice(0, 40))}`;
+  return `live '${live}'; stopped (an abort across the worker) in ${(stopMs / 1000).toFixed(1)} s after ${stopped.text.length} chars, '${final}'; then ${JSON.stringify(after.text.slice(0, 40))}`;
 });
 
-steps.add('reload: the model loads from the browser cache, no shard downloaded again', async () => {
+steps.add('reload: the settings are kept, and the model loads from the browser cache, no shard downloaded again', async () => {
+  await page.fill('#temperature', '0.55');
+  await page.fill('#top-k', '40');
   const since = server.log.length;
-  await openAndLoad({ reload: true });
+  // The mode chosen by hand for this model (Chat, in the steps before) is kept too.
+  await openAndLoad({ reload: true, mode: 'chat' });
+  const kept = await page.evaluate(() => ['temperature', 'top-k', 'max-tokens', 'seed'].map((id) => document.getElementById(id).value));
+  assert(JSON.stringify(kept) === JSON.stringify(['0.55', '40', '8', '1234']),
+    `the settings after a reload are ${JSON.stringify(kept)}, not ["0.55","40","8","1234"]`);
   const requested = shardRequests(since);
   assert(requested.length === 0, `shards were downloaded again: ${requested.join(', ')}`);
   // The cached-models list shows the model (it is refreshed after a load).
@@ -297,7 +498,7 @@ steps.add('reload: the model loads from the browser cache, no shard downloaded a
   const cached = await page.$$eval('#cached li[data-key]', (lis) =>
     lis.map((li) => `${li.querySelector('.cached-url')?.textContent} (${li.querySelector('.cached-meta')?.textContent})`),
   );
-  return `cached: ${cached.join(' | ')}`;
+  return `settings kept (temperature, top-k, max tokens, seed, mode); cached: ${cached.join(' | ')}`;
 });
 
 steps.add('a corrupted cached shard is detected and fetched again', async () => {
@@ -321,7 +522,7 @@ steps.add('a corrupted cached shard is detected and fetched again', async () => 
   assert(corrupted, `no 'gemma-webgpu/' cache holds ${shardUrl}`);
 
   const since = server.log.length;
-  await openAndLoad({ reload: true });
+  await openAndLoad({ reload: true, mode: 'chat' });
   const requested = shardRequests(since);
   assert(
     requested.length === 1 && requested[0] === shard.file,
@@ -365,6 +566,10 @@ try {
     console.log(`  screenshot: ${path.relative(REPO_ROOT, path.join(OUT_DIR, 'failure.png'))}`);
   };
   await steps.run();
+  if (longest) {
+    console.log(`(main thread during the 270M load through the worker: longest long task ${longest.longestLongTask} ms; ` +
+      `longest task in the trace ${longest.maxTaskMs.toFixed(1)} ms wall, ${longest.maxTaskCpuMs.toFixed(1)} ms CPU)`);
+  }
   if (steps.failed) dumpConsole(consoleLines);
   code = steps.report();
 } catch (e) {
