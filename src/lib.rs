@@ -17,6 +17,7 @@
 // Range checks on floats are written `!(x > 0.0)` on purpose: NaN fails them too.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod constraint;
 pub mod convert;
 pub mod error;
 pub mod format;

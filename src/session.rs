@@ -6,6 +6,7 @@
 
 use std::rc::Rc;
 
+use crate::constraint::{Constraint, ConstraintSpec, ConstraintVocab};
 use crate::error::{Error, Result};
 use crate::model::engine::Engine;
 use crate::ops::logits::{LogitRules, Logprobs};
@@ -24,6 +25,9 @@ pub struct GenerateParams {
     pub special_tokens: bool,
     /// Penalties, logit bias and log-probabilities (`ops::logits`); the default asks nothing.
     pub rules: LogitRules,
+    /// What the output must match (a JSON schema, a grammar, a pattern): `generate` and
+    /// `chat` then draw only tokens it allows (`generate_constrained`).
+    pub constraint: Option<ConstraintSpec>,
 }
 
 impl Default for GenerateParams {
@@ -35,6 +39,7 @@ impl Default for GenerateParams {
             stop: Vec::new(),
             special_tokens: false,
             rules: LogitRules::default(),
+            constraint: None,
         }
     }
 }
@@ -126,11 +131,14 @@ pub struct Session {
     /// The log-probabilities of each token of the generation in progress or last finished,
     /// where its rules asked for them (shared, so a streaming callback can read them).
     pub logprobs: Rc<std::cell::RefCell<Vec<Logprobs>>>,
+    /// The vocabulary as constraints read it (a trie of every token), built by the first
+    /// constrained generation.
+    constraint_vocab: Option<ConstraintVocab>,
 }
 
 impl Session {
     pub fn new(engine: Engine, tokenizer: Option<Rc<Tokenizer>>) -> Self {
-        Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default(), logprobs: Rc::default() }
+        Self { engine, tokenizer, cached: Vec::new(), stats: GenerateStats::default(), logprobs: Rc::default(), constraint_vocab: None }
     }
 
     /// Forget the conversation.
@@ -203,7 +211,7 @@ impl Session {
         // megabytes of text, takes seconds and memory only to be refused).
         self.check_fits(1u64.saturating_add(tok.min_tokens(prompt)))?;
         let ids = if params.special_tokens { tok.encode_raw(prompt)? } else { tok.encode(prompt)? };
-        self.generate_ids(&ids, params, on_text, aborted).await
+        self.generate_with(&ids, params, on_text, aborted).await
     }
 
     /// Reply to a conversation rendered with the chat template.
@@ -211,7 +219,32 @@ impl Session {
         let tok = self.tokenizer()?;
         self.check_fits(messages.iter().fold(1u64, |n, m| n.saturating_add(tok.min_tokens(&m.role)).saturating_add(tok.min_tokens(&m.content))))?;
         let ids = tok.chat_prompt(messages)?;
-        self.generate_ids(&ids, params, on_text, aborted).await
+        self.generate_with(&ids, params, on_text, aborted).await
+    }
+
+    /// `generate_ids`, or `generate_constrained` under `params.constraint`.
+    pub async fn generate_with(&mut self, ids: &[u32], params: &GenerateParams, on_text: &mut dyn FnMut(&str), aborted: &dyn Fn() -> bool) -> Result<String> {
+        match &params.constraint {
+            Some(spec) => {
+                let mut c = self.constraint(spec)?;
+                self.generate_constrained(ids, params, &mut c, on_text, aborted).await
+            }
+            None => self.generate_ids(ids, params, on_text, aborted).await,
+        }
+    }
+
+    /// A constraint for `spec` on this model's vocabulary (built once: the first takes the
+    /// time of a trie over every token).
+    pub fn constraint(&mut self, spec: &ConstraintSpec) -> Result<Constraint> {
+        if self.constraint_vocab.is_none() {
+            let mut vocab = ConstraintVocab::new(self.tokenizer()?, self.engine.config.vocab_size)?;
+            vocab.set_stop_tokens(&self.end_tokens())?;
+            self.constraint_vocab = Some(vocab);
+        }
+        match &self.constraint_vocab {
+            Some(vocab) => Constraint::new(vocab, spec),
+            None => Err(Error::invalid("response_format", "no vocabulary")),
+        }
     }
 
     /// Generate after the prompt `ids`, streaming text through `on_text`. The longest prefix
@@ -468,6 +501,21 @@ pub trait TokenConstraint {
     fn forced(&mut self) -> Result<Vec<u32>>;
     /// Nothing more may follow.
     fn is_finished(&self) -> bool;
+}
+
+impl TokenConstraint for Constraint {
+    fn mask(&mut self) -> Result<&[u32]> {
+        Constraint::mask(self)
+    }
+    fn consume(&mut self, token: u32) -> Result<()> {
+        Constraint::consume(self, token)
+    }
+    fn forced(&mut self) -> Result<Vec<u32>> {
+        Ok(self.forced_tokens())
+    }
+    fn is_finished(&self) -> bool {
+        Constraint::is_finished(self)
+    }
 }
 
 /// Generated text, emitted as soon as it cannot be the start of a stop string.

@@ -73,6 +73,11 @@ impl Tokenizer {
         self.max_token_bytes.map_or(0, |m| text.len().div_ceil(m) as u64)
     }
 
+    /// The `tokenizers` tokenizer underneath (the constrained decoder reads its vocabulary).
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
     /// Entries in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> u32 {
         self.inner.get_vocab_size(true) as u32

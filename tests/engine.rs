@@ -286,7 +286,7 @@ struct Thirds {
 
 impl Thirds {
     fn new(vocab: u32, any: bool, limit: usize) -> Self {
-        let words = (0..vocab.div_ceil(32)).map(|w| (0..32).filter(|b| any || (w * 32 + b) % 3 == 0).fold(0u32, |m, b| m | 1 << b)).collect();
+        let words = (0..vocab.div_ceil(32)).map(|w| (0..32).filter(|b| any || (w * 32 + b).is_multiple_of(3)).fold(0u32, |m, b| m | 1 << b)).collect();
         Self { words, taken: Vec::new(), any, limit }
     }
 }
@@ -296,7 +296,7 @@ impl gemma_webgpu::session::TokenConstraint for Thirds {
         Ok(&self.words)
     }
     fn consume(&mut self, token: u32) -> gemma_webgpu::Result<()> {
-        if !self.any && token % 3 != 0 {
+        if !self.any && !token.is_multiple_of(3) {
             return Err(gemma_webgpu::Error::Format(format!("token {token} is not allowed")));
         }
         self.taken.push(token);
@@ -336,7 +336,7 @@ fn constrained_generation_draws_only_allowed_tokens_and_appends_forced_ones() {
         assert_eq!(got, c.taken, "the text is the tokens taken");
         assert_eq!(got.len(), 10, "{got:?}");
         assert_eq!(session.stats.finish, Finish::Eos, "finished by the constraint");
-        assert!(got.iter().all(|t| t % 3 == 0), "{got:?}");
+        assert!(got.iter().all(|t| t.is_multiple_of(3)), "{got:?}");
         assert_eq!((got[3], got[7]), (9, 9), "forced after every third drawn token: {got:?}");
         assert_eq!(session.context_tokens() as usize, prompt.len() + 9, "the last token is never decoded");
     }

@@ -461,3 +461,98 @@ fn real_gemma3_every_block_row_decodes_as_ggml() {
         }
     });
 }
+
+/// Times each mask a constraint computes (the CPU's share of a constrained step).
+struct Timed(gemma_webgpu::constraint::Constraint, Vec<f64>);
+
+impl gemma_webgpu::session::TokenConstraint for Timed {
+    fn mask(&mut self) -> gemma_webgpu::Result<&[u32]> {
+        let t = std::time::Instant::now();
+        let out = self.0.mask();
+        self.1.push(t.elapsed().as_secs_f64() * 1e3);
+        out
+    }
+    fn consume(&mut self, token: u32) -> gemma_webgpu::Result<()> {
+        self.0.consume(token)
+    }
+    fn forced(&mut self) -> gemma_webgpu::Result<Vec<u32>> {
+        Ok(self.0.forced_tokens())
+    }
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+/// A JSON-schema answer from the real model validates; the mask's cost per token and the
+/// decode speed with and without the constraint (one run, this machine), and the CLI's
+/// --json-schema / --regex on the same model.
+#[test]
+fn real_gemma3_structured_output() {
+    use gemma_webgpu::constraint::ConstraintSpec;
+    let (dir, _) = demo_conversion();
+    let gpu = support::engine(&dir, 1024, 64, KvType::F16);
+    let tok = Tokenizer::from_json(&std::fs::read(dir.join("tokenizer.json")).expect("tokenizer.json"), gpu.config.bos_token_id).expect("tokenizer");
+    let tok = std::rc::Rc::new(tok);
+    let mut session = Session::new(gpu, Some(tok.clone()));
+    let schema: serde_json::Value = serde_json::from_str(
+        r#"{"type":"object","properties":{"city":{"type":"string","maxLength":20},"country":{"type":"string","maxLength":20},
+            "population":{"type":"integer","minimum":0,"maximum":50000000},"languages":{"type":"array","items":{"type":"string","maxLength":12},"maxItems":3}},
+            "required":["city","country","population","languages"],"additionalProperties":false}"#,
+    )
+    .expect("schema");
+    let messages = [Message { role: "user".into(), content: "Describe Paris as JSON.".into() }];
+    let params = GenerateParams { max_tokens: 100, sampling: Sampling::GREEDY, ..Default::default() };
+    let t = std::time::Instant::now();
+    let c = session.constraint(&ConstraintSpec::JsonSchema(schema.clone())).expect("constraint");
+    let vocab_s = t.elapsed().as_secs_f64();
+    let mut timed = Timed(c, Vec::new());
+    let ids = tok.chat_prompt(&messages).expect("prompt");
+    let text = pollster::block_on(session.generate_constrained(&ids, &params, &mut timed, &mut |_| {}, &|| false)).expect("constrained");
+    let constrained = session.stats;
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    let o = v.as_object().expect("an object");
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["city", "country", "languages", "population"], "{text}");
+    assert!(o["population"].as_i64().is_some_and(|p| (0..=50_000_000).contains(&p)), "{text}");
+    assert!(o["languages"].as_array().is_some_and(|a| a.len() <= 3 && a.iter().all(|l| l.as_str().is_some_and(|s| s.chars().count() <= 12))), "{text}");
+    assert!(o["city"].as_str().is_some_and(|s| s.chars().count() <= 20) && o["country"].as_str().is_some_and(|s| s.chars().count() <= 20), "{text}");
+    let mut ms = timed.1.clone();
+    ms.sort_by(f64::total_cmp);
+    session.reset();
+    let plain = GenerateParams { max_tokens: constrained.decode_tokens.max(1), sampling: Sampling::GREEDY, ..Default::default() };
+    pollster::block_on(session.generate_ids(&ids, &plain, &mut |_| {}, &|| false)).expect("unconstrained");
+    let free = session.stats;
+    println!(
+        "schema answer ({:?}, {} tokens): {text}\nvocabulary trie {vocab_s:.2} s; mask per draw: median {:.3} ms, worst {:.3} ms over {} draws; decode {:.1} tok/s constrained, {:.1} tok/s without ({} tokens)",
+        constrained.finish,
+        constrained.decode_tokens,
+        ms[ms.len() / 2],
+        ms[ms.len() - 1],
+        ms.len(),
+        constrained.decode_tokens_per_second(),
+        free.decode_tokens_per_second(),
+        free.decode_tokens
+    );
+    assert_eq!(constrained.finish, gemma_webgpu::session::Finish::Eos, "{text}");
+
+    // The CLI, on the same model.
+    let schema_file = std::env::temp_dir().join(format!("gemma-schema-{}.json", std::process::id()));
+    std::fs::write(&schema_file, schema.to_string()).expect("write");
+    let d = dir.display().to_string();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_gemma"))
+            .args(["generate", &d, "--chat", "--temperature", "0", "--max-tokens", "100", "--json", "--quiet", "--max-context", "1024"])
+            .args(extra)
+            .output()
+            .expect("run gemma");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json output");
+        j["text"].as_str().unwrap_or_default().to_string()
+    };
+    let cli = run(&["--prompt", "Describe Paris as JSON.", "--json-schema", &schema_file.display().to_string()]);
+    assert_eq!(cli, text, "the CLI gives the same constrained answer");
+    let yes_no = run(&["--prompt", "Is Paris in France? Answer yes or no.", "--regex", "(yes|no)"]);
+    assert!(yes_no == "yes" || yes_no == "no", "{yes_no:?}");
+    let _ = std::fs::remove_file(&schema_file);
+}

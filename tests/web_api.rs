@@ -740,9 +740,8 @@ async fn openai_chat_completions_streamed_and_not_with_usage_logprobs_and_bias()
     let g = load(&m, &[]).await.expect("load");
     let messages = js_sys::JSON::parse(r#"[{"role":"system","content":"Be brief."},{"role":"user","content":"Why is the sky blue?"}]"#).expect("json");
     let request = |extra: &str| {
-        js_sys::JSON::parse(&format!(r#"{{"model":"tiny","max_tokens":8,"seed":5{extra}}}"#)).map(|r| {
-            Reflect::set(&r, &"messages".into(), &messages).expect("set");
-            r
+        js_sys::JSON::parse(&format!(r#"{{"model":"tiny","max_tokens":8,"seed":5{extra}}}"#)).inspect(|r| {
+            Reflect::set(r, &"messages".into(), &messages).expect("set");
         })
     };
     // The same reply as `chat` with OpenAI's defaults (temperature 1, top_p 1, no top-k).
@@ -836,4 +835,80 @@ async fn a_model_the_sites_storage_cannot_hold_loads_without_caching() {
     let list = JsFuture::from(Gemma::list_cached_models()).await.expect("list");
     assert_eq!(Array::from(&list).length(), 0, "nothing was cached: {}", json(&list));
     call(&g, "dispose", &[]).expect("dispose");
+}
+
+/// The nested schema of the structured-output tests. (Its whitespace between JSON tokens is one
+/// optional space: a random model picks the default's line breaks and indentation as often as
+/// anything, and the tiny model's context is 128 tokens.)
+const PERSON_SCHEMA: &str = r#"{"type":"object","x-guidance":{"whitespace_pattern":" ?"},"properties":{
+  "name":{"type":"string","maxLength":12},
+  "age":{"type":"integer","minimum":0,"maximum":120},
+  "role":{"enum":["admin","user","guest"]},
+  "tags":{"type":"array","items":{"type":"string","maxLength":6},"maxItems":3},
+  "address":{"type":"object","properties":{"city":{"type":"string","maxLength":10},"zip":{"type":"integer","minimum":0,"maximum":99999}},"required":["city"],"additionalProperties":false}
+},"required":["name","age","role","address"],"additionalProperties":false}"#;
+
+/// Whether `v` is valid against PERSON_SCHEMA (written out by hand).
+fn is_person(v: &serde_json::Value) -> bool {
+    let Some(o) = v.as_object() else { return false };
+    let allowed = ["name", "age", "role", "tags", "address"];
+    let str_max = |v: &serde_json::Value, n: usize| v.as_str().is_some_and(|s| s.chars().count() <= n);
+    o.keys().all(|k| allowed.contains(&k.as_str()))
+        && o.get("name").is_some_and(|n| str_max(n, 12))
+        && o.get("age").and_then(|a| a.as_i64()).is_some_and(|a| (0..=120).contains(&a))
+        && o.get("role").and_then(|r| r.as_str()).is_some_and(|r| ["admin", "user", "guest"].contains(&r))
+        && o.get("tags").is_none_or(|t| t.as_array().is_some_and(|a| a.len() <= 3 && a.iter().all(|s| str_max(s, 6))))
+        && o.get("address").and_then(|a| a.as_object()).is_some_and(|a| {
+            a.keys().all(|k| k == "city" || k == "zip")
+                && a.get("city").is_some_and(|c| str_max(c, 10))
+                && a.get("zip").is_none_or(|z| z.as_i64().is_some_and(|z| (0..=99999).contains(&z)))
+        })
+}
+
+#[wasm_bindgen_test]
+async fn structured_output_and_tool_calls_in_the_browser() {
+    let m = model("https://models.test/structured/", DType::F32);
+    let g = load(&m, &[]).await.expect("load");
+    let format = js_sys::JSON::parse(&format!(r#"{{"type":"json_schema","json_schema":{{"name":"person","schema":{PERSON_SCHEMA}}}}}"#)).expect("json");
+    let mut lengths = Vec::new();
+    for seed in 0..12u32 {
+        let opts = [("temperature", 1.0.into()), ("topK", 0.into()), ("seed", seed.into()), ("maxTokens", 110.into()), ("responseFormat", format.clone())];
+        let text = generate(&g, "A person:", &opts).await.expect("generate");
+        let finish = get(&stats(&g), "finishReason").as_string().unwrap_or_default();
+        assert_eq!(finish, "eos", "seed {seed}: the object is complete within the budget: {text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("seed {seed} ({finish}): {e}: {text:?}"));
+        assert!(is_person(&v), "seed {seed}: {text}");
+        lengths.push(text.len());
+    }
+    console_log!("12 seeds, all valid; text lengths {lengths:?}");
+    // A regular expression and a Lark grammar, the same way.
+    let rx = js_sys::JSON::parse(r#"{"type":"regex","regex":"(yes|no), [0-9]{2,3} (cats|dogs)"}"#).expect("json");
+    let lark = js_sys::JSON::parse(r#"{"type":"grammar","grammar":"start: greeting \" \" NAME \"!\"\ngreeting: \"hello\" | \"hi\"\nNAME: /[a-z]{2,8}/"}"#)
+        .expect("json");
+    for seed in 0..6u32 {
+        let opts =
+            |f: &JsValue| vec![("temperature", 1.0.into()), ("topK", 0.into()), ("seed", seed.into()), ("maxTokens", 40.into()), ("responseFormat", f.clone())];
+        let a = generate(&g, "Answer:", &opts(&rx)).await.expect("regex");
+        let re = js_sys::RegExp::new("^(yes|no), [0-9]{2,3} (cats|dogs)$", "");
+        assert!(re.test(&a), "seed {seed}: {a:?}");
+        let b = generate(&g, "Say hi:", &opts(&lark)).await.expect("lark");
+        let re = js_sys::RegExp::new("^(hello|hi) [a-z]{2,8}!$", "");
+        assert!(re.test(&b), "seed {seed}: {b:?}");
+    }
+    // The budget running out inside the structure ends with 'length'.
+    let opts = [("temperature", 1.0.into()), ("seed", 1.into()), ("maxTokens", 3.into()), ("responseFormat", format.clone())];
+    let short = generate(&g, "A person:", &opts).await.expect("short");
+    assert_eq!(get(&stats(&g), "finishReason").as_string().as_deref(), Some("length"), "{short:?}");
+    let bad = js_sys::JSON::parse(r##"{"type":"json_schema","json_schema":{"schema":{"type":"object","properties":{"a":{"$ref":"#/nope"}}}}}"##).expect("json");
+    let e = generate(&g, "x", &[("responseFormat", bad)]).await.expect_err("bad schema");
+    assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+
+    // Tools are checked by name before anything runs (a call itself is tested with the real
+    // 270M in tests/e2e/gemma3.test.mjs: the tools' prompt does not fit this model's context).
+    for (extra, field) in [(r#""tool_choice":"required""#, "tool_choice"), (r#""tools":[{"type":"retrieval"}]"#, "tools")] {
+        let r = js_sys::JSON::parse(&format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#)).expect("json");
+        let e = create(&g, &r).await.expect_err(field);
+        assert_eq!(err_name(&e), "InvalidArgumentError", "{}", err_message(&e));
+        assert!(err_message(&e).contains(field), "{}", err_message(&e));
+    }
 }

@@ -41,6 +41,7 @@ mod cli {
     use gemma_webgpu::model::config::ModelConfig;
     use std::rc::Rc;
 
+    use gemma_webgpu::constraint::ConstraintSpec;
     use gemma_webgpu::format::Manifest;
     use gemma_webgpu::model::engine::{Engine, EngineOptions, KvType};
     use gemma_webgpu::model::load::{self, read_manifest};
@@ -163,6 +164,15 @@ mod cli {
         /// Print one JSON object (text, finish_reason, usage, timings) instead of streaming
         #[arg(long)]
         json: bool,
+        /// Generate only JSON valid against the JSON schema in FILE
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        json_schema: Option<PathBuf>,
+        /// Generate only text the grammar in FILE matches (llguidance's Lark syntax)
+        #[arg(long, value_name = "FILE", group = "constraint")]
+        grammar: Option<PathBuf>,
+        /// Generate only text the regular expression matches
+        #[arg(long, value_name = "PATTERN", group = "constraint", allow_hyphen_values = true)]
+        regex: Option<String>,
         #[command(flatten)]
         engine: EngineArgs,
     }
@@ -272,6 +282,21 @@ mod cli {
 
     fn shard_bytes(mib: u64) -> Res<u64> {
         mib.checked_mul(1 << 20).filter(|b| *b > 0).ok_or_else(|| format!("--shard-mb: {mib} is not a shard size"))
+    }
+
+    /// The structured output `generate` asks for: a JSON schema file, a Lark grammar file or a
+    /// regular expression.
+    fn constraint(args: &GenerateArgs) -> Res<Option<ConstraintSpec>> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(match (&args.json_schema, &args.grammar, &args.regex) {
+            (Some(file), _, _) => {
+                let schema: serde_json::Value = serde_json::from_str(&read(file)?).map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+                Some(ConstraintSpec::JsonSchema(schema))
+            }
+            (None, Some(file), _) => Some(ConstraintSpec::Lark(read(file)?)),
+            (None, None, Some(pattern)) => Some(ConstraintSpec::Regex(pattern.clone())),
+            (None, None, None) => None,
+        })
     }
 
     fn parse_tokens(s: &str) -> Res<Vec<u32>> {
@@ -432,6 +457,7 @@ mod cli {
             sampling: Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed },
             stop: args.stop.clone(),
             special_tokens: args.special_tokens,
+            constraint: constraint(args)?,
             ..Default::default()
         };
         let tokens = match (&args.prompt, &args.tokens) {
@@ -456,7 +482,7 @@ mod cli {
         match (&args.prompt, tokens) {
             (Some(prompt), _) if args.chat => s.chat(&[Message { role: "user".into(), content: prompt.clone() }], &params, &mut on_text, &never).await,
             (Some(prompt), _) => s.generate(prompt, &params, &mut on_text, &never).await,
-            (None, Some(ids)) => s.generate_ids(&ids, &params, &mut on_text, &never).await,
+            (None, Some(ids)) => s.generate_with(&ids, &params, &mut on_text, &never).await,
             (None, None) => return Err("generate needs --prompt or --tokens".into()),
         }
         .map_err(|e| e.to_string())?;

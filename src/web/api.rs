@@ -87,10 +87,24 @@ export interface GenerateOptions {
   /** Record each generated token's log-probability and those of the `topLogprobs` (0 to 20)
    *  most likely tokens: read them with `gemma.logprobs()`. */
   topLogprobs?: number;
+  /** Structured output: only text that matches is generated (each draw among the tokens the
+   *  grammar allows; tokens it forces are appended without a draw). OpenAI's
+   *  `{ type: 'json_object' }` and `{ type: 'json_schema', json_schema: { schema } }`, or a
+   *  grammar in llguidance's Lark syntax `{ type: 'grammar', grammar }`, or a regular
+   *  expression `{ type: 'regex', regex }`. A budget that runs out inside the structure ends
+   *  with finishReason 'length'. */
+  responseFormat?: ResponseFormat;
   /** Called with each new piece of text (whole characters, never part of a stop string). */
   onToken?: (text: string) => void;
   signal?: AbortSignal;
 }
+
+export type ResponseFormat =
+  | { type: 'text' }
+  | { type: 'json_object' }
+  | { type: 'json_schema'; json_schema: { schema: Record<string, unknown> | boolean; name?: string; strict?: boolean | null; description?: string } }
+  | { type: 'grammar'; grammar: string }
+  | { type: 'regex'; regex: string };
 
 /** One generated token's log-probability (OpenAI's `logprobs.content` entries): under the
  *  distribution after penalties and bias, before temperature, top-k and top-p. */
@@ -110,9 +124,10 @@ export interface ChatMethod {
     /** OpenAI's chat completion request (`messages`, `max_tokens`/`max_completion_tokens`,
      *  `temperature` (default 1), `top_p` (default 1), `top_k` (ours; default 0, off), `seed`,
      *  `stop`, `logit_bias`, `frequency_penalty`, `presence_penalty`, `repetition_penalty` (ours),
-     *  `logprobs`, `top_logprobs`, `stream`, `stream_options.include_usage`). `n` above 1, tools,
-     *  and `response_format` other than text are refused with InvalidArgumentError. The usage
-     *  has an extra `gemma_webgpu` field with the time to first token and the speeds. */
+     *  `logprobs`, `top_logprobs`, `stream`, `stream_options.include_usage`, `response_format`,
+     *  `tools`, `tool_choice`). `n` above 1 and unknown fields are refused with
+     *  InvalidArgumentError. The usage has an extra `gemma_webgpu` field with the time to first
+     *  token and the speeds. */
     create(request: ChatCompletionRequest & { stream?: false | null }, options?: { signal?: AbortSignal }): Promise<ChatCompletion>;
     create(request: ChatCompletionRequest & { stream: true }, options?: { signal?: AbortSignal }): Promise<AsyncIterableIterator<ChatCompletionChunk>>;
   };
@@ -139,6 +154,14 @@ export interface ChatCompletionRequest {
   logprobs?: boolean | null;
   top_logprobs?: number | null;
   n?: number | null;
+  /** 'text', 'json_object', 'json_schema' (`json_schema.schema`), and ours: 'grammar' (Lark),
+   *  'regex': see `GenerateOptions.responseFormat`. */
+  response_format?: { type: string } | null;
+  /** Function tools `{ type: 'function', function: { name, description?, parameters? } }`. */
+  tools?: { type: string }[] | null;
+  /** 'auto' (default: the reply is a call when it is one), 'none', 'required' (constrained to
+   *  the tools' schemas), or `{ type: 'function', function: { name } }`. */
+  tool_choice?: string | { type: string } | null;
 }
 
 export interface ChatCompletionUsage {
@@ -162,11 +185,18 @@ export interface ChatCompletion {
   model: string;
   choices: {
     index: number;
-    message: { role: 'assistant'; content: string; refusal: null };
+    message: { role: 'assistant'; content: string | null; refusal: null; tool_calls?: ChatCompletionToolCall[] };
     logprobs: { content: TokenLogprob[]; refusal: null } | null;
-    finish_reason: 'stop' | 'length';
+    finish_reason: 'stop' | 'length' | 'tool_calls';
   }[];
   usage: ChatCompletionUsage;
+}
+
+export interface ChatCompletionToolCall {
+  id: string;
+  type: 'function';
+  /** `arguments` is JSON text, as OpenAI's. */
+  function: { name: string; arguments: string };
 }
 
 export interface ChatCompletionChunk {
@@ -176,9 +206,9 @@ export interface ChatCompletionChunk {
   model: string;
   choices: {
     index: number;
-    delta: { role?: 'assistant'; content?: string };
+    delta: { role?: 'assistant'; content?: string; tool_calls?: (ChatCompletionToolCall & { index: number })[] };
     logprobs: { content: TokenLogprob[]; refusal: null } | null;
-    finish_reason: 'stop' | 'length' | null;
+    finish_reason: 'stop' | 'length' | 'tool_calls' | null;
   }[];
   usage?: ChatCompletionUsage | null;
 }
@@ -334,8 +364,17 @@ fn call_options(o: &JsValue) -> Result<CallOptions> {
         logit_bias: logit_bias(&js::get(o, "logitBias"))?,
         top_logprobs: js::opt_u32(o, "topLogprobs")?,
     };
+    let format = js::get(o, "responseFormat");
+    let constraint = if format.is_undefined() || format.is_null() {
+        None
+    } else {
+        let text = js_sys::JSON::stringify(&format).ok().and_then(|t| t.as_string()).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::invalid("responseFormat", format!("must be plain JSON ({e})")))?;
+        crate::constraint::ConstraintSpec::from_response_format(&value)?
+    };
     let params = GenerateParams {
         rules,
+        constraint,
         max_tokens: js::opt_u32(o, "maxTokens")?.unwrap_or(d.max_tokens),
         sampling: Sampling {
             temperature,

@@ -48,6 +48,19 @@ try {
     check(`mean KL <= ${BOUNDS.klMax}`, get('mean KL') <= BOUNDS.klMax, get('mean KL'));
     check('the greedy chat reply is the one natively (demo-completion.json)', get('chat reply') === get('chat reply expected'),
       `${JSON.stringify(get('chat reply'))} vs ${JSON.stringify(get('chat reply expected'))}`);
+    let v = null;
+    try { v = JSON.parse(get('schema reply')); } catch (e) { /* reported below */ }
+    const valid = v && typeof v === 'object' && Object.keys(v).sort().join() === 'city,country,population' &&
+      typeof v.city === 'string' && v.city.length <= 20 && typeof v.country === 'string' && v.country.length <= 20 &&
+      Number.isInteger(v.population) && v.population >= 0 && v.population <= 50000000;
+    check('a JSON-schema reply parses and validates, ended by the model', valid && get('schema finish') === 'eos',
+      `${JSON.stringify(get('schema reply'))} (${get('schema finish')})`);
+    const call = get('tool call');
+    let args = null;
+    try { args = JSON.parse(call?.arguments); } catch (e) { /* reported below */ }
+    check('a required tool call comes back as tool_calls with valid arguments',
+      get('tool finish') === 'tool_calls' && call?.name === 'get_weather' && typeof args?.city === 'string' && ['celsius', 'fahrenheit'].includes(args?.unit),
+      JSON.stringify(call));
   }
 } catch (e) {
   check('the page reported a result', false, e?.message ?? e);
