@@ -192,7 +192,7 @@ suite "e2e install" bash -c 'cd tests/e2e && npm ci --no-audit --no-fund --logle
 # other they kept this 2-core machine about 80% busy). Each prints "test result: ok. N passed;
 # M failed" like the Rust runners, after a line saying which runner it is, so a script that dies
 # early is seen as a runner without a result.
-for t in consumer demo gemma3 gguf tabs bundlers types worker; do
+for t in consumer demo gemma3 gguf tabs bundlers types worker structured; do
   spawn "e2e $t" bash -c 'echo "     Running tests/e2e/$1.test.mjs"; node "tests/e2e/$1.test.mjs"' _ "$t"
 done
 join

@@ -83,6 +83,11 @@ pub struct GenerateStats {
     pub decode_tokens: u32,
     pub decode_seconds: f64,
     pub finish: Finish,
+    /// A constrained generation: the allowed-token masks computed (one per draw), and the
+    /// median and longest time one took on the CPU, in milliseconds.
+    pub mask_count: u32,
+    pub mask_ms_median: f64,
+    pub mask_ms_max: f64,
 }
 
 impl GenerateStats {
@@ -107,7 +112,14 @@ fn rate(n: u32, s: f64) -> f64 {
 pub fn now_seconds() -> f64 {
     #[cfg(target_arch = "wasm32")]
     {
-        js_sys::Date::now() / 1000.0
+        // performance.now() (microseconds, where the page or worker has it), else Date.now().
+        use wasm_bindgen::JsCast;
+        let perf = js_sys::Reflect::get(&js_sys::global(), &"performance".into()).ok().filter(|p| p.is_object());
+        let now = perf.and_then(|p| {
+            let f = js_sys::Reflect::get(&p, &"now".into()).ok()?.dyn_into::<js_sys::Function>().ok()?;
+            f.call0(&p).ok()?.as_f64()
+        });
+        now.unwrap_or_else(js_sys::Date::now) / 1000.0
     }
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -424,6 +436,7 @@ impl Session {
         let mut stream = TextStream::default();
         let mut forward = prompt.to_vec();
         let mut t1 = None;
+        let mut mask_ms = Vec::new();
         // A generated token (drawn or forced): its text, and whether generation ends at it.
         let mut emit = |s: &mut Self, t: u32, stats: &mut GenerateStats| -> Result<Option<Finish>> {
             stats.decode_tokens += 1;
@@ -464,7 +477,9 @@ impl Session {
             }
             self.engine.submit_forward(&forward).await?;
             self.cached.extend_from_slice(&forward);
+            let tm = now_seconds();
             let mask = c.mask()?;
+            mask_ms.push(1e3 * (now_seconds() - tm));
             self.engine.submit_draw(&params.sampling, Some(mask)).await?;
             let (t, logprobs) = self.engine.read_step().await?;
             if t1.is_none() {
@@ -485,6 +500,10 @@ impl Session {
             forward = vec![t];
         };
         stats.decode_seconds = t1.map_or(0.0, |t1| now_seconds() - t1);
+        mask_ms.sort_by(f64::total_cmp);
+        stats.mask_count = mask_ms.len() as u32;
+        stats.mask_ms_median = mask_ms.get(mask_ms.len() / 2).copied().unwrap_or(0.0);
+        stats.mask_ms_max = mask_ms.last().copied().unwrap_or(0.0);
         Ok(finish)
     }
 }

@@ -6,7 +6,9 @@
 //! load (`new`: compile the kernels, allocate activations and caches, bind each layer and the
 //! head); a decode step writes a few uniforms, records one command buffer and submits it once.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, KernelTime, Profiler, Recorder, Traffic};
@@ -48,21 +50,23 @@ impl StepStats {
 pub const MAX_LOGITS_BYTES: u64 = 512 << 20;
 
 /// A model on the GPU, with its KV cache: Gemma 2 or Gemma 3 (text), as its config says.
-static LIVE_ENGINES: AtomicUsize = AtomicUsize::new(0);
+static NEXT_ENGINE: AtomicU64 = AtomicU64::new(1);
+static LIVE_ENGINES: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
 
-/// Counts its engine among the live ones while it exists.
-struct Live;
+/// Keeps its engine's number among the live ones while it exists.
+struct Live(u64);
 
 impl Live {
     fn new() -> Self {
-        LIVE_ENGINES.fetch_add(1, Ordering::Relaxed);
-        Live
+        let id = NEXT_ENGINE.fetch_add(1, Ordering::Relaxed);
+        LIVE_ENGINES.lock().unwrap_or_else(|p| p.into_inner()).insert(id);
+        Live(id)
     }
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
-        LIVE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+        LIVE_ENGINES.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.0);
     }
 }
 
@@ -534,10 +538,11 @@ impl Engine {
         Ok(())
     }
 
-    /// Engines in this process (or page) that still exist, holding their GPU memory: for
-    /// tests that a model's memory is freed.
-    pub fn live_count() -> usize {
-        LIVE_ENGINES.load(Ordering::Relaxed)
+    /// The numbers of the engines in this process (or page) that still exist, holding their GPU
+    /// memory, each engine numbered when made: for tests that a model's memory is freed (a
+    /// garbage collector may free other engines meanwhile, so a test follows its own).
+    pub fn live() -> Vec<u64> {
+        LIVE_ENGINES.lock().map(|l| l.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Tokens a prefill chunk holds.

@@ -235,6 +235,11 @@ export interface GemmaStats {
   decodeTokens: number;
   decodeSeconds: number;
   decodeTokensPerSecond: number;
+  /** Constrained generation (`responseFormat`): allowed-token masks computed on the CPU, one
+   *  per draw, and the median and longest time one took (0 otherwise). */
+  maskCount: number;
+  maskMedianMs: number;
+  maskMaxMs: number;
   finishReason: 'eos' | 'stop' | 'length' | 'context' | 'abort';
   /** Tokens now in the KV cache. */
   contextTokens: number;
@@ -626,7 +631,7 @@ impl Gemma {
         let s = self.shared.stats.get();
         let o = Object::new();
         let (gpu, weights, kv) = self.shared.memory;
-        let fields: [(&str, f64); 13] = [
+        let fields: [(&str, f64); 16] = [
             ("promptTokens", s.prompt_tokens as f64),
             ("reusedTokens", s.reused_tokens as f64),
             ("prefillTokens", s.prefill_tokens as f64),
@@ -640,6 +645,9 @@ impl Gemma {
             ("gpuBytes", gpu as f64),
             ("weightBytes", weights as f64),
             ("kvCacheBytes", kv as f64),
+            ("maskCount", s.mask_count as f64),
+            ("maskMedianMs", s.mask_ms_median),
+            ("maskMaxMs", s.mask_ms_max),
         ];
         for (k, v) in fields {
             js::set(&o, k, v);
